@@ -1,0 +1,1 @@
+//! Freestanding guest images.

@@ -1,0 +1,15 @@
+//! `vpmu`: everything a VMM needs to know to give a guest a PMU, kept free of any VMM.
+//!
+//! - [`config`]: the guest PMU layout ([`PmuConfig`]).
+//! - `model`: per-vendor MSR model (addresses, presence, reserved bits, semantics).
+//! - `state`: the guest PMU register file ([`state::PmuState`]) and context-switch order.
+//! - `cpuid`: CPUID synthesis for a layout; layout derivation from host CPUID.
+//! - `discovery`: host capability discovery and per-mode availability ([`discovery::HostPmu`]).
+//! - `selector`: event-selector decoding and vetting.
+//! - `policy`: the operator's event allowlist (TOML), compiled to a KVM filter and a matcher.
+//!
+//! This crate must not depend on `vmm`.
+
+pub mod config;
+
+pub use config::{AmdPmu, IntelPmu, PmuConfig, Vendor};
