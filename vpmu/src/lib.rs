@@ -11,5 +11,12 @@
 //! This crate must not depend on `vmm`.
 
 pub mod config;
+pub mod cpuid;
+pub mod discovery;
+pub mod events;
+pub mod model;
+pub mod policy;
+pub mod selector;
+pub mod state;
 
 pub use config::{AmdPmu, IntelPmu, PmuConfig, Vendor};
