@@ -1,1 +1,24 @@
-//! arch crate (skeleton).
+//! x86_64 boot structures for vpmu-vmm.
+//!
+//! Every module produces plain values (or writes them to guest memory); none of them
+//! issue KVM ioctls, so the vmm decides when and on which vCPU to apply them.
+//!
+//! - [`layout`]: the guest-physical memory map (GDT, zero page, page tables, command
+//!   line, MP table, MMIO gap), RAM regions and initrd placement.
+//! - [`gdt`]: segment descriptor encoding, the boot GDT, conversion to `kvm_segment`.
+//! - [`paging`]: 4 GiB identity map with 2 MiB pages, optionally user accessible.
+//! - [`regs`]: special/general/FPU registers and MSRs for long mode, the Linux 64-bit
+//!   boot protocol and the PVH entry.
+//! - [`e820`]: the guest's physical memory map (shared by the zero page and PVH).
+//! - [`zero_page`]: Linux `boot_params` for the 64-bit boot protocol, with header checks.
+//! - [`pvh`]: PVH `hvm_start_info` + memory map writer.
+//! - [`mptable`]: Intel MP specification 1.4 tables (CPUs, ISA bus, IOAPIC, IRQ routing).
+//! - [`cpuid`]: per-vCPU CPUID topology normalisation (APIC ids, core counts); leaves
+//!   describing the PMU are deliberately left to the `vpmu` crate.
+#![deny(missing_docs)]
+#![cfg(target_arch = "x86_64")]
+
+pub mod gdt;
+pub mod layout;
+pub mod paging;
+pub mod regs;

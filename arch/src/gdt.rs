@@ -1,0 +1,247 @@
+//! Segment descriptors and the boot GDT.
+//!
+//! The boot GDT lives at [`BOOT_GDT_START`](crate::layout::BOOT_GDT_START):
+//!
+//! | selector | descriptor                                     |
+//! |----------|------------------------------------------------|
+//! | 0x00     | null                                           |
+//! | 0x08     | flat 64-bit code, DPL 0 (`0x00af9b000000ffff`) |
+//! | 0x10     | flat data, DPL 0 (`0x00cf93000000ffff`)        |
+//! | 0x18     | 64-bit TSS (busy), 16 bytes: slots 3 and 4     |
+//! | 0x28     | flat 32-bit code, DPL 0 (PVH entry)            |
+//!
+//! The Linux 64-bit boot protocol names selectors 0x10 (code) and 0x18 (data); like
+//! Firecracker we use 0x08/0x10 instead: the kernel's `startup_64` loads its own GDT and
+//! reloads every segment register before depending on selector values.
+
+use kvm_bindings::kvm_segment;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
+
+use crate::layout::BOOT_GDT_START;
+
+/// Number of 8-byte slots in the boot GDT.
+pub const BOOT_GDT_ENTRIES: usize = 6;
+/// Flat 64-bit code selector.
+pub const CODE64_SELECTOR: u16 = 0x08;
+/// Flat data selector.
+pub const DATA_SELECTOR: u16 = 0x10;
+/// TSS selector.
+pub const TSS_SELECTOR: u16 = 0x18;
+/// Flat 32-bit code selector (PVH entry).
+pub const CODE32_SELECTOR: u16 = 0x28;
+
+/// Access byte: present, DPL 0, code, execute/read, accessed.
+pub const ACCESS_CODE: u8 = 0x9b;
+/// Access byte: present, DPL 0, data, read/write, accessed.
+pub const ACCESS_DATA: u8 = 0x93;
+/// Access byte: present, system, 64-bit (or 32-bit) busy TSS.
+pub const ACCESS_TSS_BUSY: u8 = 0x8b;
+/// Flags nibble: G (4 KiB granularity).
+pub const FLAG_G: u8 = 0x8;
+/// Flags nibble: D/B (32-bit default operand size).
+pub const FLAG_DB: u8 = 0x4;
+/// Flags nibble: L (64-bit code).
+pub const FLAG_L: u8 = 0x2;
+/// Flags nibble: AVL.
+pub const FLAG_AVL: u8 = 0x1;
+
+/// Errors writing the GDT.
+#[derive(Debug, thiserror::Error)]
+pub enum GdtError {
+    /// Guest memory write failed.
+    #[error("writing the boot GDT at {addr:#x}: {source}")]
+    Write {
+        /// Guest address.
+        addr: u64,
+        /// Underlying error.
+        source: GuestMemoryError,
+    },
+}
+
+/// A decoded segment descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GdtEntry {
+    /// Segment base (32 bits in a descriptor).
+    pub base: u32,
+    /// 20-bit limit (in pages when G is set).
+    pub limit: u32,
+    /// Access byte (P, DPL, S, type).
+    pub access: u8,
+    /// High flag nibble (G, D/B, L, AVL).
+    pub flags: u8,
+}
+
+impl GdtEntry {
+    /// The null descriptor.
+    pub const NULL: GdtEntry = GdtEntry::new(0, 0, 0, 0);
+    /// Flat 64-bit code segment.
+    pub const CODE64: GdtEntry = GdtEntry::new(0, 0xfffff, ACCESS_CODE, FLAG_G | FLAG_L);
+    /// Flat 32-bit code segment.
+    pub const CODE32: GdtEntry = GdtEntry::new(0, 0xfffff, ACCESS_CODE, FLAG_G | FLAG_DB);
+    /// Flat read/write data segment.
+    pub const DATA: GdtEntry = GdtEntry::new(0, 0xfffff, ACCESS_DATA, FLAG_G | FLAG_DB);
+    /// Busy TSS at base 0, limit 0x67 (a placeholder: KVM requires a usable TR).
+    pub const TSS: GdtEntry = GdtEntry::new(0, 0x67, ACCESS_TSS_BUSY, 0);
+
+    /// Builds a descriptor; `limit` is truncated to 20 bits and `flags` to 4 bits.
+    pub const fn new(base: u32, limit: u32, access: u8, flags: u8) -> Self {
+        GdtEntry {
+            base,
+            limit: limit & 0xfffff,
+            access,
+            flags: flags & 0xf,
+        }
+    }
+
+    /// Encodes the descriptor as the 8 bytes the CPU reads.
+    pub const fn encode(&self) -> u64 {
+        let base = self.base as u64;
+        let limit = self.limit as u64;
+        (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | ((self.access as u64) << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((self.flags & 0xf) as u64) << 52)
+            | (((base >> 24) & 0xff) << 56)
+    }
+
+    /// Decodes 8 descriptor bytes.
+    pub const fn decode(raw: u64) -> Self {
+        GdtEntry {
+            base: (((raw >> 16) & 0xff_ffff) | (((raw >> 56) & 0xff) << 24)) as u32,
+            limit: ((raw & 0xffff) | (((raw >> 48) & 0xf) << 16)) as u32,
+            access: ((raw >> 40) & 0xff) as u8,
+            flags: ((raw >> 52) & 0xf) as u8,
+        }
+    }
+
+    /// Converts to the KVM segment register format, for the descriptor at `selector`.
+    pub fn to_kvm_segment(&self, selector: u16) -> kvm_segment {
+        let g = (self.flags & FLAG_G) != 0;
+        let limit = if g {
+            (self.limit << 12) | 0xfff
+        } else {
+            self.limit
+        };
+        let present = (self.access >> 7) & 1;
+        kvm_segment {
+            base: u64::from(self.base),
+            limit,
+            selector,
+            type_: self.access & 0xf,
+            present,
+            dpl: (self.access >> 5) & 3,
+            db: u8::from(self.flags & FLAG_DB != 0),
+            s: (self.access >> 4) & 1,
+            l: u8::from(self.flags & FLAG_L != 0),
+            g: u8::from(g),
+            avl: u8::from(self.flags & FLAG_AVL != 0),
+            unusable: u8::from(present == 0),
+            padding: 0,
+        }
+    }
+}
+
+/// The boot GDT as raw descriptors (see the module docs for the layout).
+pub fn boot_gdt() -> [u64; BOOT_GDT_ENTRIES] {
+    [
+        GdtEntry::NULL.encode(),
+        GdtEntry::CODE64.encode(),
+        GdtEntry::DATA.encode(),
+        GdtEntry::TSS.encode(),
+        0, // upper half of the 16-byte 64-bit TSS descriptor (base[63:32] = 0)
+        GdtEntry::CODE32.encode(),
+    ]
+}
+
+/// Limit value for GDTR (size in bytes - 1).
+pub const BOOT_GDT_LIMIT: u16 = (BOOT_GDT_ENTRIES * 8 - 1) as u16;
+
+/// Writes [`boot_gdt`] at [`BOOT_GDT_START`].
+pub fn write_boot_gdt<M: GuestMemory + ?Sized>(mem: &M) -> Result<(), GdtError> {
+    let mut bytes = [0u8; BOOT_GDT_ENTRIES * 8];
+    for (chunk, entry) in bytes.chunks_exact_mut(8).zip(boot_gdt()) {
+        chunk.copy_from_slice(&entry.to_le_bytes());
+    }
+    mem.write_slice(&bytes, GuestAddress(BOOT_GDT_START))
+        .map_err(|source| GdtError::Write {
+            addr: BOOT_GDT_START,
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    #[test]
+    fn known_encodings() {
+        assert_eq!(GdtEntry::CODE64.encode(), 0x00af_9b00_0000_ffff);
+        assert_eq!(GdtEntry::DATA.encode(), 0x00cf_9300_0000_ffff);
+        assert_eq!(GdtEntry::CODE32.encode(), 0x00cf_9b00_0000_ffff);
+        assert_eq!(GdtEntry::NULL.encode(), 0);
+        assert_eq!(GdtEntry::TSS.encode(), 0x0000_8b00_0000_0067);
+        // Base split across the descriptor.
+        let e = GdtEntry::new(0x1234_5678, 0xabcde, 0x89, 0x4);
+        assert_eq!(e.encode(), 0x124a_8934_5678_bcde);
+    }
+
+    #[test]
+    fn encode_decode_roundtrip() {
+        for raw in [
+            0x00af_9b00_0000_ffffu64,
+            0x00cf_9300_0000_ffff,
+            0x124a_8934_5678_bcde,
+        ] {
+            assert_eq!(GdtEntry::decode(raw).encode(), raw);
+        }
+    }
+
+    #[test]
+    fn kvm_segments() {
+        let cs = GdtEntry::CODE64.to_kvm_segment(CODE64_SELECTOR);
+        assert_eq!(
+            (cs.base, cs.limit, cs.selector, cs.type_, cs.present, cs.dpl),
+            (0, 0xffff_ffff, 8, 0xb, 1, 0)
+        );
+        assert_eq!(
+            (cs.db, cs.s, cs.l, cs.g, cs.avl, cs.unusable),
+            (0, 1, 1, 1, 0, 0)
+        );
+        let ds = GdtEntry::DATA.to_kvm_segment(DATA_SELECTOR);
+        assert_eq!(
+            (ds.type_, ds.db, ds.l, ds.s, ds.limit),
+            (3, 1, 0, 1, 0xffff_ffff)
+        );
+        let tr = GdtEntry::TSS.to_kvm_segment(TSS_SELECTOR);
+        assert_eq!((tr.type_, tr.s, tr.limit, tr.present), (0xb, 0, 0x67, 1));
+        let null = GdtEntry::NULL.to_kvm_segment(0);
+        assert_eq!(null.unusable, 1);
+    }
+
+    #[test]
+    fn selectors_match_table() {
+        let gdt = boot_gdt();
+        assert_eq!(
+            gdt[usize::from(CODE64_SELECTOR / 8)],
+            GdtEntry::CODE64.encode()
+        );
+        assert_eq!(gdt[usize::from(DATA_SELECTOR / 8)], GdtEntry::DATA.encode());
+        assert_eq!(gdt[usize::from(TSS_SELECTOR / 8)], GdtEntry::TSS.encode());
+        assert_eq!(
+            gdt[usize::from(CODE32_SELECTOR / 8)],
+            GdtEntry::CODE32.encode()
+        );
+    }
+
+    #[test]
+    fn writes_to_memory() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        write_boot_gdt(&mem).unwrap();
+        let v: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 8)).unwrap();
+        assert_eq!(v, 0x00af_9b00_0000_ffff);
+        let small = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x1000), 0x1000)]).unwrap();
+        assert!(write_boot_gdt(&small).is_err());
+    }
+}
