@@ -1,0 +1,98 @@
+#!/bin/sh
+# /init of the vpmu-vmm Linux guest image (built by resources/linux/build-image.sh).
+#
+# Kernel command line parameters understood here (read from /proc/cmdline):
+#   vpmu.cmd=<base64>   shell command to run (base64 of the command text, `base64 -w0`);
+#                       runs as `sh -c "<decoded>"`. Robust against any quoting.
+#   vpmu.exit=reset     (default) end with an i8042 reset (0xfe -> port 0x64, /bin/vpmu-outb),
+#                       independent of the kernel's reboot= setting: vpmu-vmm exits 0.
+#   vpmu.exit=port      end by writing the command's exit status (0-255) to the debug-exit
+#                       port 0xf4: vpmu-vmm exits with (status << 1) | 1.
+#   vpmu.exit=reboot    end with `reboot -f` (the kernel's reboot= decides how).
+#   vpmu.exit=poweroff  end with `poweroff -f` (without ACPI this just halts the CPUs).
+#   vpmu.exit=shell     drop into an interactive shell on the console instead.
+# Without vpmu.cmd=, the words after `--` on the kernel command line (which the kernel
+# passes to init as arguments) are run as the command instead.
+#
+# Marker lines (parsed by tests, keep stable):
+#   VPMU-GUEST: init reached <uname -r> cpus=<n>
+#   VPMU-GUEST: command exit <status>
+#   VPMU-GUEST: end via <mode>
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TERM=dumb
+umask 022
+set -f
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm /tmp /run /root
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+
+# Wait until the console has sent everything (the 8250 driver transmits from a buffer,
+# interrupt-driven): otherwise the last lines are lost when the VM ends.
+drain_console() {
+	stty -F /dev/console -ixon 2>/dev/null # tcsetattr(TCSADRAIN) waits for the output
+	sleep 0.2
+}
+
+
+ncpus=$(grep -c '^processor' /proc/cpuinfo)
+echo "VPMU-GUEST: init reached $(uname -r) cpus=$ncpus"
+
+cmd=
+exit_mode=reset
+# shellcheck disable=SC2013 # words, not lines, on purpose
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	vpmu.cmd=*)
+		if ! cmd=$(printf '%s' "${arg#vpmu.cmd=}" | base64 -d); then
+			echo "VPMU-GUEST: error: vpmu.cmd= is not valid base64"
+			cmd='exit 127'
+		fi
+		;;
+	vpmu.exit=*) exit_mode=${arg#vpmu.exit=} ;;
+	esac
+done
+
+if [ -n "$cmd" ]; then
+	sh -c "$cmd"
+	status=$?
+elif [ "$#" -gt 0 ]; then
+	"$@"
+	status=$?
+else
+	echo "VPMU-GUEST: no command given (vpmu.cmd=<base64> or '-- cmd args' on the kernel command line)"
+	status=0
+fi
+echo "VPMU-GUEST: command exit $status"
+
+echo "VPMU-GUEST: end via $exit_mode"
+case "$exit_mode" in
+port)
+	drain_console
+	vpmu-outb 0xf4 "$status"
+	;;
+reboot)
+	drain_console
+	reboot -f
+	;;
+poweroff)
+	drain_console
+	poweroff -f
+	;;
+shell)
+	setsid sh -c 'exec sh </dev/console >/dev/console 2>&1'
+	;;
+*)
+	drain_console
+	vpmu-outb 0x64 0xfe
+	;;
+esac
+# Still here: the chosen way did not end the VM. Fall back to the kernel's reboot.
+sleep 1
+echo "VPMU-GUEST: '$exit_mode' did not end the VM, trying reboot -f"
+reboot -f
+sleep 5
+poweroff -f
