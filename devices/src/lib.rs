@@ -1,1 +1,24 @@
-//! devices crate (skeleton).
+//! Legacy port-I/O devices for vpmu-vmm.
+//!
+//! - [`bus`]: [`PioBus`] maps port ranges to [`PioDevice`]s; unmapped ports read as all
+//!   ones and ignore writes (counted in [`BusStats`]). Device writes return a
+//!   [`DeviceAction`] so a device can stop the VM ([`VmExit`]).
+//! - [`serial`]: 16550A UART at 0x3f8 (vm-superio), interrupt via an eventfd (GSI 4),
+//!   working THR-empty interrupt, host input queue, capture writer for tests.
+//! - [`i8042`]: just enough keyboard controller for Linux to probe quickly and to reset.
+//! - [`debug_exit`]: QEMU `isa-debug-exit` at 0xf4.
+//!
+//! No device panics on any offset, access size or value.
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod debug_exit;
+pub mod i8042;
+pub mod serial;
+
+pub use bus::{BusError, BusStats, DeviceAction, PioBus, PioDevice, VmExit};
+pub use debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
+pub use i8042::{I8042, I8042_BASE, I8042_LEN};
+pub use serial::{
+    CaptureWriter, Serial, SerialError, SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
+};
