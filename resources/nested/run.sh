@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Runs vpmu-vmm inside an L1 Linux guest that QEMU emulates (TCG) with nested SVM, so that
+# vpmu-vmm gets a real /dev/kvm even where the host's KVM cannot run a Linux guest.
+#
+# usage: resources/nested/run.sh [options] -- <vpmu-vmm args...>
+#        resources/nested/run.sh [options] --guest-cmd CMD [-- <extra vpmu-vmm args...>]
+#        resources/nested/run.sh [options] --l1-cmd SHELL-CMD
+# options:
+#   --vmm PATH          vpmu-vmm binary to run in L1 (default: $VPMU_VMM, else the newest of
+#                       target-h5/release, target/release, target/debug)
+#   --guest-cmd CMD     boot the L2 Linux image and run CMD in it: the vpmu-vmm args become
+#                       run --kernel /l2/bzImage --initrd /l2/initramfs.cpio.gz
+#                           --cmdline "<L2 cmdline> vpmu.cmd=<base64 CMD>"  <extra args>
+#   --l2-cmdline STR    L2 kernel command line for --guest-cmd (default: /l2/cmdline, i.e.
+#                       resources/out/linux/cmdline)
+#   --l2-append STR     appended to the L2 kernel command line (e.g. "reboot=k")
+#   --l1-cmd CMD        run a shell command in L1 instead of vpmu-vmm (rig checks, debugging)
+#   --file PATH         copy a host file into L1 as /files/<name> (repeatable), e.g. a policy
+#   --cpus N            L1 vCPUs (QEMU -smp; default 1)
+#   --qemu-cpu MODEL    QEMU CPU model (default EPYC; also works: qemu64,+svm,+npt and max)
+#   --memory MB         L1 memory in MiB (default 2048)
+#   --timeout S         whole-run limit in seconds (default 300)
+#   --log FILE          also write the console log (CR stripped) to FILE
+#   --quiet             do not stream the console to stdout
+# In L1, vpmu-vmm runs in /l2 with the L2 image at /l2/bzImage, /l2/initramfs.cpio.gz.
+# Exit status: vpmu-vmm's (or --l1-cmd's) exit status, taken from the line
+# "NESTED: vpmu-vmm exit <n>"; else 100 = L1 ended without reporting one, 102 = timeout,
+# 104 = usage or prerequisite error (with a "nested-rig: error:" message on stderr).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+WORK=${VPMU_NESTED_WORK:-$HERE/work}
+
+usage_error() {
+	echo "nested-rig: error: $*" >&2
+	exit 104
+}
+
+vmm=${VPMU_VMM:-}
+guest_cmd=
+guest_mode=0
+l2_cmdline=
+l2_append=
+l1_cmd=
+files=()
+cpus=1
+qemu_cpu=EPYC
+memory=2048
+timeout_s=300
+log=
+quiet=0
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--vmm) vmm=$2; shift 2 ;;
+	--guest-cmd) guest_cmd=$2; guest_mode=1; shift 2 ;;
+	--l2-cmdline) l2_cmdline=$2; shift 2 ;;
+	--l2-append) l2_append=$2; shift 2 ;;
+	--l1-cmd) l1_cmd=$2; shift 2 ;;
+	--file) files+=("$2"); shift 2 ;;
+	--cpus) cpus=$2; shift 2 ;;
+	--qemu-cpu) qemu_cpu=$2; shift 2 ;;
+	--memory) memory=$2; shift 2 ;;
+	--timeout) timeout_s=$2; shift 2 ;;
+	--log) log=$2; shift 2 ;;
+	--quiet) quiet=1; shift ;;
+	-h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+	--) shift; break ;;
+	*) usage_error "unknown argument: $1 (see --help)" ;;
+	esac
+done
+vmm_args=("$@")
+if [ -z "$l1_cmd" ] && [ "$guest_mode" = 0 ] && [ "${#vmm_args[@]}" -eq 0 ]; then
+	usage_error "nothing to run: give -- <vpmu-vmm args>, --guest-cmd CMD or --l1-cmd CMD"
+fi
+command -v qemu-system-x86_64 >/dev/null ||
+	usage_error "qemu-system-x86_64 not found (apt-get install qemu-system-x86, or run resources/nested/build-l1.sh)"
+for f in "$WORK/l1/vmlinuz" "$WORK/l1/base.cpio" "$WORK/l1/l2-cmdline"; do
+	[ -f "$f" ] || usage_error "$f missing: run resources/nested/build-l1.sh first"
+done
+if [ -z "$l1_cmd" ]; then
+	if [ -z "$vmm" ]; then
+		for c in "$REPO/target-h5/release/vpmu-vmm" "$REPO/target/release/vpmu-vmm" "$REPO/target/debug/vpmu-vmm"; do
+			if [ -x "$c" ] && { [ -z "$vmm" ] || [ "$c" -nt "$vmm" ]; }; then vmm=$c; fi
+		done
+	fi
+	[ -n "$vmm" ] || usage_error "no vpmu-vmm binary (build it: cargo build --release, or pass --vmm PATH)"
+	[ -x "$vmm" ] || usage_error "no vpmu-vmm binary (build it: cargo build --release, or pass --vmm PATH)"
+fi
+
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/vpmu-nested-run.XXXXXX")
+trap 'rm -rf "$run_dir"' EXIT
+root=$run_dir/root
+mkdir -p "$root/bin" "$root/files"
+
+# shell-quote for the busybox sh in L1: 'it'\''s'
+q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+{
+	echo '#!/bin/sh'
+	echo 'cd /l2'
+	if [ -n "$l1_cmd" ]; then
+		printf 'echo "NESTED: running L1 command"\n'
+		printf 'sh -c %s\n' "$(q "$l1_cmd")"
+	else
+		args=()
+		if [ "$guest_mode" = 1 ]; then
+			[ -n "$l2_cmdline" ] || l2_cmdline=$(cat "$WORK/l1/l2-cmdline")
+			l2_full="$l2_cmdline${l2_append:+ $l2_append} vpmu.cmd=$(printf '%s' "$guest_cmd" | base64 -w0)"
+			printf 'echo %s\n' "$(q "NESTED: L2 kernel command line: $l2_full")"
+			args=(run --kernel /l2/bzImage --initrd /l2/initramfs.cpio.gz --cmdline "$l2_full")
+		fi
+		line='/bin/vpmu-vmm'
+		for a in "${args[@]}" "${vmm_args[@]}"; do line+=" $(q "$a")"; done
+		printf 'echo %s\n' "$(q "NESTED: running $line")"
+		printf '%s\n' "$line"
+	fi
+	# shellcheck disable=SC2016 # expands in L1
+	echo 'echo "NESTED: vpmu-vmm exit $?"'
+} >"$root/run.sh"
+chmod 755 "$root/run.sh"
+
+if [ -z "$l1_cmd" ]; then
+	VPMU_LOG_PREFIX=nested-rig
+	# shellcheck source=../linux/lib.sh
+	. "$REPO/resources/linux/lib.sh"
+	copy_elf_with_libs "$vmm" "$root" /bin/vpmu-vmm
+fi
+for f in "${files[@]}"; do
+	[ -f "$f" ] || usage_error "--file $f: no such file"
+	cp "$f" "$root/files/"
+done
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$run_dir/run.cpio"
+cat "$WORK/l1/base.cpio" "$run_dir/run.cpio" >"$run_dir/initrd"
+
+console=$run_dir/console.log
+# shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
+qemu=(qemu-system-x86_64 -accel tcg -cpu "$qemu_cpu" -m "$memory" -smp "$cpus"
+	-machine pc -nodefaults -no-user-config -display none -no-reboot
+	-chardev stdio,id=con,signal=off -serial chardev:con
+	-kernel "$WORK/l1/vmlinuz" -initrd "$run_dir/initrd"
+	-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off")
+start=$(date +%s.%N)
+set +e
+timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run_dir/qemu.err" |
+	sed -u 's/\r$//' | tee "$console" | { if [ "$quiet" = 1 ]; then cat >/dev/null; else cat; fi; }
+qemu_status=${PIPESTATUS[0]}
+set -e
+end=$(date +%s.%N)
+[ -n "$log" ] && cp "$console" "$log"
+grep -v "TCG doesn't support requested feature" "$run_dir/qemu.err" >&2 || true
+
+elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
+status=$(sed -n 's/^NESTED: vpmu-vmm exit \([0-9]\+\)$/\1/p' "$console" | tail -n1)
+if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
+	echo "nested-rig: error: timed out after ${timeout_s} s (QEMU killed); last lines:" >&2
+	tail -n 5 "$console" >&2
+	exit 102
+fi
+if [ -z "$status" ]; then
+	echo "nested-rig: error: L1 ended (QEMU status $qemu_status) without a 'NESTED: vpmu-vmm exit' line after ${elapsed} s" >&2
+	grep -q '^NESTED: L1 init reached' "$console" || echo "nested-rig: L1 never reached its /init" >&2
+	grep '^NESTED: error' "$console" >&2 || true
+	exit 100
+fi
+echo "nested-rig: vpmu-vmm exit $status, whole run ${elapsed} s" >&2
+exit "$status"
