@@ -18,7 +18,9 @@
 #![deny(missing_docs)]
 #![cfg(target_arch = "x86_64")]
 
+pub mod e820;
 pub mod gdt;
 pub mod layout;
 pub mod paging;
 pub mod regs;
+pub mod zero_page;
