@@ -21,6 +21,8 @@
 pub mod e820;
 pub mod gdt;
 pub mod layout;
+pub mod mptable;
 pub mod paging;
+pub mod pvh;
 pub mod regs;
 pub mod zero_page;
