@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 #![cfg(target_arch = "x86_64")]
 
+pub mod cpuid;
 pub mod e820;
 pub mod gdt;
 pub mod layout;
