@@ -52,7 +52,18 @@ install_if_changed "$KERNEL_DIR/boot/config-$KERNEL_RELEASE" "$OUT/config"
 printf '%s\n' "$KERNEL_RELEASE" >"$OUT/kernel-release.tmp" && install_if_changed "$OUT/kernel-release.tmp" "$OUT/kernel-release" && rm -f "$OUT/kernel-release.tmp"
 grep -q '^CONFIG_X86_IOPL_IOPERM=y' "$OUT/config" || log "warning: kernel lacks CONFIG_X86_IOPL_IOPERM: /init cannot end the VM with vpmu-outb"
 
-# 2. The initramfs.
+# 2. The initramfs: skipped when nothing it is made from has changed.
+stamp=$(
+	{
+		sha256sum "$HERE"/init.sh "$HERE"/vpmu-work.c "$HERE"/vpmu-outb.c "$HERE"/lib.sh "$0" "$BUSYBOX" "$PERF"
+		dpkg-query -W busybox-static linux-perf gcc libc6-dev
+		echo "$KERNEL_PKG_VERSION"
+	} | sha256sum | cut -d' ' -f1
+)
+if [ -f "$OUT/initramfs.cpio.gz" ] && [ -f "$OUT/cmdline" ] && [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$stamp" ]; then
+	log "up to date: $OUT/bzImage, $OUT/initramfs.cpio.gz"
+	exit 0
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vpmu-image.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 ROOT=$WORK/root
@@ -87,4 +98,5 @@ console=ttyS0 reboot=t panic=-1 pci=off nomodules 8250.nr_uarts=1 i8042.noaux i8
 EOT
 install_if_changed "$OUT/cmdline.tmp" "$OUT/cmdline" && rm -f "$OUT/cmdline.tmp"
 
+printf '%s\n' "$stamp" >"$OUT/.stamp"
 log "done: $OUT/bzImage ($(du -h "$OUT/bzImage" | cut -f1)), $OUT/initramfs.cpio.gz ($(du -h "$OUT/initramfs.cpio.gz" | cut -f1))"
