@@ -9,6 +9,15 @@
 //! | 0x10     | flat data, DPL 0 (`0x00cf93000000ffff`)        |
 //! | 0x18     | 64-bit TSS (busy), 16 bytes: slots 3 and 4     |
 //! | 0x28     | flat 32-bit code, DPL 0 (PVH entry)            |
+//! | 0x30     | flat data, DPL 3 (`0x00cff3000000ffff`)        |
+//! | 0x38     | flat 64-bit code, DPL 3 (`0x00affb000000ffff`) |
+//!
+//! The user segments are ordered for `sysretq`: with [`BOOT_STAR`] in the STAR MSR,
+//! `syscall` loads CS 0x08 / SS 0x10 and `sysretq` loads CS 0x3b / SS 0x33. The TSS at
+//! [`BOOT_TSS_START`](crate::layout::BOOT_TSS_START) has RSP0 =
+//! [`BOOT_STACK_POINTER`](crate::layout::BOOT_STACK_POINTER), so an exception or
+//! interrupt taken at CPL3 lands on the boot stack; it has no I/O bitmap (CPL3 port I/O
+//! needs IOPL 3).
 //!
 //! The Linux 64-bit boot protocol names selectors 0x10 (code) and 0x18 (data); like
 //! Firecracker we use 0x08/0x10 instead: the kernel's `startup_64` loads its own GDT and
@@ -17,10 +26,10 @@
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::layout::BOOT_GDT_START;
+use crate::layout::{BOOT_GDT_START, BOOT_STACK_POINTER, BOOT_TSS_SIZE, BOOT_TSS_START};
 
 /// Number of 8-byte slots in the boot GDT.
-pub const BOOT_GDT_ENTRIES: usize = 6;
+pub const BOOT_GDT_ENTRIES: usize = 8;
 /// Flat 64-bit code selector.
 pub const CODE64_SELECTOR: u16 = 0x08;
 /// Flat data selector.
@@ -29,11 +38,22 @@ pub const DATA_SELECTOR: u16 = 0x10;
 pub const TSS_SELECTOR: u16 = 0x18;
 /// Flat 32-bit code selector (PVH entry).
 pub const CODE32_SELECTOR: u16 = 0x28;
+/// User (DPL 3) data selector, without RPL.
+pub const USER_DATA_SELECTOR: u16 = 0x30;
+/// User (DPL 3) 64-bit code selector, without RPL.
+pub const USER_CODE64_SELECTOR: u16 = 0x38;
+/// STAR MSR value matching the boot GDT: SYSCALL CS/SS = 0x08/0x10, SYSRET base 0x28
+/// (64-bit SYSRET: CS = 0x38 | 3, SS = 0x30 | 3).
+pub const BOOT_STAR: u64 = (0x28 << 48) | (0x08 << 32);
 
 /// Access byte: present, DPL 0, code, execute/read, accessed.
 pub const ACCESS_CODE: u8 = 0x9b;
 /// Access byte: present, DPL 0, data, read/write, accessed.
 pub const ACCESS_DATA: u8 = 0x93;
+/// Access byte: present, DPL 3, code, execute/read, accessed.
+pub const ACCESS_USER_CODE: u8 = 0xfb;
+/// Access byte: present, DPL 3, data, read/write, accessed.
+pub const ACCESS_USER_DATA: u8 = 0xf3;
 /// Access byte: present, system, 64-bit (or 32-bit) busy TSS.
 pub const ACCESS_TSS_BUSY: u8 = 0x8b;
 /// Flags nibble: G (4 KiB granularity).
@@ -49,7 +69,7 @@ pub const FLAG_AVL: u8 = 0x1;
 #[derive(Debug, thiserror::Error)]
 pub enum GdtError {
     /// Guest memory write failed.
-    #[error("writing the boot GDT at {addr:#x}: {source}")]
+    #[error("writing the boot GDT/TSS at {addr:#x}: {source}")]
     Write {
         /// Guest address.
         addr: u64,
@@ -80,8 +100,17 @@ impl GdtEntry {
     pub const CODE32: GdtEntry = GdtEntry::new(0, 0xfffff, ACCESS_CODE, FLAG_G | FLAG_DB);
     /// Flat read/write data segment.
     pub const DATA: GdtEntry = GdtEntry::new(0, 0xfffff, ACCESS_DATA, FLAG_G | FLAG_DB);
-    /// Busy TSS at base 0, limit 0x67 (a placeholder: KVM requires a usable TR).
-    pub const TSS: GdtEntry = GdtEntry::new(0, 0x67, ACCESS_TSS_BUSY, 0);
+    /// Flat 64-bit user code segment.
+    pub const USER_CODE64: GdtEntry = GdtEntry::new(0, 0xfffff, ACCESS_USER_CODE, FLAG_G | FLAG_L);
+    /// Flat user data segment.
+    pub const USER_DATA: GdtEntry = GdtEntry::new(0, 0xfffff, ACCESS_USER_DATA, FLAG_G | FLAG_DB);
+    /// The boot TSS (busy).
+    pub const TSS: GdtEntry = GdtEntry::new(
+        BOOT_TSS_START as u32,
+        BOOT_TSS_SIZE as u32 - 1,
+        ACCESS_TSS_BUSY,
+        0,
+    );
 
     /// Builds a descriptor; `limit` is truncated to 20 bits and `flags` to 4 bits.
     pub const fn new(base: u32, limit: u32, access: u8, flags: u8) -> Self {
@@ -151,23 +180,36 @@ pub fn boot_gdt() -> [u64; BOOT_GDT_ENTRIES] {
         GdtEntry::TSS.encode(),
         0, // upper half of the 16-byte 64-bit TSS descriptor (base[63:32] = 0)
         GdtEntry::CODE32.encode(),
+        GdtEntry::USER_DATA.encode(),
+        GdtEntry::USER_CODE64.encode(),
     ]
+}
+
+/// The boot TSS: RSP0 = boot stack, no IST, I/O map base past the limit (no bitmap).
+pub fn boot_tss() -> [u8; BOOT_TSS_SIZE] {
+    let mut t = [0u8; BOOT_TSS_SIZE];
+    t[4..12].copy_from_slice(&BOOT_STACK_POINTER.to_le_bytes());
+    t[102..104].copy_from_slice(&(BOOT_TSS_SIZE as u16).to_le_bytes());
+    t
 }
 
 /// Limit value for GDTR (size in bytes - 1).
 pub const BOOT_GDT_LIMIT: u16 = (BOOT_GDT_ENTRIES * 8 - 1) as u16;
 
-/// Writes [`boot_gdt`] at [`BOOT_GDT_START`].
+/// Writes [`boot_gdt`] at [`BOOT_GDT_START`] and [`boot_tss`] at [`BOOT_TSS_START`].
 pub fn write_boot_gdt<M: GuestMemory + ?Sized>(mem: &M) -> Result<(), GdtError> {
     let mut bytes = [0u8; BOOT_GDT_ENTRIES * 8];
     for (chunk, entry) in bytes.chunks_exact_mut(8).zip(boot_gdt()) {
         chunk.copy_from_slice(&entry.to_le_bytes());
     }
-    mem.write_slice(&bytes, GuestAddress(BOOT_GDT_START))
-        .map_err(|source| GdtError::Write {
-            addr: BOOT_GDT_START,
-            source,
-        })
+    for (addr, data) in [
+        (BOOT_GDT_START, &bytes[..]),
+        (BOOT_TSS_START, &boot_tss()[..]),
+    ] {
+        mem.write_slice(data, GuestAddress(addr))
+            .map_err(|source| GdtError::Write { addr, source })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -181,7 +223,9 @@ mod tests {
         assert_eq!(GdtEntry::DATA.encode(), 0x00cf_9300_0000_ffff);
         assert_eq!(GdtEntry::CODE32.encode(), 0x00cf_9b00_0000_ffff);
         assert_eq!(GdtEntry::NULL.encode(), 0);
-        assert_eq!(GdtEntry::TSS.encode(), 0x0000_8b00_0000_0067);
+        assert_eq!(GdtEntry::TSS.encode(), 0x0000_8b00_0580_0067);
+        assert_eq!(GdtEntry::USER_CODE64.encode(), 0x00af_fb00_0000_ffff);
+        assert_eq!(GdtEntry::USER_DATA.encode(), 0x00cf_f300_0000_ffff);
         // Base split across the descriptor.
         let e = GdtEntry::new(0x1234_5678, 0xabcde, 0x89, 0x4);
         assert_eq!(e.encode(), 0x124a_8934_5678_bcde);
@@ -216,6 +260,9 @@ mod tests {
         );
         let tr = GdtEntry::TSS.to_kvm_segment(TSS_SELECTOR);
         assert_eq!((tr.type_, tr.s, tr.limit, tr.present), (0xb, 0, 0x67, 1));
+        assert_eq!(tr.base, 0x580);
+        let ucs = GdtEntry::USER_CODE64.to_kvm_segment(USER_CODE64_SELECTOR | 3);
+        assert_eq!((ucs.dpl, ucs.l, ucs.selector), (3, 1, 0x3b));
         let null = GdtEntry::NULL.to_kvm_segment(0);
         assert_eq!(null.unusable, 1);
     }

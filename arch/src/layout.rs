@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! 0x0000_0000 .. 0x0000_0500   real-mode IVT / BDA (left untouched, zero)
-//! 0x0000_0500 .. 0x0000_0530   boot GDT (BOOT_GDT_ENTRIES * 8 bytes)
+//! 0x0000_0500 .. 0x0000_0540   boot GDT (BOOT_GDT_ENTRIES * 8 bytes)
 //! 0x0000_0540                  boot IDT (limit 0: any exception before the guest
 //!                              loads its own IDT is a triple fault)
+//! 0x0000_0580 .. 0x0000_05e8   boot TSS (RSP0 = boot stack)
 //! 0x0000_6000 .. 0x0000_7000   PVH hvm_start_info, module list, memory map
 //! 0x0000_7000 .. 0x0000_8000   Linux zero page (struct boot_params)
 //! 0x0000_8ff0                  initial stack pointer (grows down)
@@ -26,6 +27,10 @@ use vm_memory::GuestAddress;
 pub const BOOT_GDT_START: u64 = 0x500;
 /// Guest-physical address of the (empty) boot IDT.
 pub const BOOT_IDT_START: u64 = 0x540;
+/// Guest-physical address of the boot TSS.
+pub const BOOT_TSS_START: u64 = 0x580;
+/// Size of a 64-bit TSS.
+pub const BOOT_TSS_SIZE: usize = 0x68;
 /// Start of the PVH `hvm_start_info` structure.
 pub const PVH_INFO_START: u64 = 0x6000;
 /// Start of the PVH module list (one entry: the initrd).
@@ -76,7 +81,8 @@ pub const PAGE_SIZE: u64 = 0x1000;
 // The fixed structures must not overlap (checked at compile time).
 const _: () = {
     assert!(BOOT_GDT_START + 8 * crate::gdt::BOOT_GDT_ENTRIES as u64 <= BOOT_IDT_START);
-    assert!(BOOT_IDT_START + 8 <= PVH_INFO_START);
+    assert!(BOOT_IDT_START + 8 <= BOOT_TSS_START);
+    assert!(BOOT_TSS_START + BOOT_TSS_SIZE as u64 <= PVH_INFO_START);
     assert!(PVH_INFO_START + 56 <= PVH_MODLIST_START);
     assert!(PVH_MODLIST_START + 32 <= PVH_MEMMAP_START);
     assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);

@@ -6,7 +6,8 @@
 //! - EFER = LME | LMA | SCE. SCE is set so a freestanding guest can `sysretq` to CPL3
 //!   without first touching EFER (Linux writes EFER itself, so it does not care). NXE is
 //!   left clear (the boot page tables use no NX bits).
-//! - CS = 0x08 (64-bit code), DS/ES/FS/GS/SS = 0x10, TR = 0x18 (busy TSS), LDT unusable,
+//! - CS = 0x08 (64-bit code), DS/ES/FS/GS/SS = 0x10, TR = 0x18 (busy TSS with RSP0 =
+//!   boot stack), LDT unusable,
 //!   GDTR = boot GDT, IDTR = base [`BOOT_IDT_START`] limit 0.
 //! - RFLAGS = 0x2 (IF = 0).
 //!
@@ -22,7 +23,8 @@ use kvm_bindings::{kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kv
 use vm_memory::GuestAddress;
 
 use crate::gdt::{
-    GdtEntry, BOOT_GDT_LIMIT, CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR, TSS_SELECTOR,
+    GdtEntry, BOOT_GDT_LIMIT, BOOT_STAR, CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR,
+    TSS_SELECTOR,
 };
 use crate::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER};
 
@@ -199,8 +201,10 @@ pub fn boot_fpu() -> kvm_fpu {
     }
 }
 
-/// MSR values at boot: SYSENTER/SYSCALL MSRs and KERNEL_GS_BASE zero, fast strings on,
-/// MTRRs enabled with default type write-back. TSC and all PMU MSRs are left alone.
+/// MSR values at boot: SYSENTER MSRs, LSTAR, CSTAR, SYSCALL_MASK and KERNEL_GS_BASE zero;
+/// STAR = [`BOOT_STAR`] (selectors of the boot GDT, so a freestanding guest can `sysretq`
+/// to CPL3 after setting only LSTAR; Linux rewrites it); fast strings on; MTRRs enabled
+/// with default type write-back. TSC and all PMU MSRs are left alone.
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     let e = |index, data| kvm_msr_entry {
         index,
@@ -211,7 +215,7 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         e(msr::SYSENTER_CS, 0),
         e(msr::SYSENTER_ESP, 0),
         e(msr::SYSENTER_EIP, 0),
-        e(msr::STAR, 0),
+        e(msr::STAR, BOOT_STAR),
         e(msr::LSTAR, 0),
         e(msr::CSTAR, 0),
         e(msr::SYSCALL_MASK, 0),
@@ -243,7 +247,7 @@ mod tests {
             assert_eq!((seg.selector, seg.type_, seg.present), (0x10, 3, 1));
         }
         assert_eq!((s.tr.selector, s.tr.type_), (0x18, 0xb));
-        assert_eq!((s.gdt.base, s.gdt.limit), (BOOT_GDT_START, 47));
+        assert_eq!((s.gdt.base, s.gdt.limit), (BOOT_GDT_START, 63));
         assert_eq!((s.idt.base, s.idt.limit), (BOOT_IDT_START, 0));
     }
 
@@ -286,6 +290,7 @@ mod tests {
         assert_eq!(get(0x1a0), Some(1));
         assert_eq!(get(0x2ff), Some(0x806));
         assert_eq!(get(0xc000_0082), Some(0));
+        assert_eq!(get(0xc000_0081), Some(0x0028_0008_0000_0000));
         assert_eq!(get(0x10), None, "TSC untouched");
         // No PMU MSRs (the vpmu crate owns them).
         let pmu = |i: u32| {
