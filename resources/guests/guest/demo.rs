@@ -31,7 +31,7 @@ static NSAMPLES: AtomicU64 = AtomicU64::new(0);
 static mut SAMPLER: Option<pmu::Sampler> = None;
 
 /// Default sampling period in cycles (TSC ticks under the clock model).
-const DEFAULT_PERIOD: u64 = 500_000;
+const DEFAULT_PERIOD: u64 = 2_000_000;
 
 fn pmi(f: &mut rt::Frame) {
     let n = NSAMPLES.load(Ordering::Relaxed);
@@ -180,15 +180,22 @@ fn print_profile(period: u64) {
     let n = kept as u64;
     for (r, &c) in ranges.iter().zip(counts.iter()) {
         l.clear();
-        l.s("  ").s(r.name).pad_to(17).pct(c, n);
-        l.pad_to(25).repeat(b'#', hist::bar_len(c, n, 40) as usize);
+        l.s("  ").s(r.name).pad_to(16);
+        pct(&mut l, c, n);
+        l.s(" ").repeat(b'#', hist::bar_len(c, n, 40) as usize);
         rt::println(&l);
     }
     l.clear();
-    l.s("  other").pad_to(17).pct(other, n);
-    l.pad_to(25)
-        .repeat(b'#', hist::bar_len(other, n, 40) as usize);
+    l.s("  other").pad_to(16);
+    pct(&mut l, other, n);
+    l.s(" ").repeat(b'#', hist::bar_len(other, n, 40) as usize);
     rt::println(&l);
+}
+
+/// Right-aligned `ddd.d%`.
+fn pct(l: &mut Line, num: u64, den: u64) {
+    let t = fmt::percent_tenths(num, den);
+    l.u_right(t / 10, 3).byte(b'.').u(t % 10).byte(b'%');
 }
 
 // ------------------------------------------------------------ CPL3 workload

@@ -117,16 +117,20 @@ impl Sampler {
         }
     }
 
-    /// PMI path: re-arm counter `i`, clear its overflow status, unmask LVTPC.
+    /// PMI path: clear the overflow status, unmask LVTPC, then re-arm
+    /// counter `i` with `-period`. Unmasking before re-arming means an
+    /// overflow that comes quickly (short period, slow emulated CPL0) is
+    /// held pending as an NMI instead of hitting a masked LVTPC and being
+    /// lost, which would stop sampling for good.
     #[inline(always)]
     pub fn rearm(&self, i: u32) {
-        rt::wrmsr(self.l.ctr_msr(i), self.period.wrapping_neg() & self.mask);
         match self.l.kind {
             Kind::Intel if self.l.version >= 2 => rt::wrmsr(IA32_PERF_GLOBAL_OVF_CTRL, 1 << i),
             Kind::AmdV2 => rt::wrmsr(AMD_GLOBAL_STATUS_CLR, 1 << i),
             _ => {}
         }
         rt::lapic_write(rt::LAPIC_LVTPC, rt::LVT_NMI);
+        rt::wrmsr(self.l.ctr_msr(i), self.period.wrapping_neg() & self.mask);
     }
 
     pub fn stop(&self, i: u32) {
