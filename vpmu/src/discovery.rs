@@ -1,1 +1,812 @@
-//! (to be written)
+//! Host capability discovery: what KVM and the host PMU offer, and which vPMU modes can run.
+//!
+//! All I/O goes through [`HostSource`]; [`SystemHost`] is the real one (`/dev/kvm` + sysfs +
+//! the kernel log), [`FixtureHost`] a canned one for tests. [`HostPmu::probe`] gathers the
+//! facts, [`HostPmu::availability`] decides each [`PmuMode`], and [`HostPmu::report`] /
+//! [`HostPmu::probe_report`] render what `vpmu-vmm probe` prints.
+
+use crate::config::{PmuConfig, Vendor};
+use crate::cpuid::{self, HostFacts, PDCM_BIT};
+use crate::model::intel;
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_msr_entry, Msrs, KVM_CAP_PMU_CAPABILITY, KVM_CAP_PMU_EVENT_FILTER,
+    KVM_CAP_PMU_EVENT_MASKED_EVENTS, KVM_CAP_X86_MSR_FILTER, KVM_CAP_X86_USER_SPACE_MSR,
+    KVM_MAX_CPUID_ENTRIES, KVM_PMU_CAP_DISABLE,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::io::Read;
+use std::path::PathBuf;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// How the guest gets its PMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PmuMode {
+    /// No PMU: CPUID hides it, PMU MSRs #GP (KVM_PMU_CAP_DISABLE where available).
+    Off,
+    /// KVM's perf-based vPMU (every guest counter is a host perf event).
+    Emulated,
+    /// KVM's mediated passthrough vPMU (Linux 7.0+).
+    Passthrough,
+    /// The VMM's own vPMU: PMU MSRs trapped to userspace via KVM's MSR filter.
+    Userspace,
+}
+
+impl PmuMode {
+    /// Every mode, in presentation order.
+    pub const ALL: [PmuMode; 4] = [
+        PmuMode::Off,
+        PmuMode::Emulated,
+        PmuMode::Passthrough,
+        PmuMode::Userspace,
+    ];
+
+    /// The mode's command-line name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PmuMode::Off => "off",
+            PmuMode::Emulated => "emulated",
+            PmuMode::Passthrough => "passthrough",
+            PmuMode::Userspace => "userspace",
+        }
+    }
+}
+
+impl fmt::Display for PmuMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown mode name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown PMU mode {0:?} (expected off, emulated, passthrough or userspace)")]
+pub struct ParseModeError(pub String);
+
+impl FromStr for PmuMode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PmuMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s.trim())
+            .ok_or_else(|| ParseModeError(s.to_string()))
+    }
+}
+
+/// A host perf PMU found in sysfs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PerfPmu {
+    /// Directory name under /sys/bus/event_source/devices (`cpu`, `cpu_core`, `cpu_atom`).
+    pub name: String,
+    /// Its perf_event_attr.type.
+    #[serde(rename = "type")]
+    pub pmu_type: u32,
+}
+
+/// Names of the host perf core PMUs this crate looks for.
+pub const CORE_PERF_PMUS: [&str; 3] = ["cpu", "cpu_core", "cpu_atom"];
+
+/// Where discovery gets its facts. Implementations must not panic.
+pub trait HostSource {
+    /// KVM_GET_SUPPORTED_CPUID; `Err` (a description) when KVM is unusable.
+    fn supported_cpuid(&self) -> Result<Vec<kvm_cpuid_entry2>, String>;
+    /// KVM_CHECK_EXTENSION on /dev/kvm; 0 when unsupported or KVM is unusable.
+    fn check_extension(&self, cap: u32) -> i32;
+    /// A sysfs module parameter, trimmed; `None` when the file is absent (the running
+    /// kernel does not have that parameter).
+    fn read_param(&self, path: &str) -> Option<String>;
+    /// Names of the loaded KVM modules (`/sys/module/kvm*`), e.g. `kvm`, `kvm_amd`.
+    fn kvm_modules(&self) -> Vec<String>;
+    /// Host perf core PMUs in sysfs (`cpu`, `cpu_core`, `cpu_atom`).
+    fn perf_pmus(&self) -> Vec<PerfPmu>;
+    /// A KVM feature MSR (KVM_GET_MSRS on /dev/kvm), e.g. IA32_PERF_CAPABILITIES.
+    fn feature_msr(&self, msr: u32) -> Option<u64>;
+    /// Whether the kernel log says "PMU not available"; `None` if the log is unreadable.
+    fn kernel_says_no_pmu(&self) -> Option<bool>;
+    /// The CPU model name from outside CPUID (e.g. /proc/cpuinfo), used when KVM's
+    /// supported CPUID lacks the brand-string leaves.
+    fn cpu_model(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The real host: `/dev/kvm`, `/sys`, `/dev/kmsg`.
+pub struct SystemHost {
+    kvm: Result<kvm_ioctls::Kvm, String>,
+    sys: PathBuf,
+}
+
+impl SystemHost {
+    /// Open `/dev/kvm` (failure is recorded, not fatal: discovery reports it).
+    pub fn new() -> SystemHost {
+        SystemHost {
+            kvm: kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}")),
+            sys: PathBuf::from("/sys"),
+        }
+    }
+
+    /// Whether `/dev/kvm` could be opened.
+    pub fn kvm_usable(&self) -> bool {
+        self.kvm.is_ok()
+    }
+}
+
+impl Default for SystemHost {
+    fn default() -> Self {
+        SystemHost::new()
+    }
+}
+
+impl HostSource for SystemHost {
+    fn supported_cpuid(&self) -> Result<Vec<kvm_cpuid_entry2>, String> {
+        let kvm = self.kvm.as_ref().map_err(Clone::clone)?;
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map(|c| c.as_slice().to_vec())
+            .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))
+    }
+
+    fn check_extension(&self, cap: u32) -> i32 {
+        match &self.kvm {
+            Ok(kvm) => kvm.check_extension_raw(cap.into()),
+            Err(_) => 0,
+        }
+    }
+
+    fn read_param(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    }
+
+    fn kvm_modules(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.sys.join("module"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n == "kvm" || n.starts_with("kvm_"))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn perf_pmus(&self) -> Vec<PerfPmu> {
+        let dir = self.sys.join("bus/event_source/devices");
+        CORE_PERF_PMUS
+            .iter()
+            .filter_map(|name| {
+                let t = std::fs::read_to_string(dir.join(name).join("type")).ok()?;
+                Some(PerfPmu {
+                    name: (*name).to_string(),
+                    pmu_type: t.trim().parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    fn feature_msr(&self, msr: u32) -> Option<u64> {
+        let kvm = self.kvm.as_ref().ok()?;
+        let list = kvm.get_msr_feature_index_list().ok()?;
+        if !list.as_slice().contains(&msr) {
+            return None;
+        }
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: msr,
+            ..Default::default()
+        }])
+        .ok()?;
+        match kvm.get_msrs(&mut msrs) {
+            Ok(1) => msrs.as_slice().first().map(|e| e.data),
+            _ => None,
+        }
+    }
+
+    fn kernel_says_no_pmu(&self) -> Option<bool> {
+        use std::os::unix::fs::OpenOptionsExt;
+        const O_NONBLOCK: i32 = 0o4000; // x86_64 Linux
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open("/dev/kmsg")
+            .ok()?;
+        let mut buf = vec![0u8; 8192];
+        // One record per read; EAGAIN at the end. Bounded in case the log is endless.
+        for _ in 0..200_000 {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if String::from_utf8_lossy(&buf[..n]).contains("PMU not available") {
+                        return Some(true);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // EPIPE: records overwritten while reading; keep going.
+                Err(e) if e.raw_os_error() == Some(32) => continue,
+                Err(_) => return None,
+            }
+        }
+        Some(false)
+    }
+
+    fn cpu_model(&self) -> Option<String> {
+        let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    }
+}
+
+/// Canned host facts for tests and for replaying another host's probe.
+#[derive(Debug, Clone, Default)]
+pub struct FixtureHost {
+    /// KVM_GET_SUPPORTED_CPUID result (`None`: KVM unusable, see `kvm_error`).
+    pub cpuid: Option<Vec<kvm_cpuid_entry2>>,
+    /// Why KVM is unusable.
+    pub kvm_error: Option<String>,
+    /// KVM_CHECK_EXTENSION answers (missing: 0).
+    pub caps: BTreeMap<u32, i32>,
+    /// Parameter file path -> contents (missing: file absent).
+    pub params: BTreeMap<String, String>,
+    /// Loaded KVM modules.
+    pub modules: Vec<String>,
+    /// Perf core PMUs.
+    pub perf_pmus: Vec<PerfPmu>,
+    /// KVM feature MSRs.
+    pub feature_msrs: BTreeMap<u32, u64>,
+    /// Kernel log verdict.
+    pub kernel_says_no_pmu: Option<bool>,
+    /// CPU model name from outside CPUID.
+    pub cpu_model: Option<String>,
+}
+
+impl HostSource for FixtureHost {
+    fn supported_cpuid(&self) -> Result<Vec<kvm_cpuid_entry2>, String> {
+        self.cpuid.clone().ok_or_else(|| {
+            self.kvm_error
+                .clone()
+                .unwrap_or_else(|| "no /dev/kvm".to_string())
+        })
+    }
+
+    fn check_extension(&self, cap: u32) -> i32 {
+        self.caps.get(&cap).copied().unwrap_or(0)
+    }
+
+    fn read_param(&self, path: &str) -> Option<String> {
+        self.params.get(path).map(|s| s.trim().to_string())
+    }
+
+    fn kvm_modules(&self) -> Vec<String> {
+        self.modules.clone()
+    }
+
+    fn perf_pmus(&self) -> Vec<PerfPmu> {
+        self.perf_pmus.clone()
+    }
+
+    fn feature_msr(&self, msr: u32) -> Option<u64> {
+        self.feature_msrs.get(&msr).copied()
+    }
+
+    fn kernel_says_no_pmu(&self) -> Option<bool> {
+        self.kernel_says_no_pmu
+    }
+
+    fn cpu_model(&self) -> Option<String> {
+        self.cpu_model.clone()
+    }
+}
+
+/// Path of `kvm.enable_pmu`.
+pub const PARAM_ENABLE_PMU: &str = "/sys/module/kvm/parameters/enable_pmu";
+
+/// Path of `<module>.enable_mediated_pmu`.
+pub fn mediated_param_path(module: &str) -> String {
+    format!("/sys/module/{module}/parameters/enable_mediated_pmu")
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim() {
+        "Y" | "y" | "1" => Some(true),
+        "N" | "n" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn yn(b: bool) -> &'static str {
+    if b {
+        "Y"
+    } else {
+        "N"
+    }
+}
+
+/// KVM capabilities that matter to the vPMU modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct KvmPmuCaps {
+    /// KVM_CAP_PMU_CAPABILITY value (bit 0: KVM_PMU_CAP_DISABLE).
+    pub pmu_capability: i32,
+    /// KVM_CAP_PMU_EVENT_FILTER.
+    pub pmu_event_filter: bool,
+    /// KVM_CAP_PMU_EVENT_MASKED_EVENTS.
+    pub pmu_masked_events: bool,
+    /// KVM_CAP_X86_USER_SPACE_MSR.
+    pub user_space_msr: bool,
+    /// KVM_CAP_X86_MSR_FILTER.
+    pub msr_filter: bool,
+}
+
+/// Can a mode run here?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Availability {
+    /// Yes.
+    Available,
+    /// No, because `reason`; `remedy` says what would change that.
+    Unavailable {
+        /// The most fundamental blocker.
+        reason: String,
+        /// What to do about it.
+        remedy: String,
+    },
+}
+
+impl Availability {
+    /// Whether the mode is available.
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available)
+    }
+}
+
+/// Where userspace-mode counts come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum CounterSource {
+    /// Host perf events on this PMU.
+    HostPerf {
+        /// The perf PMU (`cpu`, `cpu_core`, ...).
+        pmu: String,
+    },
+    /// No host PMU: a TSC-based clock model that counts only core and reference cycles.
+    TscClock,
+}
+
+/// Everything discovery learned about the host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostPmu {
+    /// PMU architecture of the host CPU.
+    pub vendor: Option<Vendor>,
+    /// CPUID vendor string.
+    pub vendor_string: String,
+    /// CPU brand string.
+    pub cpu_model: String,
+    /// Why KVM is unusable, if it is.
+    pub kvm_error: Option<String>,
+    /// Loaded KVM modules (`kvm`, `kvm_intel`, `kvm_amd`, ...).
+    pub kvm_modules: Vec<String>,
+    /// The vendor KVM module (`kvm_intel`, `kvm_amd`, or another `kvm_*`), if loaded.
+    pub vendor_module: Option<String>,
+    /// `kvm.enable_pmu` (`None`: this kernel has no such parameter, i.e. always on).
+    pub enable_pmu: Option<bool>,
+    /// `<vendor module>.enable_mediated_pmu` (`None`: not supported by this kernel).
+    pub enable_mediated_pmu: Option<bool>,
+    /// KVM capabilities.
+    pub caps: KvmPmuCaps,
+    /// The PMU layout KVM can give guests (KVM_GET_SUPPORTED_CPUID + facts).
+    pub layout: PmuConfig,
+    /// Host IA32_PERF_CAPABILITIES (KVM feature MSR), Intel only.
+    pub perf_capabilities: Option<u64>,
+    /// Host perf core PMUs in sysfs.
+    pub perf_pmus: Vec<PerfPmu>,
+    /// The kernel log says "PMU not available" (`None`: log unreadable).
+    pub kernel_says_no_pmu: Option<bool>,
+}
+
+/// `vpmu-vmm probe --json`: the host facts plus each mode's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    /// Host facts.
+    pub host: HostPmu,
+    /// Each mode.
+    pub modes: Vec<ModeReport>,
+    /// Whether the host has a hardware PMU at all.
+    pub hardware_pmu: bool,
+}
+
+/// One mode's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeReport {
+    /// The mode.
+    pub mode: PmuMode,
+    /// Available or not, and why.
+    pub availability: Availability,
+    /// Extra information (off: how the PMU is hidden; userspace: the counter source).
+    pub note: Option<String>,
+}
+
+struct Blocker {
+    reason: String,
+    remedy: String,
+}
+
+fn blocker(reason: impl Into<String>, remedy: impl Into<String>) -> Option<Blocker> {
+    Some(Blocker {
+        reason: reason.into(),
+        remedy: remedy.into(),
+    })
+}
+
+impl HostPmu {
+    /// Gather the facts from `src`. Never fails: what cannot be learned is recorded.
+    pub fn probe(src: &dyn HostSource) -> HostPmu {
+        let (entries, kvm_error) = match src.supported_cpuid() {
+            Ok(e) => (e, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let vendor = cpuid::vendor(&entries);
+        let kvm_modules = src.kvm_modules();
+        let vendor_module = ["kvm_intel", "kvm_amd"]
+            .iter()
+            .map(|m| m.to_string())
+            .find(|m| kvm_modules.contains(m))
+            .or_else(|| kvm_modules.iter().find(|m| m.starts_with("kvm_")).cloned());
+        let enable_pmu = src.read_param(PARAM_ENABLE_PMU).and_then(|s| parse_bool(&s));
+        let enable_mediated_pmu = vendor_module
+            .as_deref()
+            .and_then(|m| src.read_param(&mediated_param_path(m)))
+            .and_then(|s| parse_bool(&s));
+        let pdcm = entries
+            .iter()
+            .any(|e| e.function == cpuid::LEAF_FEATURES && e.ecx & PDCM_BIT != 0);
+        let perf_capabilities = if vendor == Some(Vendor::Intel) && pdcm {
+            src.feature_msr(intel::IA32_PERF_CAPABILITIES)
+        } else {
+            None
+        };
+        let facts = HostFacts {
+            pmu_enabled: enable_pmu != Some(false) && kvm_error.is_none(),
+            perf_capabilities,
+        };
+        let caps = KvmPmuCaps {
+            pmu_capability: src.check_extension(KVM_CAP_PMU_CAPABILITY),
+            pmu_event_filter: src.check_extension(KVM_CAP_PMU_EVENT_FILTER) > 0,
+            pmu_masked_events: src.check_extension(KVM_CAP_PMU_EVENT_MASKED_EVENTS) > 0,
+            user_space_msr: src.check_extension(KVM_CAP_X86_USER_SPACE_MSR) > 0,
+            msr_filter: src.check_extension(KVM_CAP_X86_MSR_FILTER) > 0,
+        };
+        HostPmu {
+            vendor,
+            vendor_string: cpuid::vendor_string(&entries),
+            cpu_model: Some(cpuid::brand_string(&entries))
+                .filter(|b| !b.is_empty())
+                .or_else(|| src.cpu_model())
+                .unwrap_or_default(),
+            kvm_error,
+            kvm_modules,
+            vendor_module,
+            enable_pmu,
+            enable_mediated_pmu,
+            caps,
+            layout: cpuid::host_layout_with(&entries, &facts),
+            perf_capabilities,
+            perf_pmus: src.perf_pmus(),
+            kernel_says_no_pmu: src.kernel_says_no_pmu(),
+        }
+    }
+
+    /// Probe the real host.
+    pub fn probe_system() -> HostPmu {
+        HostPmu::probe(&SystemHost::new())
+    }
+
+    /// Whether the host has a hardware PMU: a perf core PMU in sysfs or a layout in KVM's
+    /// supported CPUID, and the kernel log does not say "PMU not available".
+    pub fn hardware_pmu(&self) -> bool {
+        self.kernel_says_no_pmu != Some(true)
+            && (!self.perf_pmus.is_empty() || self.layout != PmuConfig::None)
+    }
+
+    fn module_name(&self) -> &str {
+        self.vendor_module.as_deref().unwrap_or(match self.vendor {
+            Some(Vendor::Intel) => "kvm_intel",
+            _ => "kvm_amd",
+        })
+    }
+
+    fn no_hw_pmu(&self) -> Option<Blocker> {
+        if self.hardware_pmu() {
+            return None;
+        }
+        let why = if self.kernel_says_no_pmu == Some(true) {
+            "no hardware PMU (kernel: \"PMU not available\"; host perf has software events only)"
+        } else {
+            "no hardware PMU (host perf exposes no core PMU and KVM reports none)"
+        };
+        blocker(
+            why,
+            "run on bare metal or in a VM that is given a vPMU; here only --pmu userspace can give the guest a PMU",
+        )
+    }
+
+    fn kvm_blockers(&self) -> Option<Blocker> {
+        if let Some(e) = &self.kvm_error {
+            return blocker(
+                format!("KVM unusable: {e}"),
+                "load kvm and kvm_intel/kvm_amd and make /dev/kvm accessible",
+            );
+        }
+        None
+    }
+
+    fn kvm_pmu_blockers(&self) -> Option<Blocker> {
+        self.kvm_blockers()
+            .or_else(|| self.no_hw_pmu())
+            .or_else(|| {
+                (self.enable_pmu == Some(false)).then(|| Blocker {
+                    reason: "kvm.enable_pmu=N".into(),
+                    remedy: "reload kvm with enable_pmu=1 (or boot with kvm.enable_pmu=1)".into(),
+                })
+            })
+            .or_else(|| {
+                (self.layout == PmuConfig::None).then(|| Blocker {
+                    reason: "KVM_GET_SUPPORTED_CPUID reports no PMU".into(),
+                    remedy: "use a kernel whose KVM supports this CPU's PMU, or --pmu userspace".into(),
+                })
+            })
+    }
+
+    fn mediated_hw_blocker(&self) -> Option<Blocker> {
+        match &self.layout {
+            PmuConfig::Intel(p) if p.version < 4 => blocker(
+                format!("host PMU is architectural perfmon v{}; mediated passthrough needs v4+", p.version),
+                "use a newer CPU, or --pmu emulated / userspace",
+            ),
+            PmuConfig::Intel(_)
+                if self.perf_capabilities.unwrap_or(0) & intel::PERF_CAP_FW_WRITES == 0 =>
+            {
+                blocker(
+                    "host IA32_PERF_CAPABILITIES lacks FW_WRITES (full-width counter writes); mediated passthrough needs it",
+                    "use a CPU with full-width writes, or --pmu emulated / userspace",
+                )
+            }
+            PmuConfig::Amd(p) if !p.perfmon_v2 => blocker(
+                "host AMD PMU lacks PerfMonV2; mediated passthrough needs it",
+                "use a Zen 4 or newer CPU, or --pmu emulated / userspace",
+            ),
+            _ => None,
+        }
+    }
+
+    fn blocker_for(&self, mode: PmuMode) -> Option<Blocker> {
+        let module = self.module_name().to_string();
+        match mode {
+            PmuMode::Off => None,
+            PmuMode::Emulated => self.kvm_pmu_blockers().or_else(|| {
+                (self.enable_mediated_pmu == Some(true)).then(|| Blocker {
+                    reason: format!(
+                        "{module}.enable_mediated_pmu=Y: KVM gives every VM the mediated PMU"
+                    ),
+                    remedy: format!(
+                        "use --pmu passthrough, or reload {module} with enable_mediated_pmu=0"
+                    ),
+                })
+            }),
+            PmuMode::Passthrough => self
+                .kvm_pmu_blockers()
+                .or_else(|| self.mediated_hw_blocker())
+                .or_else(|| match self.enable_mediated_pmu {
+                    None => blocker(
+                        format!("{module} has no enable_mediated_pmu parameter (mediated vPMU needs Linux 7.0+ kvm_intel/kvm_amd)"),
+                        "run a Linux 7.0 or newer host kernel",
+                    ),
+                    Some(false) => blocker(
+                        format!("{module}.enable_mediated_pmu=N"),
+                        format!("reload {module} with enable_mediated_pmu=1"),
+                    ),
+                    Some(true) => None,
+                }),
+            PmuMode::Userspace => self.kvm_blockers().or_else(|| {
+                if !self.caps.user_space_msr {
+                    blocker(
+                        "KVM_CAP_X86_USER_SPACE_MSR is not supported",
+                        "run a Linux 5.10 or newer host kernel",
+                    )
+                } else if !self.caps.msr_filter {
+                    blocker(
+                        "KVM_CAP_X86_MSR_FILTER is not supported",
+                        "run a Linux 5.10 or newer host kernel",
+                    )
+                } else {
+                    None
+                }
+            }),
+        }
+    }
+
+    /// Whether `mode` can run on this host, and if not, why and what would fix it.
+    pub fn availability(&self, mode: PmuMode) -> Availability {
+        match self.blocker_for(mode) {
+            None => Availability::Available,
+            Some(b) => Availability::Unavailable {
+                reason: b.reason,
+                remedy: b.remedy,
+            },
+        }
+    }
+
+    /// Whether KVM_PMU_CAP_DISABLE exists (mode `off` can disable the in-kernel PMU).
+    pub fn can_disable_pmu(&self) -> bool {
+        self.caps.pmu_capability & KVM_PMU_CAP_DISABLE as i32 != 0
+    }
+
+    /// Where userspace mode's counts come from on this host.
+    pub fn userspace_counter_source(&self) -> CounterSource {
+        match self.perf_pmus.first() {
+            Some(p) if self.kernel_says_no_pmu != Some(true) => CounterSource::HostPerf {
+                pmu: p.name.clone(),
+            },
+            _ => CounterSource::TscClock,
+        }
+    }
+
+    /// Extra information about a mode (off: how the PMU is hidden; userspace: counter
+    /// source).
+    pub fn note(&self, mode: PmuMode) -> Option<String> {
+        match mode {
+            PmuMode::Off if self.can_disable_pmu() => Some(
+                "KVM_PMU_CAP_DISABLE available: the VM's in-kernel PMU is disabled outright".into(),
+            ),
+            PmuMode::Off => Some(format!(
+                "KVM_CAP_PMU_CAPABILITY={}: no KVM_PMU_CAP_DISABLE; the PMU is hidden in CPUID only{}",
+                self.caps.pmu_capability,
+                if self.enable_pmu == Some(false) {
+                    " (KVM's vPMU is off anyway: kvm.enable_pmu=N)"
+                } else {
+                    ""
+                }
+            )),
+            PmuMode::Userspace => Some(match self.userspace_counter_source() {
+                CounterSource::HostPerf { pmu } => {
+                    format!("counter source: host perf events on PMU '{pmu}'")
+                }
+                CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles".into(),
+            }),
+            PmuMode::Passthrough if self.availability(mode).is_available() => Some(
+                "advertise the host's exact counter layout for the fast path (counter MSRs, GLOBAL_* and RDPMC passed through)".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The machine-readable probe (serialize with serde_json for `probe --json`).
+    pub fn probe_report(&self) -> ProbeReport {
+        ProbeReport {
+            host: self.clone(),
+            modes: PmuMode::ALL
+                .into_iter()
+                .map(|mode| ModeReport {
+                    mode,
+                    availability: self.availability(mode),
+                    note: self.note(mode),
+                })
+                .collect(),
+            hardware_pmu: self.hardware_pmu(),
+        }
+    }
+
+    /// The human report printed by `vpmu-vmm probe`.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let _ = self.write_report(&mut s);
+        s
+    }
+
+    fn write_report(&self, s: &mut String) -> fmt::Result {
+        let opt = |v: Option<bool>| v.map_or("(not supported by this kernel)", yn);
+        writeln!(s, "vPMU host probe")?;
+        writeln!(
+            s,
+            "  CPU:                    {} ({})",
+            if self.cpu_model.is_empty() { "unknown" } else { &self.cpu_model },
+            if self.vendor_string.is_empty() { "unknown vendor" } else { &self.vendor_string }
+        )?;
+        writeln!(s, "KVM")?;
+        match &self.kvm_error {
+            Some(e) => writeln!(s, "  /dev/kvm:               unusable: {e}")?,
+            None => writeln!(s, "  /dev/kvm:               ok")?,
+        }
+        writeln!(
+            s,
+            "  modules:                {}",
+            if self.kvm_modules.is_empty() { "none".to_string() } else { self.kvm_modules.join(", ") }
+        )?;
+        writeln!(s, "  kvm.enable_pmu:         {}", opt(self.enable_pmu))?;
+        writeln!(
+            s,
+            "  {}.enable_mediated_pmu: {}",
+            self.module_name(),
+            opt(self.enable_mediated_pmu)
+        )?;
+        writeln!(
+            s,
+            "  KVM_CAP_PMU_CAPABILITY: {}{}",
+            self.caps.pmu_capability,
+            if self.can_disable_pmu() { " (KVM_PMU_CAP_DISABLE)" } else { "" }
+        )?;
+        let cap = |b: bool| if b { "yes" } else { "no" };
+        writeln!(s, "  KVM_CAP_PMU_EVENT_FILTER:        {}", cap(self.caps.pmu_event_filter))?;
+        writeln!(s, "  KVM_CAP_PMU_EVENT_MASKED_EVENTS: {}", cap(self.caps.pmu_masked_events))?;
+        writeln!(s, "  KVM_CAP_X86_USER_SPACE_MSR:      {}", cap(self.caps.user_space_msr))?;
+        writeln!(s, "  KVM_CAP_X86_MSR_FILTER:          {}", cap(self.caps.msr_filter))?;
+        writeln!(s, "Host PMU")?;
+        writeln!(
+            s,
+            "  hardware PMU:           {}",
+            if self.hardware_pmu() { "yes" } else { "NO" }
+        )?;
+        writeln!(s, "  KVM layout:             {}", describe_layout(&self.layout))?;
+        if let Some(c) = self.perf_capabilities {
+            writeln!(s, "  IA32_PERF_CAPABILITIES: {c:#x}")?;
+        }
+        let pmus = if self.perf_pmus.is_empty() {
+            "none (software events only)".to_string()
+        } else {
+            self.perf_pmus
+                .iter()
+                .map(|p| format!("{} (type {})", p.name, p.pmu_type))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(s, "  perf core PMU (sysfs):  {pmus}")?;
+        writeln!(
+            s,
+            "  kernel log:             {}",
+            match self.kernel_says_no_pmu {
+                Some(true) => "\"PMU not available\"",
+                Some(false) => "no \"PMU not available\" message",
+                None => "unreadable",
+            }
+        )?;
+        writeln!(s, "Modes")?;
+        for mode in PmuMode::ALL {
+            match self.availability(mode) {
+                Availability::Available => write!(s, "  {:<12} available", format!("{mode}:"))?,
+                Availability::Unavailable { reason, remedy } => {
+                    write!(s, "  {:<12} unavailable: {reason}; {remedy}", format!("{mode}:"))?
+                }
+            }
+            match self.note(mode) {
+                Some(n) => writeln!(s, " [{n}]")?,
+                None => writeln!(s)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One-line description of a layout.
+pub fn describe_layout(cfg: &PmuConfig) -> String {
+    match cfg {
+        PmuConfig::None => "none".into(),
+        PmuConfig::Intel(p) => format!(
+            "Intel arch perfmon v{}: {} GP x {} bits, {} fixed x {} bits, PERF_CAPABILITIES {}",
+            p.version,
+            p.num_gp,
+            p.gp_width,
+            p.num_fixed,
+            p.fixed_width,
+            p.perf_capabilities
+                .map_or("absent".to_string(), |c| format!("{c:#x}"))
+        ),
+        PmuConfig::Amd(p) => format!(
+            "AMD {} counters x {} bits{}{}",
+            p.num_counters,
+            p.width,
+            if p.core_ext { ", PerfCtrExtCore" } else { ", legacy MSRs" },
+            if p.perfmon_v2 { ", PerfMonV2" } else { "" }
+        ),
+    }
+}
