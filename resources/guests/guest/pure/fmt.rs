@@ -1,7 +1,7 @@
 //! Allocation-free text formatting into a fixed buffer (no `core::fmt`, so the
 //! guests stay small and their CPL0 paths short).
 
-pub const LINE_CAP: usize = 160;
+pub const LINE_CAP: usize = 256;
 
 /// A fixed-capacity line buffer; text past the capacity is dropped.
 pub struct Line {
