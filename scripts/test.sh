@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The project's one test command (README, .ci/run): installs what the tests need, then
+# runs formatting, lints, and every test in the workspace (unit, property, integration
+# under /dev/kvm, and the nested-KVM Linux tests under QEMU TCG).
+#
+#   bash scripts/test.sh            # everything
+#   QUICK=1 bash scripts/test.sh    # skip the nested Linux tests (they print why)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
+command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+if [ "${QUICK:-0}" != 1 ] && [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  fi
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --release -- -D warnings
+echo "== cargo build --release"
+cargo build --workspace --release
+if [ "${QUICK:-0}" = 1 ]; then
+  export VPMU_SKIP_NESTED="QUICK=1 was set"
+fi
+echo "== cargo test"
+cargo test --workspace --release -- --test-threads=2

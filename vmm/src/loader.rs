@@ -1,0 +1,271 @@
+//! Kernel and initrd loading.
+//!
+//! Three formats, told apart by their magic:
+//! - **bzImage** ("HdrS" at 0x202): Linux 64-bit boot protocol. The protected-mode kernel
+//!   is loaded at 1 MiB, the zero page (boot_params with e820, cmdline, initrd) at
+//!   [`arch::layout::ZERO_PAGE_START`], entry at load address + 0x200 in long mode.
+//! - **ELF64 with a PVH note** (a Linux vmlinux built with CONFIG_PVH): entered at the PVH
+//!   entry point in 32-bit protected mode with RBX = hvm_start_info.
+//! - **ELF64 without a PVH note**: a freestanding guest (docs/GUESTS.md): segments at
+//!   p_paddr, entered at e_entry in 64-bit long mode at CPL0 on every vCPU, RDI = vCPU
+//!   index, RSI = command-line address (0 if none), RDX = vCPU count.
+//!
+//! Everything here treats the image as hostile: sizes are checked before use and every
+//! loader error becomes a [`LoadError`].
+
+use std::io::Cursor;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::config::{KernelImage, VmConfig};
+use crate::error::LoadError;
+
+/// How the boot vCPU is entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// Linux 64-bit boot protocol.
+    Linux64 {
+        /// 64-bit entry point.
+        entry: u64,
+    },
+    /// PVH boot (ELF vmlinux).
+    Pvh {
+        /// PVH entry point (32-bit).
+        entry: u64,
+    },
+    /// Freestanding ELF64 guest.
+    Freestanding {
+        /// e_entry.
+        entry: u64,
+        /// Guest-physical address of the NUL-terminated argument string (0 if empty).
+        cmdline: u64,
+    },
+}
+
+impl Boot {
+    /// Whether all vCPUs start at the entry point (freestanding) or only the BSP (Linux).
+    pub fn all_vcpus_enter(&self) -> bool {
+        matches!(self, Boot::Freestanding { .. })
+    }
+}
+
+/// The loaded kernel.
+pub struct Loaded {
+    /// How to enter it.
+    pub boot: Boot,
+    /// The bzImage setup header, for the zero page.
+    pub setup_header: Option<setup_header>,
+    /// End of the loaded image (guest-physical).
+    pub kernel_end: u64,
+}
+
+/// Reads the kernel image bytes (from the file or the embedded image).
+pub fn read_kernel(image: &KernelImage) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
+    match image {
+        KernelImage::Builtin { bytes, .. } => Ok(std::borrow::Cow::Borrowed(bytes)),
+        KernelImage::File(path) => {
+            std::fs::read(path)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|source| LoadError::Read {
+                    what: "kernel",
+                    path: path.clone(),
+                    source,
+                })
+        }
+    }
+}
+
+/// The image's format, by magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Linux bzImage.
+    BzImage,
+    /// ELF64.
+    Elf,
+}
+
+/// Identifies the kernel format from its first bytes.
+pub fn detect(bytes: &[u8]) -> Option<Format> {
+    if bytes.len() >= 0x206 && &bytes[0x202..0x206] == b"HdrS" {
+        return Some(Format::BzImage);
+    }
+    if bytes.len() >= 20 && bytes[..4] == [0x7f, b'E', b'L', b'F'] {
+        // ELFCLASS64, little endian, EM_X86_64 (62).
+        if bytes[4] == 2 && bytes[5] == 1 && u16::from_le_bytes([bytes[18], bytes[19]]) == 62 {
+            return Some(Format::Elf);
+        }
+    }
+    None
+}
+
+fn invalid(
+    image: &KernelImage,
+    format: &'static str,
+) -> impl FnOnce(linux_loader::loader::Error) -> LoadError {
+    let image = image.to_string();
+    move |e| LoadError::Invalid {
+        image,
+        format,
+        detail: e.to_string(),
+    }
+}
+
+/// Loads the kernel named by `config` into `mem` and writes its command line.
+pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, LoadError> {
+    let bytes = read_kernel(&config.kernel)?;
+    if bytes.len() as u64 >= config.memory {
+        return Err(LoadError::TooLarge {
+            what: "kernel",
+            size: bytes.len() as u64,
+            mem: config.memory,
+        });
+    }
+    let himem = Some(GuestAddress(arch::layout::HIMEM_START));
+    let name = config.kernel.to_string();
+    match detect(&bytes) {
+        Some(Format::BzImage) => {
+            let r = BzImage::load(mem, None, &mut Cursor::new(&bytes[..]), himem)
+                .map_err(invalid(&config.kernel, "bzImage"))?;
+            let hdr = r.setup_header.ok_or_else(|| LoadError::Invalid {
+                image: name.clone(),
+                format: "bzImage",
+                detail: "no setup header".into(),
+            })?;
+            // Linux 64-bit entry needs protocol 2.06+ with XLF_KERNEL_64 (boot.rst).
+            let version = hdr.version;
+            let xloadflags = hdr.xloadflags;
+            if version < 0x0206 || xloadflags & 1 == 0 {
+                return Err(LoadError::Invalid {
+                    image: name,
+                    format: "bzImage",
+                    detail: format!(
+                        "boot protocol {}.{:02} without a 64-bit entry point (need 2.06+ with XLF_KERNEL_64)",
+                        version >> 8,
+                        version & 0xff
+                    ),
+                });
+            }
+            write_linux_cmdline(mem, &config.cmdline)?;
+            Ok(Loaded {
+                boot: Boot::Linux64 {
+                    entry: arch::regs::bzimage_64bit_entry(r.kernel_load),
+                },
+                setup_header: Some(hdr),
+                kernel_end: r.kernel_end,
+            })
+        }
+        Some(Format::Elf) => {
+            let r = Elf::load(mem, None, &mut Cursor::new(&bytes[..]), himem)
+                .map_err(invalid(&config.kernel, "ELF"))?;
+            match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(entry) => {
+                    write_linux_cmdline(mem, &config.cmdline)?;
+                    Ok(Loaded {
+                        boot: Boot::Pvh { entry: entry.0 },
+                        setup_header: None,
+                        kernel_end: r.kernel_end,
+                    })
+                }
+                _ => {
+                    if config.initrd.is_some() {
+                        return Err(LoadError::InitrdForFreestanding(name));
+                    }
+                    let cmdline = write_raw_cmdline(mem, &config.cmdline)?;
+                    Ok(Loaded {
+                        boot: Boot::Freestanding {
+                            entry: r.kernel_load.0,
+                            cmdline,
+                        },
+                        setup_header: None,
+                        kernel_end: r.kernel_end,
+                    })
+                }
+            }
+        }
+        None => Err(LoadError::UnknownFormat(name)),
+    }
+}
+
+fn write_linux_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), LoadError> {
+    let mut c = Cmdline::new(arch::layout::CMDLINE_MAX_SIZE)
+        .map_err(|e| LoadError::Cmdline(e.to_string()))?;
+    if !cmdline.is_empty() {
+        c.insert_str(cmdline)
+            .map_err(|e| LoadError::Cmdline(e.to_string()))?;
+    }
+    linux_loader::loader::load_cmdline(mem, GuestAddress(arch::layout::CMDLINE_START), &c)
+        .map_err(|e| LoadError::Cmdline(e.to_string()))
+}
+
+/// Writes a freestanding guest's argument string; returns its address (0 when empty).
+fn write_raw_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, LoadError> {
+    if cmdline.is_empty() {
+        return Ok(0);
+    }
+    if cmdline.len() >= arch::layout::CMDLINE_MAX_SIZE || cmdline.as_bytes().contains(&0) {
+        return Err(LoadError::Cmdline(format!(
+            "must be shorter than {} bytes and contain no NUL",
+            arch::layout::CMDLINE_MAX_SIZE
+        )));
+    }
+    let mut b = cmdline.as_bytes().to_vec();
+    b.push(0);
+    mem.write_slice(&b, GuestAddress(arch::layout::CMDLINE_START))
+        .map_err(|e| LoadError::Boot(e.to_string()))?;
+    Ok(arch::layout::CMDLINE_START)
+}
+
+/// Loads the initrd (if any) above the kernel; returns (address, size).
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    loaded: &Loaded,
+) -> Result<Option<(GuestAddress, u64)>, LoadError> {
+    let Some(path) = &config.initrd else {
+        return Ok(None);
+    };
+    let data = std::fs::read(path).map_err(|source| LoadError::Read {
+        what: "initrd",
+        path: path.clone(),
+        source,
+    })?;
+    let size = data.len() as u64;
+    let max = loaded.setup_header.map(|h| h.initrd_addr_max).unwrap_or(0);
+    let addr =
+        arch::layout::initrd_addr(config.memory, size, loaded.kernel_end, max).map_err(|_| {
+            LoadError::TooLarge {
+                what: "initrd",
+                size,
+                mem: config.memory,
+            }
+        })?;
+    mem.write_slice(&data, addr)
+        .map_err(|e| LoadError::Boot(e.to_string()))?;
+    Ok(Some((addr, size)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_formats() {
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(detect(&bz), Some(Format::BzImage));
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(&[0x7f, b'E', b'L', b'F']);
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[18] = 62;
+        assert_eq!(detect(&elf), Some(Format::Elf));
+        elf[4] = 1; // 32-bit
+        assert_eq!(detect(&elf), None);
+        assert_eq!(detect(b""), None);
+        assert_eq!(detect(&[0x7f, b'E', b'L']), None);
+        assert_eq!(detect(&[0u8; 4096]), None);
+    }
+}

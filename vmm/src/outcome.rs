@@ -1,0 +1,190 @@
+//! How a VM ended, and the process exit status that follows from it.
+
+use std::fmt;
+
+/// Status for VMM setup/configuration errors (and CLI usage errors).
+pub const STATUS_VMM_ERROR: i32 = 2;
+/// Status for a guest triple fault.
+pub const STATUS_TRIPLE_FAULT: i32 = 4;
+/// Status for a KVM internal error or VM-entry failure.
+pub const STATUS_KVM_ERROR: i32 = 6;
+/// Status for a guest crash event.
+pub const STATUS_CRASH: i32 = 8;
+/// Status for a failing vCPU run loop (unhandled exit, KVM_RUN error).
+pub const STATUS_RUN_ERROR: i32 = 10;
+
+/// The reason a VM stopped. The first vCPU to end the VM decides it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// i8042 reset (0xfe to port 0x64), or a KVM reset system event.
+    Reset,
+    /// A KVM shutdown system event (e.g. a PSCI-style poweroff).
+    PowerOff,
+    /// A write of `value` to the debug-exit port 0xf4.
+    DebugExit {
+        /// The value the guest wrote.
+        value: u32,
+    },
+    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN).
+    TripleFault {
+        /// The vCPU.
+        vcpu: u8,
+        /// RIP when it happened (if the registers could be read).
+        rip: Option<u64>,
+    },
+    /// KVM could not continue running the guest.
+    InternalError {
+        /// The vCPU.
+        vcpu: u8,
+        /// KVM_INTERNAL_ERROR_* suberror.
+        suberror: u32,
+        /// Extra data words KVM supplied.
+        data: Vec<u64>,
+        /// RIP, if readable.
+        rip: Option<u64>,
+    },
+    /// VM entry failed.
+    FailEntry {
+        /// The vCPU.
+        vcpu: u8,
+        /// hardware_entry_failure_reason.
+        reason: u64,
+    },
+    /// The guest crashed (KVM crash system event).
+    Crash {
+        /// The vCPU.
+        vcpu: u8,
+    },
+    /// An exit the VMM does not handle, or a failing KVM_RUN.
+    VmmError {
+        /// The vCPU.
+        vcpu: u8,
+        /// What happened.
+        detail: String,
+    },
+}
+
+/// Decodes KVM_INTERNAL_ERROR_* suberrors.
+pub fn internal_suberror_name(code: u32) -> &'static str {
+    match code {
+        1 => "emulation failure (KVM_INTERNAL_ERROR_EMULATION)",
+        2 => "simultaneous exceptions (KVM_INTERNAL_ERROR_SIMUL_EX)",
+        3 => "exit while delivering an event (KVM_INTERNAL_ERROR_DELIVERY_EV)",
+        4 => "unexpected exit reason (KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON)",
+        _ => "unknown suberror",
+    }
+}
+
+impl Outcome {
+    /// Whether this is a clean guest-requested ending.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, Outcome::Reset | Outcome::PowerOff)
+    }
+
+    /// Process exit status under `vpmu-vmm run` semantics: reset/poweroff 0; debug-exit
+    /// `(V << 1) | 1` truncated to 8 bits as a process status is (QEMU isa-debug-exit), so
+    /// always odd; VMM-side endings use even statuses that can never collide with it:
+    /// [`STATUS_VMM_ERROR`] (2, also setup and usage errors), [`STATUS_TRIPLE_FAULT`] (4),
+    /// [`STATUS_KVM_ERROR`] (6, internal error or entry failure), [`STATUS_CRASH`] (8),
+    /// and 10 for a failing run loop.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Outcome::Reset | Outcome::PowerOff => 0,
+            Outcome::DebugExit { value } => ((value.wrapping_shl(1) | 1) & 0xff) as i32,
+            Outcome::TripleFault { .. } => STATUS_TRIPLE_FAULT,
+            Outcome::InternalError { .. } | Outcome::FailEntry { .. } => STATUS_KVM_ERROR,
+            Outcome::Crash { .. } => STATUS_CRASH,
+            Outcome::VmmError { .. } => STATUS_RUN_ERROR,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rip = |r: &Option<u64>| match r {
+            Some(r) => format!("{r:#x}"),
+            None => "?".to_string(),
+        };
+        match self {
+            Outcome::Reset => write!(f, "guest reset"),
+            Outcome::PowerOff => write!(f, "guest powered off"),
+            Outcome::DebugExit { value } => {
+                write!(f, "guest wrote {value:#x} to debug-exit port 0xf4")
+            }
+            Outcome::TripleFault { vcpu, rip: r } => {
+                write!(
+                    f,
+                    "guest shut down (triple fault) at RIP={} on vCPU {vcpu}",
+                    rip(r)
+                )
+            }
+            Outcome::InternalError {
+                vcpu,
+                suberror,
+                data,
+                rip: r,
+            } => {
+                write!(
+                    f,
+                    "KVM internal error on vCPU {vcpu} at RIP={}: {} (suberror {suberror})",
+                    rip(r),
+                    internal_suberror_name(*suberror)
+                )?;
+                if !data.is_empty() {
+                    let d: Vec<String> = data.iter().map(|x| format!("{x:#x}")).collect();
+                    write!(f, ", data [{}]", d.join(", "))?;
+                }
+                Ok(())
+            }
+            Outcome::FailEntry { vcpu, reason } => {
+                write!(
+                    f,
+                    "VM entry failed on vCPU {vcpu}: hardware reason {reason:#x}"
+                )
+            }
+            Outcome::Crash { vcpu } => write!(f, "guest crashed (KVM crash event) on vCPU {vcpu}"),
+            Outcome::VmmError { vcpu, detail } => write!(f, "vCPU {vcpu}: {detail}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(Outcome::Reset.exit_status(), 0);
+        assert_eq!(Outcome::PowerOff.exit_status(), 0);
+        assert_eq!(Outcome::DebugExit { value: 0 }.exit_status(), 1);
+        assert_eq!(Outcome::DebugExit { value: 1 }.exit_status(), 3);
+        assert_eq!(Outcome::DebugExit { value: 0x7f }.exit_status(), 0xff);
+        assert_eq!(Outcome::DebugExit { value: 0x80 }.exit_status(), 1);
+        assert_eq!(Outcome::DebugExit { value: u32::MAX }.exit_status(), 0xff);
+        let tf = Outcome::TripleFault {
+            vcpu: 0,
+            rip: Some(0x1234),
+        };
+        assert_eq!(tf.exit_status(), STATUS_TRIPLE_FAULT);
+        for v in 0..1024u32 {
+            assert_eq!(
+                Outcome::DebugExit { value: v }.exit_status() % 2,
+                1,
+                "debug-exit statuses are odd"
+            );
+        }
+        assert_eq!(
+            tf.to_string(),
+            "guest shut down (triple fault) at RIP=0x1234 on vCPU 0"
+        );
+        let ie = Outcome::InternalError {
+            vcpu: 1,
+            suberror: 1,
+            data: vec![],
+            rip: None,
+        };
+        assert!(ie.to_string().contains("emulation failure"));
+        assert_ne!(ie.exit_status(), 0);
+    }
+}

@@ -1,0 +1,104 @@
+//! The PMU audit log: one JSON line per denied or faulting PMU programming attempt.
+//!
+//! Lines look like
+//! `{"t_ms":12.5,"vcpu":0,"msr":"0x186","value":"0x53003c","verdict":"denied","event":"0x3c","umask":"0x0","rule":"not in allowlist"}`.
+//! Verdicts: `denied` (policy), `gp` (reserved bits / absent or read-only MSR: #GP
+//! injected), `unsupported` (the counter source cannot count it; the counter stays put).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A shared JSON-lines writer.
+pub struct AuditLog {
+    out: Mutex<BufWriter<File>>,
+    start: Instant,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Record<'a> {
+    /// Milliseconds since the VM started.
+    pub t_ms: f64,
+    /// vCPU index.
+    pub vcpu: u8,
+    /// The MSR, hex.
+    pub msr: String,
+    /// The value written (or "read"), hex.
+    pub value: String,
+    /// denied | gp | unsupported.
+    pub verdict: &'a str,
+    /// Decoded event select, hex (selectors only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Decoded unit mask, hex (selectors only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub umask: Option<String>,
+    /// The rule or reason.
+    pub rule: String,
+}
+
+impl AuditLog {
+    /// Creates (truncates) the log file.
+    pub fn create(path: &Path) -> std::io::Result<AuditLog> {
+        Ok(AuditLog {
+            out: Mutex::new(BufWriter::new(File::create(path)?)),
+            start: Instant::now(),
+        })
+    }
+
+    /// Milliseconds since creation.
+    pub fn now_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Appends a record (I/O errors are counted by the caller's summary, never fatal).
+    pub fn write(&self, rec: &Record<'_>) -> bool {
+        let Ok(line) = serde_json::to_string(rec) else {
+            return false;
+        };
+        match self.out.lock() {
+            Ok(mut w) => writeln!(w, "{line}").is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Flushes buffered records.
+    pub fn flush(&self) -> std::io::Result<()> {
+        match self.out.lock() {
+            Ok(mut w) => w.flush(),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_json_lines() {
+        let dir = std::env::temp_dir().join(format!("vpmu-audit-{}", std::process::id()));
+        let log = AuditLog::create(&dir).unwrap();
+        let rec = Record {
+            t_ms: log.now_ms(),
+            vcpu: 1,
+            msr: "0x186".into(),
+            value: "0x53003c".into(),
+            verdict: "denied",
+            event: Some("0x3c".into()),
+            umask: Some("0x0".into()),
+            rule: "not in allowlist".into(),
+        };
+        assert!(log.write(&rec));
+        log.flush().unwrap();
+        let text = std::fs::read_to_string(&dir).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(v["vcpu"], 1);
+        assert_eq!(v["verdict"], "denied");
+        assert_eq!(v["event"], "0x3c");
+        let _ = std::fs::remove_file(&dir);
+    }
+}

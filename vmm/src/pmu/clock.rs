@@ -1,0 +1,151 @@
+//! The clock-model counter source: what a userspace-vPMU counter counts on a host without
+//! a hardware PMU.
+//!
+//! The only events it can count honestly are cycle counts, derived from TSC ticks spent
+//! inside KVM_RUN (core cycles and reference cycles both at TSC rate; halted time inside
+//! KVM_RUN counts too, since the VMM cannot see it). Every other event is **refused as
+//! unsupported**: the counter keeps its value and the refusal is audited; nothing is faked.
+//!
+//! Also refused: selectors the model cannot honour exactly (edge detect, invert, a counter
+//! mask above 1) and selectors counting at neither privilege level count nothing.
+
+use vpmu::selector::EventSelector;
+use vpmu::Vendor;
+
+/// What a counter is fed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockEvent {
+    /// Core clock cycles (unhalted core cycles).
+    CoreCycles,
+    /// Reference cycles (TSC rate).
+    RefCycles,
+}
+
+/// Why the clock model refuses an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a cycle event: the clock model cannot count it.
+    UnsupportedEvent,
+    /// A cycle event with EDGE/INV/CMASK>1, which the model cannot honour.
+    UnsupportedQualifier,
+    /// Neither USR nor OS is set: the counter counts nothing (architecturally).
+    NoPrivilegeLevel,
+}
+
+impl Refusal {
+    /// Short text for audits and summaries.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::UnsupportedEvent => {
+                "unsupported by the clock counter source (no hardware PMU)"
+            }
+            Refusal::UnsupportedQualifier => {
+                "edge/invert/counter-mask not supported by the clock counter source"
+            }
+            Refusal::NoPrivilegeLevel => "neither USR nor OS set",
+        }
+    }
+}
+
+/// Maps a general-purpose event selector to a clock event.
+pub fn gp_event(vendor: Vendor, sel: &EventSelector) -> Result<ClockEvent, Refusal> {
+    let ev = match (vendor, sel.event, sel.umask) {
+        // Intel architectural events (SDM vol. 3B, Table 21-1 / 18-1).
+        (Vendor::Intel, 0x3c, 0x00) => ClockEvent::CoreCycles,
+        (Vendor::Intel, 0x3c, 0x01) => ClockEvent::RefCycles,
+        // AMD: PMCx076 CPU cycles not in halt (all families since 17h).
+        (Vendor::Amd, 0x76, _) => ClockEvent::CoreCycles,
+        _ => return Err(Refusal::UnsupportedEvent),
+    };
+    if sel.edge || sel.inv || sel.cmask > 1 {
+        return Err(Refusal::UnsupportedQualifier);
+    }
+    if !sel.usr && !sel.os {
+        return Err(Refusal::NoPrivilegeLevel);
+    }
+    Ok(ev)
+}
+
+/// Maps an Intel fixed counter (with its 4-bit FIXED_CTR_CTRL field) to a clock event.
+pub fn fixed_event(index: u8, field: u8) -> Result<ClockEvent, Refusal> {
+    let ev = match index {
+        1 => ClockEvent::CoreCycles,
+        2 => ClockEvent::RefCycles,
+        _ => return Err(Refusal::UnsupportedEvent), // 0 instructions, 3 topdown slots
+    };
+    if field & 0x3 == 0 {
+        return Err(Refusal::NoPrivilegeLevel);
+    }
+    Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(v: Vendor, raw: u64) -> EventSelector {
+        EventSelector::decode(v, raw)
+    }
+
+    #[test]
+    fn intel_cycles_only() {
+        let usr_os_en = (1 << 16) | (1 << 17) | (1 << 22);
+        assert_eq!(
+            gp_event(Vendor::Intel, &sel(Vendor::Intel, 0x3c | usr_os_en)),
+            Ok(ClockEvent::CoreCycles)
+        );
+        assert_eq!(
+            gp_event(Vendor::Intel, &sel(Vendor::Intel, 0x13c | usr_os_en)),
+            Ok(ClockEvent::RefCycles)
+        );
+        assert_eq!(
+            gp_event(Vendor::Intel, &sel(Vendor::Intel, 0xc0 | usr_os_en)),
+            Err(Refusal::UnsupportedEvent)
+        );
+        assert_eq!(
+            gp_event(Vendor::Intel, &sel(Vendor::Intel, 0x3c | (1 << 22))),
+            Err(Refusal::NoPrivilegeLevel)
+        );
+        assert_eq!(
+            gp_event(
+                Vendor::Intel,
+                &sel(Vendor::Intel, 0x3c | usr_os_en | (2 << 24))
+            ),
+            Err(Refusal::UnsupportedQualifier)
+        );
+        assert_eq!(
+            gp_event(
+                Vendor::Intel,
+                &sel(Vendor::Intel, 0x3c | usr_os_en | (1 << 23))
+            ),
+            Err(Refusal::UnsupportedQualifier)
+        );
+    }
+
+    #[test]
+    fn amd_cycles_only() {
+        let usr = 1 << 16;
+        assert_eq!(
+            gp_event(Vendor::Amd, &sel(Vendor::Amd, 0x76 | usr)),
+            Ok(ClockEvent::CoreCycles)
+        );
+        assert_eq!(
+            gp_event(Vendor::Amd, &sel(Vendor::Amd, 0xc0 | usr)),
+            Err(Refusal::UnsupportedEvent)
+        );
+        // Event 0x176 is a different (12-bit) event on AMD.
+        assert_eq!(
+            gp_event(Vendor::Amd, &sel(Vendor::Amd, 0x76 | (1 << 32) | usr)),
+            Err(Refusal::UnsupportedEvent)
+        );
+    }
+
+    #[test]
+    fn fixed_counters() {
+        assert_eq!(fixed_event(0, 0x3), Err(Refusal::UnsupportedEvent));
+        assert_eq!(fixed_event(1, 0x2), Ok(ClockEvent::CoreCycles));
+        assert_eq!(fixed_event(2, 0x1), Ok(ClockEvent::RefCycles));
+        assert_eq!(fixed_event(1, 0x8), Err(Refusal::NoPrivilegeLevel));
+        assert_eq!(fixed_event(3, 0x3), Err(Refusal::UnsupportedEvent));
+    }
+}

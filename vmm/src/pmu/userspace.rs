@@ -1,0 +1,439 @@
+//! The VMM's own vPMU (`--pmu userspace`), one per vCPU.
+//!
+//! Every PMU MSR access exits to the VMM (KVM MSR filter). Reads and writes go to a
+//! [`vpmu::state::PmuState`] register file. Event-selector and FIXED_CTR_CTRL writes are
+//! vetted first:
+//! - reserved bits: #GP, audited (`gp`), the register keeps its old value;
+//! - an event the policy denies: the write is **accepted and reads back as written**, but
+//!   the counter is blocked and never counts (KVM's event filter behaves the same way), and
+//!   the attempt is audited (`denied`);
+//! - an event the counter source cannot count: same, audited once (`unsupported`).
+//!
+//! Context switch around KVM_RUN: `before_run` arms a one-shot POSIX timer (targeting the
+//! vCPU thread, with the kick signal) at the moment the nearest PMI-enabled counter will
+//! overflow, so the overflow is delivered on time even if the guest never exits;
+//! `after_run` charges the TSC ticks spent inside KVM_RUN to every running counter, which
+//! sets GLOBAL_STATUS bits on wrap and asks the run loop for a PMI. The timer is re-armed
+//! only when the counter programming changes or the deadline passes, so a steady-state
+//! KVM_RUN costs no extra system call.
+
+use std::sync::Arc;
+
+use vpmu::model::PmuMsr;
+use vpmu::policy::{CompiledPolicy, Decision};
+use vpmu::selector::{EventSelector, VetOptions};
+use vpmu::state::{CounterId, PmuState};
+use vpmu::{PmuConfig, Vendor};
+
+use super::audit::{AuditLog, Record};
+use super::clock::{self, ClockEvent, Refusal};
+use super::VcpuPmu;
+
+/// Per-vCPU statistics of the userspace vPMU.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    /// PMU MSR reads.
+    pub reads: u64,
+    /// PMU MSR writes.
+    pub writes: u64,
+    /// Accesses answered with #GP.
+    pub gp: u64,
+    /// Selector programmings the policy denied.
+    pub denied: u64,
+    /// Selector programmings the counter source could not count.
+    pub unsupported: u64,
+    /// Counter overflows.
+    pub overflows: u64,
+    /// PMIs requested.
+    pub pmis: u64,
+    /// Overflow timers armed.
+    pub timer_arms: u64,
+}
+
+/// Why a counter does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Clock(ClockEvent),
+    Denied,
+    Refused(Refusal),
+    Idle,
+}
+
+struct Timer {
+    id: libc::timer_t,
+}
+
+impl Timer {
+    fn create(tid: libc::pid_t) -> std::io::Result<Timer> {
+        // SAFETY: zeroed sigevent filled for SIGEV_THREAD_ID; timer_create writes `id`.
+        unsafe {
+            let mut sev: libc::sigevent = std::mem::zeroed();
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_signo = crate::kick::kick_signal();
+            sev.sigev_notify_thread_id = tid;
+            let mut id: libc::timer_t = std::ptr::null_mut();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Timer { id })
+        }
+    }
+
+    fn arm_ns(&self, ns: u64) {
+        let ns = ns.max(1);
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: valid timer id and itimerspec.
+        unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) };
+    }
+
+    fn disarm(&self) {
+        let spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+        // SAFETY: valid timer id; a zero it_value disarms.
+        unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        // SAFETY: the id came from timer_create and is deleted once.
+        unsafe { libc::timer_delete(self.id) };
+    }
+}
+
+// SAFETY: a timer_t is a kernel handle usable from any thread of the process.
+unsafe impl Send for Timer {}
+
+/// The userspace vPMU of one vCPU.
+pub struct UserspacePmu {
+    vcpu: u8,
+    vendor: Vendor,
+    state: PmuState,
+    policy: Arc<CompiledPolicy>,
+    vet_opts: VetOptions,
+    audit: Option<Arc<AuditLog>>,
+    tsc_khz: u64,
+    /// Counters currently fed by the clock (recomputed when `dirty`).
+    running: Vec<CounterId>,
+    feeds: Vec<(CounterId, Feed)>,
+    dirty: bool,
+    timer: Option<Timer>,
+    timer_dirty: bool,
+    armed_deadline_tsc: Option<u64>,
+    stats: Stats,
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl UserspacePmu {
+    /// A fresh vPMU in its reset state for `layout`.
+    pub fn new(
+        vcpu: u8,
+        layout: &PmuConfig,
+        policy: Arc<CompiledPolicy>,
+        audit: Option<Arc<AuditLog>>,
+        tsc_khz: u64,
+    ) -> UserspacePmu {
+        let vendor = layout.vendor().unwrap_or(Vendor::Intel);
+        let vet_opts = policy.vet_options();
+        UserspacePmu {
+            vcpu,
+            vendor,
+            state: PmuState::new(layout),
+            policy,
+            vet_opts,
+            audit,
+            tsc_khz: tsc_khz.max(1),
+            running: Vec::new(),
+            feeds: Vec::new(),
+            dirty: true,
+            timer: None,
+            timer_dirty: true,
+            armed_deadline_tsc: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The register file (tests, debugging).
+    pub fn state(&self) -> &PmuState {
+        &self.state
+    }
+
+    fn audit(
+        &self,
+        msr: u32,
+        value: u64,
+        verdict: &str,
+        sel: Option<&EventSelector>,
+        rule: String,
+    ) {
+        let Some(log) = &self.audit else { return };
+        let rec = Record {
+            t_ms: log.now_ms(),
+            vcpu: self.vcpu,
+            msr: format!("{msr:#x}"),
+            value: format!("{value:#x}"),
+            verdict,
+            event: sel.map(|s| format!("{:#x}", s.event)),
+            umask: sel.map(|s| format!("{:#x}", s.umask)),
+            rule,
+        };
+        log.write(&rec);
+    }
+
+    fn feed_of(&self, id: CounterId) -> Feed {
+        self.feeds
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, f)| *f)
+            .unwrap_or(Feed::Idle)
+    }
+
+    fn set_feed(&mut self, id: CounterId, feed: Feed) {
+        self.state.set_blocked(id, !matches!(feed, Feed::Clock(_)));
+        match self.feeds.iter_mut().find(|(c, _)| *c == id) {
+            Some(slot) => slot.1 = feed,
+            None => self.feeds.push((id, feed)),
+        }
+    }
+
+    /// Vets and applies a GP event-selector write. `false` = #GP.
+    fn write_evtsel(&mut self, msr: u32, idx: u8, value: u64) -> bool {
+        let checked = match self.policy.check(value) {
+            Ok(c) => c,
+            Err(e) => {
+                self.stats.gp += 1;
+                self.audit(msr, value, "gp", None, e.to_string());
+                return false;
+            }
+        };
+        let sel = checked.vetted.selector;
+        if self.state.write(msr, checked.vetted.guest_value).is_err() {
+            self.stats.gp += 1;
+            self.audit(
+                msr,
+                value,
+                "gp",
+                Some(&sel),
+                "not present in the guest's PMU layout".into(),
+            );
+            return false;
+        }
+        let id = CounterId::Gp(idx);
+        let feed = if let Decision::Denied(reason) = checked.decision {
+            if sel.en {
+                self.stats.denied += 1;
+                let rule = self.policy.describe(reason).to_string();
+                self.audit(msr, value, "denied", Some(&sel), rule);
+            }
+            Feed::Denied
+        } else {
+            match clock::gp_event(self.vendor, &sel) {
+                Ok(ev) => Feed::Clock(ev),
+                Err(r) => {
+                    if sel.en && self.feed_of(id) != Feed::Refused(r) {
+                        self.stats.unsupported += 1;
+                        self.audit(msr, value, "unsupported", Some(&sel), r.as_str().into());
+                    }
+                    Feed::Refused(r)
+                }
+            }
+        };
+        self.set_feed(id, feed);
+        true
+    }
+
+    /// Vets and applies an Intel FIXED_CTR_CTRL write. `false` = #GP.
+    fn write_fixed_ctrl(&mut self, msr: u32, value: u64) -> bool {
+        if let Err(e) = self.state.write(msr, value) {
+            self.stats.gp += 1;
+            self.audit(msr, value, "gp", None, e.to_string());
+            return false;
+        }
+        let num_fixed = match self.state.config() {
+            PmuConfig::Intel(i) => i.num_fixed,
+            _ => 0,
+        };
+        for i in 0..num_fixed {
+            let field = ((value >> (4 * u32::from(i))) & 0xf) as u8;
+            let id = CounterId::Fixed(i);
+            let anythread = field & 0x4 != 0;
+            let feed = if field & 0x3 == 0 {
+                Feed::Idle
+            } else if !self.policy.decide_fixed(i) || (anythread && !self.vet_opts.allow_anythread)
+            {
+                if self.feed_of(id) != Feed::Denied {
+                    self.stats.denied += 1;
+                    let why = if anythread && !self.vet_opts.allow_anythread {
+                        "AnyThread not permitted by the policy".to_string()
+                    } else {
+                        format!("fixed counter {i} not in the policy's fixed_counters")
+                    };
+                    self.audit(msr, value, "denied", None, why);
+                }
+                Feed::Denied
+            } else {
+                match clock::fixed_event(i, field) {
+                    Ok(ev) => Feed::Clock(ev),
+                    Err(r) => {
+                        if self.feed_of(id) != Feed::Refused(r) {
+                            self.stats.unsupported += 1;
+                            self.audit(
+                                msr,
+                                value,
+                                "unsupported",
+                                None,
+                                format!("fixed counter {i}: {}", r.as_str()),
+                            );
+                        }
+                        Feed::Refused(r)
+                    }
+                }
+            };
+            self.set_feed(id, feed);
+        }
+        true
+    }
+
+    fn recompute_running(&mut self) {
+        self.running.clear();
+        for c in self.state.counters() {
+            if c.enabled && matches!(self.feed_of(c.id), Feed::Clock(_)) {
+                self.running.push(c.id);
+            }
+        }
+        self.dirty = false;
+        self.timer_dirty = true;
+    }
+
+    fn arm_timer(&mut self) {
+        self.timer_dirty = false;
+        let Some(timer) = &self.timer else { return };
+        let mut nearest: Option<u64> = None;
+        for id in &self.running {
+            if let Some(c) = self.state.counter(*id) {
+                if c.pmi_on_overflow {
+                    if let Some(n) = self.state.counts_until_overflow(*id) {
+                        nearest = Some(nearest.map_or(n, |m| m.min(n)));
+                    }
+                }
+            }
+        }
+        match nearest {
+            Some(ticks) => {
+                let ns = (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz))
+                    .min(u128::from(u64::MAX)) as u64;
+                timer.arm_ns(ns);
+                self.armed_deadline_tsc = Some(rdtsc().saturating_add(ticks));
+                self.stats.timer_arms += 1;
+            }
+            None => {
+                if self.armed_deadline_tsc.take().is_some() {
+                    timer.disarm();
+                }
+            }
+        }
+    }
+}
+
+impl VcpuPmu for UserspacePmu {
+    fn attach_thread(&mut self, tid: libc::pid_t) -> std::io::Result<()> {
+        self.timer = Some(Timer::create(tid)?);
+        self.timer_dirty = true;
+        Ok(())
+    }
+
+    fn detach_thread(&mut self) {
+        self.timer = None;
+    }
+
+    #[inline]
+    fn before_run(&mut self) {
+        if self.dirty {
+            self.recompute_running();
+        }
+        if self.timer_dirty {
+            self.arm_timer();
+        }
+    }
+
+    #[inline]
+    fn after_run(&mut self, ran_tsc: u64) -> bool {
+        let mut pmi = false;
+        for i in 0..self.running.len() {
+            let id = self.running[i];
+            if let Some(ovf) = self.state.add_count(id, ran_tsc) {
+                self.stats.overflows += 1;
+                self.timer_dirty = true;
+                if ovf.pmi {
+                    pmi = true;
+                }
+            }
+        }
+        if let Some(deadline) = self.armed_deadline_tsc {
+            if rdtsc() >= deadline {
+                self.timer_dirty = true;
+            }
+        }
+        if pmi {
+            self.stats.pmis += 1;
+        }
+        pmi
+    }
+
+    fn rdmsr(&mut self, msr: u32) -> Option<u64> {
+        self.stats.reads += 1;
+        match self.state.read(msr) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.stats.gp += 1;
+                self.audit(msr, 0, "gp", None, format!("read: {e}"));
+                None
+            }
+        }
+    }
+
+    fn wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        self.stats.writes += 1;
+        let ok = match vpmu::model::classify(self.vendor, msr) {
+            Some(PmuMsr::GpEventSel(i)) => self.write_evtsel(msr, i, value),
+            Some(PmuMsr::FixedCtrCtrl) => self.write_fixed_ctrl(msr, value),
+            _ => match self.state.write(msr, value) {
+                Ok(_) => true,
+                Err(e) => {
+                    self.stats.gp += 1;
+                    self.audit(msr, value, "gp", None, e.to_string());
+                    false
+                }
+            },
+        };
+        // Any accepted write may change what runs or when it overflows.
+        if ok {
+            self.dirty = true;
+        }
+        ok
+    }
+
+    fn summary(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "userspace vPMU: {} MSR reads, {} writes, {} #GP, {} denied, {} unsupported, {} overflows, {} PMIs",
+            s.reads, s.writes, s.gp, s.denied, s.unsupported, s.overflows, s.pmis
+        )
+    }
+
+    fn summary_json(&self) -> serde_json::Value {
+        serde_json::json!({ "vcpu": self.vcpu, "stats": self.stats })
+    }
+}
