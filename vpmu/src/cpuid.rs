@@ -171,7 +171,8 @@ fn amd_layout(entries: &[kvm_cpuid_entry2]) -> PmuConfig {
         None => (false, amd::LEGACY_COUNTERS),
     };
     PmuConfig::Amd(AmdPmu {
-        core_ext,
+        // PerfMonV2 counters live at the core-extension addresses.
+        core_ext: core_ext || perfmon_v2,
         perfmon_v2,
         num_counters,
         width: 48,
@@ -801,7 +802,8 @@ fn apply_intel(r: &IntelRequest, base: &IntelPmu) -> IntelPmu {
         num_gp: r.gp.unwrap_or(base.num_gp),
         gp_width: r.gp_width.unwrap_or(base.gp_width),
         num_fixed,
-        fixed_width: r.fixed_width.unwrap_or(base.fixed_width),
+        // v1 has no fixed counters and CPUID.0AH:EDX is reserved: no width either.
+        fixed_width: if version < 2 { 0 } else { r.fixed_width.unwrap_or(base.fixed_width) },
         events_unavailable: r.events_unavailable.unwrap_or(base.events_unavailable),
         events_len: r.events_len.unwrap_or(base.events_len),
         perf_capabilities,

@@ -317,6 +317,13 @@ pub enum ConfigError {
         /// Asked for.
         requested: u8,
     },
+    /// AMD PerfMonV2 without PerfCtrExtCore (every PerfMonV2 part has both; its counters
+    /// live at the core-extension addresses).
+    #[error("AMD PerfMonV2 requires PerfCtrExtCore (core-ext)")]
+    AmdV2WithoutCoreExt,
+    /// AMD counter width other than 48 (CPUID has no width field on AMD: guests assume 48).
+    #[error("AMD counters are 48 bits wide ({0} requested): AMD CPUID cannot advertise another width")]
+    AmdWidth(u8),
     /// PERF_CAPABILITIES bits this model does not implement.
     #[error("IA32_PERF_CAPABILITIES bits {0:#x} are not supported (only FW_WRITES, bit 13)")]
     PerfCapabilities(u64),
@@ -383,6 +390,9 @@ fn validate_amd(p: &AmdPmu) -> Result<(), ConfigError> {
             max: amd::MAX_COUNTERS,
         });
     }
+    if p.perfmon_v2 && !p.core_ext {
+        return Err(ConfigError::AmdV2WithoutCoreExt);
+    }
     if !p.perfmon_v2 {
         let expected = if p.core_ext {
             amd::CORE_EXT_COUNTERS
@@ -396,8 +406,8 @@ fn validate_amd(p: &AmdPmu) -> Result<(), ConfigError> {
             });
         }
     }
-    if p.num_counters > 0 {
-        check_width("AMD core", p.width)?;
+    if p.width != 48 {
+        return Err(ConfigError::AmdWidth(p.width));
     }
     Ok(())
 }

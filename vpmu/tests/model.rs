@@ -246,7 +246,13 @@ fn validate_rejects_what_is_not_modelled() {
         Err(ConfigError::AmdCount { expected: 6, requested: 4 })
     ));
     assert!(validate(&amd_cfg(true, true, 4)).is_ok());
+    assert_eq!(validate(&amd_cfg(false, true, 4)), Err(ConfigError::AmdV2WithoutCoreExt));
     assert!(validate(&amd_cfg(true, true, 7)).is_err());
+    let mut wide_amd = amd_cfg(true, true, 6);
+    if let PmuConfig::Amd(p) = &mut wide_amd {
+        p.width = 64;
+    }
+    assert_eq!(validate(&wide_amd), Err(ConfigError::AmdWidth(64)));
     let mut narrow = intel_cfg(2, 2, 0, None);
     if let PmuConfig::Intel(p) = &mut narrow {
         p.gp_width = 31;
