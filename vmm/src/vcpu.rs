@@ -207,12 +207,29 @@ impl Vcpu {
 
     /// Delivers a PMI the way the guest programmed its LAPIC LVT performance-counter entry.
     fn deliver_pmi(&mut self) {
-        let lapic = match self.fd.get_lapic() {
+        let mut lapic = match self.fd.get_lapic() {
             Ok(l) => l,
             Err(_) => return,
         };
         let lvtpc = crate::pmu::read_lapic_reg(&lapic, crate::pmu::APIC_LVTPC);
-        match crate::pmu::pmi_delivery(lvtpc) {
+        let delivery = crate::pmu::pmi_delivery(lvtpc);
+        if delivery != PmiDelivery::Masked
+            && self.pmu.as_ref().is_some_and(|p| p.masks_lvtpc_on_pmi())
+        {
+            // Like Intel hardware (and KVM for Intel guests): mask LVTPC as the PMI is
+            // delivered; the guest's handler unmasks it. KVM_SET_LAPIC replaces the whole
+            // register page, so an interrupt injected by another thread in the window
+            // between GET and SET could be lost; the window is a few microseconds per PMI.
+            crate::pmu::write_lapic_reg(
+                &mut lapic,
+                crate::pmu::APIC_LVTPC,
+                lvtpc | crate::pmu::APIC_LVT_MASKED,
+            );
+            if self.fd.set_lapic(&lapic).is_err() {
+                return;
+            }
+        }
+        match delivery {
             PmiDelivery::Masked => {}
             PmiDelivery::Nmi => {
                 if self.fd.nmi().is_ok() {

@@ -14,6 +14,18 @@ use kvm_bindings::kvm_lapic_state;
 /// LAPIC LVT performance-counter register offset.
 pub const APIC_LVTPC: usize = 0x340;
 
+/// Writes a 32-bit LAPIC register into a KVM_GET_LAPIC snapshot (out of range: ignored).
+pub fn write_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        if let Some(r) = lapic.regs.get_mut(offset + i) {
+            *r = *b as std::os::raw::c_char;
+        }
+    }
+}
+
+/// LVT mask bit.
+pub const APIC_LVT_MASKED: u32 = 1 << 16;
+
 /// Reads a 32-bit LAPIC register from a KVM_GET_LAPIC snapshot.
 pub fn read_lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
     let mut b = [0u8; 4];
@@ -72,6 +84,9 @@ pub trait VcpuPmu: Send {
     fn rdmsr(&mut self, msr: u32) -> Option<u64>;
     /// A guest WRMSR; `false` injects #GP.
     fn wrmsr(&mut self, msr: u32, value: u64) -> bool;
+    /// Whether delivering a PMI sets the LVTPC mask bit (Intel: yes, SDM vol. 3B 20.6.3.5.8
+    /// "the LVT performance counter register's mask bit is set"; AMD: no).
+    fn masks_lvtpc_on_pmi(&self) -> bool;
     /// A one-line summary for the end of the run.
     fn summary(&self) -> String;
     /// Counters of denied/faulting programming attempts, etc.

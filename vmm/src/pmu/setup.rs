@@ -178,11 +178,15 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         .parse()
         .map_err(|e: vpmu::cpuid::LayoutError| Error::PmuConfig(e.to_string()))?;
     let userspace = mode == PmuMode::Userspace;
-    let base = match (&host.layout, userspace, host.vendor) {
-        (PmuConfig::None, true, Some(vendor)) => vpmu::cpuid::default_emulated_layout(vendor),
-        (l, _, _) => l.clone(),
+    // On a host without a PMU the userspace vPMU is pure emulation (clock model), so it
+    // may model either vendor's architecture: the requested vendor wins. Everywhere else
+    // the guest's PMU must be the host CPU's.
+    let vendor_hint = match (&request, &host.layout, userspace) {
+        (vpmu::cpuid::LayoutRequest::Intel(_), PmuConfig::None, true) => Some(vpmu::Vendor::Intel),
+        (vpmu::cpuid::LayoutRequest::Amd(_), PmuConfig::None, true) => Some(vpmu::Vendor::Amd),
+        _ => host.vendor,
     };
-    plan.layout = vpmu::cpuid::resolve(&request, &base, userspace)
+    plan.layout = vpmu::cpuid::resolve_with_vendor(&request, vendor_hint, &host.layout, userspace)
         .map_err(|e| Error::PmuConfig(e.to_string()))?;
     let vendor = plan
         .layout

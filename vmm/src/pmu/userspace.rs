@@ -425,6 +425,10 @@ impl VcpuPmu for UserspacePmu {
         ok
     }
 
+    fn masks_lvtpc_on_pmi(&self) -> bool {
+        self.vendor == Vendor::Intel
+    }
+
     fn summary(&self) -> String {
         let s = &self.stats;
         format!(
