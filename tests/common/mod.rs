@@ -1,0 +1,127 @@
+//! Helpers shared by the integration tests: running the binary, building tiny ELF64
+//! guests, and detecting what this host can do (so skips say exactly why).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the built `vpmu-vmm` binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vpmu-vmm")
+}
+
+/// Runs `vpmu-vmm` with `args`, with a timeout so a hung guest fails the test.
+pub fn vmm(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("120")
+        .arg(bin())
+        .args(args)
+        .output()
+        .expect("spawning vpmu-vmm")
+}
+
+/// Exit status (panics on death by signal, which is a test failure anyway).
+pub fn status(o: &Output) -> i32 {
+    o.status
+        .code()
+        .unwrap_or_else(|| panic!("vpmu-vmm killed by a signal: {o:?}"))
+}
+
+/// stdout as text.
+pub fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `None` when /dev/kvm is usable, else why not (the caller prints SKIPPED and returns).
+pub fn kvm_unusable() -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm cannot be opened: {e}")),
+    }
+}
+
+/// Prints the skip reason in a form CI logs and humans can grep for.
+pub fn skip(test: &str, why: &str) {
+    println!("SKIPPED {test}: {why}");
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// A unique scratch path for this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vpmu-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.join(name)
+}
+
+/// Writes `bytes` to a scratch file and returns its path as a String.
+pub fn write_scratch(name: &str, bytes: &[u8]) -> String {
+    let p = scratch(name);
+    std::fs::write(&p, bytes).expect("write scratch");
+    p.to_string_lossy().into_owned()
+}
+
+/// A minimal ELF64 x86_64 executable: one PT_LOAD of `code` at `addr`, entry = `addr`.
+pub fn elf64(code: &[u8], addr: u64) -> Vec<u8> {
+    let mut e = vec![0u8; 0x1000];
+    e[..4].copy_from_slice(&[0x7f, b'E', b'L', b'F']);
+    e[4] = 2; // ELFCLASS64
+    e[5] = 1; // little endian
+    e[6] = 1; // EV_CURRENT
+    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    e[20..24].copy_from_slice(&1u32.to_le_bytes());
+    e[24..32].copy_from_slice(&addr.to_le_bytes()); // e_entry
+    e[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    e[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    e[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    e[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = 64;
+    e[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e[ph + 4..ph + 8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    e[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
+    e[ph + 16..ph + 24].copy_from_slice(&addr.to_le_bytes()); // p_vaddr
+    e[ph + 24..ph + 32].copy_from_slice(&addr.to_le_bytes()); // p_paddr
+    e[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    e[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    e[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes());
+    e.extend_from_slice(code);
+    e
+}
+
+/// Decodes a hex string into bytes.
+pub fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Parses the conformance guest's closing line: (passed, failed, skipped).
+pub fn conformance_counts(stdout: &str) -> Option<(u32, u32, u32)> {
+    let line = stdout.lines().find(|l| l.starts_with("conformance: "))?;
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [p, f, s, ..] => Some((*p, *f, *s)),
+        _ => None,
+    }
+}
+
+/// Whether the path exists (for policy files shipped in resources/).
+pub fn repo_file(rel: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    p.to_string_lossy().into_owned()
+}

@@ -1,0 +1,204 @@
+//! The vPMU modes end to end: `userspace` runs the PMU conformance guest and the demo
+//! profile here; `off` hides the PMU; `emulated`/`passthrough` run the conformance guest on
+//! a host whose probe says they are available, and otherwise must refuse with the probe's
+//! reason (never a silent fallback).
+
+mod common;
+use common::*;
+
+macro_rules! need_kvm {
+    ($name:expr) => {
+        if let Some(why) = kvm_unusable() {
+            skip($name, &why);
+            return;
+        }
+    };
+}
+
+fn conformance(args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["run", "--kernel", "builtin:conformance"];
+    full.extend_from_slice(args);
+    let o = vmm(&full);
+    (status(&o), out(&o), err(&o))
+}
+
+fn assert_conformance_passes(args: &[&str]) -> String {
+    let (st, s, e) = conformance(args);
+    let (passed, failed, _skipped) =
+        conformance_counts(&s).unwrap_or_else(|| panic!("no conformance summary in:\n{s}\n{e}"));
+    assert_eq!(failed, 0, "conformance failures with {args:?}:\n{s}\n{e}");
+    assert!(passed >= 10, "too few checks ran ({passed}):\n{s}");
+    // The guest writes V=0 to 0xf4 when nothing failed.
+    assert_eq!(st, 1, "{s}\n{e}");
+    s
+}
+
+fn mode_available(mode: &str) -> Result<(), String> {
+    let o = vmm(&["probe", "--json"]);
+    assert_eq!(status(&o), 0, "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("probe --json is JSON");
+    let modes = v["modes"].as_array().expect("modes array");
+    let m = modes
+        .iter()
+        .find(|m| m["mode"] == mode)
+        .expect("mode listed");
+    if m["availability"]["status"] == "available" {
+        Ok(())
+    } else {
+        Err(m["availability"]["reason"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string())
+    }
+}
+
+#[test]
+fn userspace_amd_layout_passes_conformance() {
+    need_kvm!("userspace_amd_layout_passes_conformance");
+    let s = assert_conformance_passes(&[
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        "amd:gp=6,core-ext,perfmon-v2",
+        "--cmdline",
+        "expect=amd:v2,gp6",
+    ]);
+    assert!(s.contains("PMI delivered"), "{s}");
+}
+
+#[test]
+fn userspace_intel_layout_passes_conformance() {
+    need_kvm!("userspace_intel_layout_passes_conformance");
+    assert_conformance_passes(&[
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48,fw-writes",
+        "--cmdline",
+        "expect=intel:v5,gp8,fixed4,w48,fw48",
+    ]);
+}
+
+#[test]
+fn userspace_intel_v2_layout_passes_conformance() {
+    need_kvm!("userspace_intel_v2_layout_passes_conformance");
+    assert_conformance_passes(&[
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        "intel:version=2,gp=2,fixed=3,gp-width=40,fixed-width=40",
+        "--cmdline",
+        "expect=intel:v2,gp2,fixed3,w40",
+    ]);
+}
+
+#[test]
+fn userspace_denied_event_never_counts_and_is_audited() {
+    need_kvm!("userspace_denied_event_never_counts_and_is_audited");
+    // Allow AMD cycles (0x76) only with unit mask 0; the guest programs 0x76 with unit mask
+    // 1, which the clock model *would* count if the policy let it.
+    let policy = write_scratch(
+        "deny-umask1.toml",
+        br#"action = "allow"
+fixed_counters = []
+[[masked]]
+event = 0x76
+umask_match = 0x00
+umask_mask = 0xff
+"#,
+    );
+    let audit = scratch("audit.jsonl");
+    let audit_s = audit.to_string_lossy().into_owned();
+    assert_conformance_passes(&[
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        "amd:gp=6,core-ext,perfmon-v2",
+        "--pmu-policy",
+        &policy,
+        "--pmu-audit",
+        &audit_s,
+        "--cmdline",
+        "denied=0x76:0x01",
+    ]);
+    let log = std::fs::read_to_string(&audit).expect("audit log written");
+    let denied: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+        .filter(|v: &serde_json::Value| v["verdict"] == "denied")
+        .collect();
+    assert!(!denied.is_empty(), "no denied record in:\n{log}");
+    assert!(
+        denied
+            .iter()
+            .any(|v| v["event"] == "0x76" && v["umask"] == "0x1"),
+        "{log}"
+    );
+    // Reserved-bit writes the guest tries on purpose show up as #GP records.
+    assert!(
+        log.lines().any(|l| l.contains("\"verdict\":\"gp\"")),
+        "{log}"
+    );
+}
+
+#[test]
+fn off_hides_the_pmu() {
+    need_kvm!("off_hides_the_pmu");
+    assert_conformance_passes(&["--pmu", "off", "--cmdline", "expect=none"]);
+    let o = vmm(&["demo", "--pmu", "off"]);
+    assert!(out(&o).contains("pmu: none"), "{}", out(&o));
+}
+
+#[test]
+fn demo_profile_in_userspace_mode() {
+    need_kvm!("demo_profile_in_userspace_mode");
+    let o = vmm(&["demo", "--pmu", "userspace", "--stats"]);
+    let s = out(&o);
+    assert_eq!(status(&o), 0, "{s}\n{}", err(&o));
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("profile: "))
+        .expect("profile line");
+    let n: u64 = line
+        .trim_start_matches("profile: ")
+        .split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no sample count in {line:?}"));
+    assert!(n >= 50, "too few samples: {line}");
+    for f in ["sieve", "lfsr_branchy", "checksum"] {
+        assert!(
+            s.lines()
+                .any(|l| l.trim_start().starts_with(f) && l.contains('%')),
+            "{f} missing:\n{s}"
+        );
+    }
+    // Every sample was a PMI the VMM delivered.
+    assert!(err(&o).contains(&format!("{n} PMIs")), "{}", err(&o));
+}
+
+#[test]
+fn in_kernel_modes_run_or_refuse_with_the_probe_reason() {
+    need_kvm!("in_kernel_modes_run_or_refuse_with_the_probe_reason");
+    for mode in ["emulated", "passthrough"] {
+        match mode_available(mode) {
+            Ok(()) => {
+                assert_conformance_passes(&["--pmu", mode]);
+            }
+            Err(reason) => {
+                let o = vmm(&["run", "--kernel", "builtin:conformance", "--pmu", mode]);
+                assert_eq!(status(&o), 2, "{mode} must be refused here: {}", err(&o));
+                let e = err(&o);
+                assert!(e.contains(&format!("--pmu {mode}:")), "{e}");
+                assert!(
+                    e.contains(reason.split(';').next().unwrap_or(&reason)),
+                    "reason {reason:?} not in {e:?}"
+                );
+                skip(
+                    &format!("conformance under --pmu {mode}"),
+                    &format!("host cannot offer it: {reason}"),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! End-to-end tests of the VMM under this host's /dev/kvm, with the freestanding guests
+//! the repo builds itself. Each test skips (printing SKIPPED and why) only when /dev/kvm
+//! cannot be opened.
+
+mod common;
+use common::*;
+
+/// `ud2` with an empty IDT: #UD -> #GP -> #DF -> triple fault.
+const TRIPLE_FAULT: &str = "0f0b";
+
+/// Writes a pseudo-random byte/word/dword to every port except 0x64 (i8042 command) and
+/// 0xf4-0xf7 (debug-exit), reads every port back, then writes 0x2a to 0xf4.
+const PORT_FUZZ: &str = "31c9bb7856341283f964742689c825fcff00003df4000000741889ca69db6d4ec64181c33930000089d8ee66efefec66ededffc181f90000010075cb66baf400b82a000000eff4ebfd";
+
+macro_rules! need_kvm {
+    ($name:expr) => {
+        if let Some(why) = kvm_unusable() {
+            skip($name, &why);
+            return;
+        }
+    };
+}
+
+#[test]
+fn demo_prints_and_exits_with_its_code() {
+    need_kvm!("demo_prints_and_exits_with_its_code");
+    let o = vmm(&["demo", "--pmu", "off"]);
+    let s = out(&o);
+    assert_eq!(status(&o), 0, "stdout:\n{s}\nstderr:\n{}", err(&o));
+    assert!(s.contains("vpmu-vmm demo guest: 1 vCPU(s)"), "{s}");
+    assert!(s.contains("workload: sieve primes=82025"), "{s}");
+    assert!(s.contains("profile: no PMU in this guest"), "{s}");
+    assert!(s.contains("demo: done (1 of 1 vCPUs reported)"), "{s}");
+}
+
+#[test]
+fn run_gives_debug_exit_status() {
+    need_kvm!("run_gives_debug_exit_status");
+    // The demo writes V=0 to 0xf4: `run` gives QEMU isa-debug-exit status (0 << 1) | 1.
+    let o = vmm(&["run", "--kernel", "builtin:demo", "--pmu", "off"]);
+    assert_eq!(status(&o), 1, "{}", err(&o));
+}
+
+#[test]
+fn two_vcpus_both_report() {
+    need_kvm!("two_vcpus_both_report");
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:demo",
+        "--cpus",
+        "2",
+        "--pmu",
+        "off",
+    ]);
+    let s = out(&o);
+    assert_eq!(status(&o), 1, "{s}\n{}", err(&o));
+    assert!(s.contains("vcpu 1 of 2 reporting"), "{s}");
+    assert!(s.contains("(2 of 2 vCPUs reported)"), "{s}");
+}
+
+#[test]
+fn four_vcpus_all_report() {
+    need_kvm!("four_vcpus_all_report");
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:demo",
+        "--cpus",
+        "4",
+        "--pmu",
+        "off",
+        "--cmdline",
+        "profile=off",
+    ]);
+    let s = out(&o);
+    assert_eq!(status(&o), 1, "{s}\n{}", err(&o));
+    for i in 1..4 {
+        assert!(s.contains(&format!("vcpu {i} of 4 reporting")), "{s}");
+    }
+    assert!(s.contains("(4 of 4 vCPUs reported)"), "{s}");
+}
+
+#[test]
+fn triple_fault_is_reported() {
+    need_kvm!("triple_fault_is_reported");
+    let k = write_scratch("tf.elf", &elf64(&hex(TRIPLE_FAULT), 0x20_0000));
+    let o = vmm(&["run", "--kernel", &k]);
+    assert_eq!(status(&o), 4, "{}", err(&o));
+    assert!(
+        err(&o).contains("guest shut down (triple fault) at RIP=0x200000"),
+        "stderr: {}",
+        err(&o)
+    );
+}
+
+#[test]
+fn hostile_port_writes_never_break_the_vmm() {
+    need_kvm!("hostile_port_writes_never_break_the_vmm");
+    let k = write_scratch("fuzz.elf", &elf64(&hex(PORT_FUZZ), 0x20_0000));
+    let o = vmm(&["run", "--kernel", &k, "--stats"]);
+    // The guest ends with V = 0x2a: status (0x2a << 1) | 1 = 85.
+    assert_eq!(status(&o), 85, "stderr: {}", err(&o));
+    assert!(err(&o).contains("stray port accesses"), "{}", err(&o));
+}
+
+fn assert_clean_error(args: &[&str], needle: &str) {
+    let o = vmm(args);
+    let e = err(&o);
+    assert_eq!(status(&o), 2, "args {args:?}: stderr {e}");
+    assert!(
+        e.contains(needle),
+        "args {args:?}: expected {needle:?} in {e:?}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(
+        e.trim_end().lines().count(),
+        1,
+        "one clear line, got: {e:?}"
+    );
+}
+
+#[test]
+fn bad_kernel_files_give_clear_errors() {
+    need_kvm!("bad_kernel_files_give_clear_errors");
+    assert_clean_error(
+        &["run", "--kernel", "/nonexistent/vmlinuz"],
+        "cannot read kernel /nonexistent/vmlinuz",
+    );
+    let empty = write_scratch("empty", b"");
+    assert_clean_error(&["run", "--kernel", &empty], "not a bzImage or an ELF64");
+    let garbage: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let g = write_scratch("garbage", &garbage);
+    assert_clean_error(&["run", "--kernel", &g], "not a bzImage or an ELF64");
+    // A valid ELF header whose program headers point past the end of the file.
+    let mut trunc = elf64(&hex(TRIPLE_FAULT), 0x20_0000);
+    trunc[32..40].copy_from_slice(&0xffff_0000u64.to_le_bytes());
+    let t = write_scratch("trunc.elf", &trunc);
+    assert_clean_error(&["run", "--kernel", &t], "invalid ELF image");
+    // A segment far beyond guest memory.
+    let far = write_scratch("far.elf", &elf64(&hex(TRIPLE_FAULT), 0x40_0000_0000));
+    assert_clean_error(&["run", "--kernel", &far], "invalid ELF image");
+    // A bzImage header ("HdrS") with garbage around it.
+    let mut bz = garbage.clone();
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    let b = write_scratch("bz", &bz);
+    assert_clean_error(&["run", "--kernel", &b], "bzImage");
+    // A kernel larger than guest memory.
+    let big = write_scratch("big", &vec![0x90u8; 17 << 20]);
+    assert_clean_error(
+        &["run", "--kernel", &big, "--memory", "16M"],
+        "does not fit in guest memory",
+    );
+    // An initrd for a freestanding guest, and a missing initrd.
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--initrd", &empty],
+        "only meaningful for Linux",
+    );
+    assert_clean_error(
+        &["run", "--kernel", "builtin:nope"],
+        "no built-in guest 'nope'",
+    );
+}
+
+#[test]
+fn absurd_configuration_is_refused() {
+    need_kvm!("absurd_configuration_is_refused");
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--cpus", "0"],
+        "--cpus must be between 1 and 32",
+    );
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--cpus", "1000"],
+        "--cpus must be between 1 and 32",
+    );
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--memory", "5Q"],
+        "cannot parse size",
+    );
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--memory", "99999999T"],
+        "--memory must be between",
+    );
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--memory", "1M"],
+        "--memory must be between",
+    );
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--pmu", "turbo"],
+        "turbo",
+    );
+    assert_clean_error(
+        &[
+            "run",
+            "--kernel",
+            "builtin:demo",
+            "--pmu",
+            "userspace",
+            "--pmu-layout",
+            "sparc:gp=3",
+        ],
+        "PMU configuration",
+    );
+    assert_clean_error(
+        &[
+            "run",
+            "--kernel",
+            "builtin:demo",
+            "--pmu",
+            "userspace",
+            "--pmu-policy",
+            "/nonexistent.toml",
+        ],
+        "/nonexistent.toml",
+    );
+}
