@@ -5,7 +5,7 @@
 //!
 //! | bits  | Intel IA32_PERFEVTSELx         | AMD PERF_CTLx                      |
 //! |-------|--------------------------------|------------------------------------|
-//! | 7:0   | event select                   | event select [7:0]                 |
+//! | 7:0   | event select                   | event select bits 7:0              |
 //! | 15:8  | unit mask                      | unit mask                          |
 //! | 16    | USR                            | USR                                |
 //! | 17    | OS                             | OS                                 |
@@ -16,7 +16,7 @@
 //! | 22    | EN                             | EN                                 |
 //! | 23    | INV                            | INV                                |
 //! | 31:24 | CMASK                          | CMASK                              |
-//! | 35:32 | reserved (see below)           | event select [11:8]                |
+//! | 35:32 | reserved (see below)           | event select bits 11:8             |
 //! | 39:36 | reserved                       | reserved                           |
 //! | 40    | reserved                       | Guest-Only                         |
 //! | 41    | reserved                       | Host-Only                          |

@@ -77,13 +77,13 @@ fn unknown_event_name_names_its_line() {
     assert_eq!(
         e,
         PolicyError::UnknownEvent {
-            at: Loc(Some(6)),
+            at: Loc(Some(7)),
             name: "cylces".into()
         }
     );
     assert!(
         e.to_string()
-            .starts_with("line 6: unknown event name `cylces`"),
+            .starts_with("line 7: unknown event name `cylces`"),
         "{e}"
     );
 }
@@ -763,4 +763,107 @@ fn compile_for_pmu_config() {
         ),
         (Vendor::Intel, 1, 1)
     );
+}
+
+// ---------------------------------------------------------------- docs
+
+/// Every ```toml block of docs/POLICY.md is a valid policy (the first one, the format
+/// overview, included) and compiles for both vendors.
+#[test]
+fn policy_md_examples_parse_and_compile() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/POLICY.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/POLICY.md");
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in doc.lines() {
+        match (&mut cur, line.trim_start()) {
+            (None, "```toml") => cur = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                cur = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(blocks.len() >= 5, "found {} toml blocks", blocks.len());
+    for (i, b) in blocks.iter().enumerate() {
+        let p = Policy::from_toml(b).unwrap_or_else(|e| panic!("block {i}: {e}\n{b}"));
+        for v in [Vendor::Intel, Vendor::Amd] {
+            p.compile(v, 3)
+                .unwrap_or_else(|e| panic!("block {i} for {v:?}: {e}"));
+        }
+    }
+    // The default shown in the doc is the built-in default.
+    assert!(blocks
+        .iter()
+        .any(|b| Policy::from_toml(b).ok() == Some(Policy::default_architectural())));
+}
+
+/// The error messages quoted in docs/POLICY.md are the ones the parser produces.
+#[test]
+fn policy_md_error_examples_are_real() {
+    let cases = [
+        (
+            "\n\n\n\n\n[[event]]\nname = \"cylces\"\n",
+            "line 7: unknown event name `cylces`",
+        ),
+        (
+            "[[event]]\nevent = 1\n\numask = 256\n",
+            "line 4: `umask` = 256 is out of range (0..=0xff)",
+        ),
+        (
+            "\nfixed_counters = [32]\n",
+            "line 2: `fixed_counters` = 32 is out of range (0..=0x1f)",
+        ),
+        (
+            "[[event]]\nname = \"cycles\"\nevent = 1\n",
+            "line 1: give either `name` or `event`, not both",
+        ),
+    ];
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/POLICY.md"),
+    )
+    .expect("docs/POLICY.md");
+    let mut checked = 0;
+    let mut check = |e: String, msg: &str| {
+        assert!(e.starts_with(msg), "{e}");
+        assert!(doc.contains(msg), "doc lacks {msg}");
+        checked += 1;
+    };
+    for (src, msg) in cases {
+        check(err(src).to_string(), msg);
+    }
+    check(
+        err("\n\n[[event]]\nname = \"cycles\"\numaks = 1\n").to_string(),
+        "line 5: unknown field `umaks`, expected one of `name`, `event`, `umask`, `vendor`, `label`",
+    );
+    check(
+        err("[[masked]]\nevent = 0xd0\numask_match = 0x81\numask_mask = 0x80\n").to_string(),
+        "line 1: umask_match 0x81 has bits outside umask_mask 0x80; the rule could never match",
+    );
+    let mut big = String::from("action = \"allow\"\n");
+    for i in 0..301u32 {
+        big.push_str(&format!(
+            "[[event]]\nevent = {}\numask = {}\n",
+            i % 256,
+            i / 256
+        ));
+    }
+    let e = parse(&big).compile(Vendor::Intel, 3).expect_err("too many");
+    check(
+        e.to_string(),
+        "line 902: too many entries for Intel: 301 > 300 (KVM_SET_PMU_EVENT_FILTER fails with E2BIG)",
+    );
+    let e = parse("\n[[event]]\nevent = 0x1c0\n")
+        .compile(Vendor::Intel, 3)
+        .expect_err("wide");
+    check(
+        e.to_string(),
+        "line 2: event 0x1c0 needs more than 8 bits, which Intel does not have (add `vendor = \"amd\"`)",
+    );
+    assert_eq!(checked, 8);
 }

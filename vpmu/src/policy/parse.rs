@@ -159,13 +159,12 @@ impl Policy {
                             at: lines.at(u.span()),
                         });
                     }
-                    let name = name.get_ref();
-                    match crate::events::canonical_name(name) {
+                    match crate::events::canonical_name(name.get_ref()) {
                         Some(canon) => EventSpec::Named(canon.to_string()),
                         None => {
                             return Err(PolicyError::UnknownEvent {
-                                at,
-                                name: name.clone(),
+                                at: lines.at(name.span()),
+                                name: name.get_ref().clone(),
                             })
                         }
                     }
