@@ -7,7 +7,9 @@
 
 use crate::config::{AmdPmu, IntelPmu, PmuConfig, Vendor};
 use crate::model::{self, amd, intel, ConfigError};
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
+};
 use std::fmt;
 use std::str::FromStr;
 use thiserror::Error;
@@ -36,9 +38,10 @@ pub const LEAF_AMD_PERFMON: u32 = 0x8000_0022;
 pub const PERFMON_V2_BIT: u32 = 1;
 
 fn entry(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> Option<&kvm_cpuid_entry2> {
-    entries
-        .iter()
-        .find(|e| e.function == function && (e.index == index || e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0))
+    entries.iter().find(|e| {
+        e.function == function
+            && (e.index == index || e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0)
+    })
 }
 
 fn regs_to_string(regs: &[u32]) -> String {
@@ -120,7 +123,8 @@ pub fn host_layout_with(entries: &[kvm_cpuid_entry2], facts: &HostFacts) -> PmuC
 
 fn intel_layout(entries: &[kvm_cpuid_entry2], facts: &HostFacts) -> PmuConfig {
     let max_basic = entry(entries, LEAF_VENDOR, 0).map_or(0, |e| e.eax);
-    let Some(a) = entry(entries, LEAF_ARCH_PERFMON, 0).filter(|_| max_basic >= LEAF_ARCH_PERFMON) else {
+    let Some(a) = entry(entries, LEAF_ARCH_PERFMON, 0).filter(|_| max_basic >= LEAF_ARCH_PERFMON)
+    else {
         return PmuConfig::None;
     };
     let version = (a.eax & 0xff) as u8;
@@ -149,7 +153,9 @@ fn intel_layout(entries: &[kvm_cpuid_entry2], facts: &HostFacts) -> PmuConfig {
         events_unavailable: a.ebx,
         events_len: (a.eax >> 24) as u8,
         perf_capabilities: if pdcm {
-            facts.perf_capabilities.map(|c| c & intel::PERF_CAP_SUPPORTED)
+            facts
+                .perf_capabilities
+                .map(|c| c & intel::PERF_CAP_SUPPORTED)
         } else {
             None
         },
@@ -179,12 +185,21 @@ fn amd_layout(entries: &[kvm_cpuid_entry2]) -> PmuConfig {
     })
 }
 
-fn find_mut(entries: &mut [kvm_cpuid_entry2], function: u32, index: u32) -> Option<&mut kvm_cpuid_entry2> {
-    entries.iter_mut().find(|e| e.function == function && e.index == index)
+fn find_mut(
+    entries: &mut [kvm_cpuid_entry2],
+    function: u32,
+    index: u32,
+) -> Option<&mut kvm_cpuid_entry2> {
+    entries
+        .iter_mut()
+        .find(|e| e.function == function && e.index == index)
 }
 
 fn upsert(entries: &mut Vec<kvm_cpuid_entry2>, function: u32) -> &mut kvm_cpuid_entry2 {
-    let pos = match entries.iter().position(|e| e.function == function && e.index == 0) {
+    let pos = match entries
+        .iter()
+        .position(|e| e.function == function && e.index == 0)
+    {
         Some(p) => p,
         None => {
             entries.push(kvm_cpuid_entry2 {
@@ -247,7 +262,11 @@ pub fn intel_leaf_0a(p: &IntelPmu) -> (u32, u32, u32, u32) {
     let edx = if p.version >= 2 {
         u32::from(p.num_fixed & 0x1f)
             | (u32::from(p.fixed_width) << 5)
-            | if p.version >= 5 { ANYTHREAD_DEPRECATED } else { 0 }
+            | if p.version >= 5 {
+                ANYTHREAD_DEPRECATED
+            } else {
+                0
+            }
     } else {
         0
     };
@@ -265,7 +284,13 @@ pub fn apply(cfg: &PmuConfig, entries: &mut Vec<kvm_cpuid_entry2>) {
             let e = upsert(entries, LEAF_ARCH_PERFMON);
             (e.eax, e.ebx, e.ecx, e.edx) = (a, b, c, d);
             raise_max(entries, LEAF_VENDOR, LEAF_ARCH_PERFMON);
-            set_bit(entries, LEAF_FEATURES, PDCM_BIT, p.perf_capabilities.is_some(), ecx);
+            set_bit(
+                entries,
+                LEAF_FEATURES,
+                PDCM_BIT,
+                p.perf_capabilities.is_some(),
+                ecx,
+            );
             set_bit(entries, LEAF_EXT_FEATURES, PERFCTR_CORE_BIT, false, ecx);
             zero(entries, LEAF_AMD_PERFMON);
         }
@@ -462,9 +487,10 @@ pub struct AmdRequest {
 ///           | "no-perfmon-v2"
 /// N         = decimal | "0x" hex
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum LayoutRequest {
     /// Exactly the host's layout (the default; what the mediated fast path needs).
+    #[default]
     Host,
     /// No PMU.
     None,
@@ -474,17 +500,13 @@ pub enum LayoutRequest {
     Amd(AmdRequest),
 }
 
-impl Default for LayoutRequest {
-    fn default() -> Self {
-        LayoutRequest::Host
-    }
-}
-
 /// Why a layout request cannot be honoured.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LayoutError {
     /// Unknown head word.
-    #[error("unknown PMU layout {0:?} (expected host, none, intel[:...], amd[:...] or amd-legacy)")]
+    #[error(
+        "unknown PMU layout {0:?} (expected host, none, intel[:...], amd[:...] or amd-legacy)"
+    )]
     UnknownLayout(String),
     /// Unknown option for the vendor.
     #[error("unknown {vendor} layout option {option:?}")]
@@ -542,7 +564,10 @@ fn parse_num<T: TryFrom<u64>>(option: &str, value: &str) -> Result<T, LayoutErro
         option: option.to_string(),
         value: value.to_string(),
     };
-    let v = match value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
+    let v = match value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+    {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => value.parse::<u64>(),
     }
@@ -605,8 +630,12 @@ impl FromStr for LayoutRequest {
                         ("gp", Some(v)) => set_once(&mut r.gp, parse_num(k, v)?, k)?,
                         ("fixed", Some(v)) => set_once(&mut r.fixed, parse_num(k, v)?, k)?,
                         ("gp-width", Some(v)) => set_once(&mut r.gp_width, parse_num(k, v)?, k)?,
-                        ("fixed-width", Some(v)) => set_once(&mut r.fixed_width, parse_num(k, v)?, k)?,
-                        ("events-len", Some(v)) => set_once(&mut r.events_len, parse_num(k, v)?, k)?,
+                        ("fixed-width", Some(v)) => {
+                            set_once(&mut r.fixed_width, parse_num(k, v)?, k)?
+                        }
+                        ("events-len", Some(v)) => {
+                            set_once(&mut r.events_len, parse_num(k, v)?, k)?
+                        }
                         ("events-unavailable", Some(v)) => {
                             set_once(&mut r.events_unavailable, parse_num(k, v)?, k)?
                         }
@@ -632,7 +661,9 @@ impl FromStr for LayoutRequest {
                         ("core-ext", None) => set_once(&mut r.core_ext, true, "core-ext")?,
                         ("no-core-ext", None) => set_once(&mut r.core_ext, false, "core-ext")?,
                         ("perfmon-v2", None) => set_once(&mut r.perfmon_v2, true, "perfmon-v2")?,
-                        ("no-perfmon-v2", None) => set_once(&mut r.perfmon_v2, false, "perfmon-v2")?,
+                        ("no-perfmon-v2", None) => {
+                            set_once(&mut r.perfmon_v2, false, "perfmon-v2")?
+                        }
                         _ => {
                             return Err(LayoutError::UnknownOption {
                                 vendor: "amd",
@@ -708,7 +739,11 @@ fn normalize(cfg: &PmuConfig) -> PmuConfig {
 }
 
 /// [`resolve_with_vendor`] with the vendor taken from `host`.
-pub fn resolve(req: &LayoutRequest, host: &PmuConfig, may_exceed_host: bool) -> Result<PmuConfig, LayoutError> {
+pub fn resolve(
+    req: &LayoutRequest,
+    host: &PmuConfig,
+    may_exceed_host: bool,
+) -> Result<PmuConfig, LayoutError> {
     resolve_with_vendor(req, host.vendor(), host, may_exceed_host)
 }
 
@@ -787,7 +822,9 @@ fn apply_intel(r: &IntelRequest, base: &IntelPmu) -> IntelPmu {
         None if version < 2 => 0,
         None => base.num_fixed,
     };
-    let base_caps = base.perf_capabilities.map(|c| c & intel::PERF_CAP_SUPPORTED);
+    let base_caps = base
+        .perf_capabilities
+        .map(|c| c & intel::PERF_CAP_SUPPORTED);
     let perf_capabilities = if r.no_pdcm {
         None
     } else {
@@ -803,7 +840,11 @@ fn apply_intel(r: &IntelRequest, base: &IntelPmu) -> IntelPmu {
         gp_width: r.gp_width.unwrap_or(base.gp_width),
         num_fixed,
         // v1 has no fixed counters and CPUID.0AH:EDX is reserved: no width either.
-        fixed_width: if version < 2 { 0 } else { r.fixed_width.unwrap_or(base.fixed_width) },
+        fixed_width: if version < 2 {
+            0
+        } else {
+            r.fixed_width.unwrap_or(base.fixed_width)
+        },
         events_unavailable: r.events_unavailable.unwrap_or(base.events_unavailable),
         events_len: r.events_len.unwrap_or(base.events_len),
         perf_capabilities,
@@ -830,7 +871,11 @@ fn apply_amd(r: &AmdRequest, base: &AmdPmu) -> AmdPmu {
 
 fn exceeds(what: &'static str, requested: u64, host: u64) -> Result<(), LayoutError> {
     if requested > host {
-        Err(LayoutError::ExceedsHost { what, requested, host })
+        Err(LayoutError::ExceedsHost {
+            what,
+            requested,
+            host,
+        })
     } else {
         Ok(())
     }
@@ -844,16 +889,36 @@ fn within_host(cfg: &PmuConfig, host: &PmuConfig) -> Result<(), LayoutError> {
             exceeds("general-purpose counters", c.num_gp.into(), h.num_gp.into())?;
             exceeds("fixed counters", c.num_fixed.into(), h.num_fixed.into())?;
             if c.num_gp > 0 {
-                exceeds("general-purpose counter width", c.gp_width.into(), h.gp_width.into())?;
+                exceeds(
+                    "general-purpose counter width",
+                    c.gp_width.into(),
+                    h.gp_width.into(),
+                )?;
             }
             if c.num_fixed > 0 {
-                exceeds("fixed counter width", c.fixed_width.into(), h.fixed_width.into())?;
+                exceeds(
+                    "fixed counter width",
+                    c.fixed_width.into(),
+                    h.fixed_width.into(),
+                )?;
             }
-            exceeds("architectural event vector length", c.events_len.into(), h.events_len.into())?;
+            exceeds(
+                "architectural event vector length",
+                c.events_len.into(),
+                h.events_len.into(),
+            )?;
             let len = u32::from(c.events_len.min(32));
-            let mask = if len >= 32 { u32::MAX } else { (1u32 << len) - 1 };
+            let mask = if len >= 32 {
+                u32::MAX
+            } else {
+                (1u32 << len) - 1
+            };
             let made_available = h.events_unavailable & !c.events_unavailable & mask;
-            exceeds("architectural events the host lacks (EBX bits)", made_available.into(), 0)?;
+            exceeds(
+                "architectural events the host lacks (EBX bits)",
+                made_available.into(),
+                0,
+            )?;
             let host_caps = h.perf_capabilities.map(|x| x & intel::PERF_CAP_SUPPORTED);
             match (c.perf_capabilities, host_caps) {
                 (Some(_), None) => exceeds("IA32_PERF_CAPABILITIES (PDCM)", 1, 0),
@@ -862,9 +927,17 @@ fn within_host(cfg: &PmuConfig, host: &PmuConfig) -> Result<(), LayoutError> {
             }
         }
         (PmuConfig::Amd(c), PmuConfig::Amd(h)) => {
-            exceeds("PerfCtrExtCore", c.core_ext.into(), (h.core_ext || h.perfmon_v2).into())?;
+            exceeds(
+                "PerfCtrExtCore",
+                c.core_ext.into(),
+                (h.core_ext || h.perfmon_v2).into(),
+            )?;
             exceeds("PerfMonV2", c.perfmon_v2.into(), h.perfmon_v2.into())?;
-            exceeds("core counters", c.num_counters.into(), h.num_counters.into())?;
+            exceeds(
+                "core counters",
+                c.num_counters.into(),
+                h.num_counters.into(),
+            )?;
             exceeds("counter width", c.width.into(), h.width.into())
         }
         (c, _) => Err(LayoutError::NoHostPmu {

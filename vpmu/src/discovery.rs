@@ -157,7 +157,9 @@ impl HostSource for SystemHost {
     }
 
     fn read_param(&self, path: &str) -> Option<String> {
-        std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     fn kvm_modules(&self) -> Vec<String> {
@@ -453,7 +455,9 @@ impl HostPmu {
             .map(|m| m.to_string())
             .find(|m| kvm_modules.contains(m))
             .or_else(|| kvm_modules.iter().find(|m| m.starts_with("kvm_")).cloned());
-        let enable_pmu = src.read_param(PARAM_ENABLE_PMU).and_then(|s| parse_bool(&s));
+        let enable_pmu = src
+            .read_param(PARAM_ENABLE_PMU)
+            .and_then(|s| parse_bool(&s));
         let enable_mediated_pmu = vendor_module
             .as_deref()
             .and_then(|m| src.read_param(&mediated_param_path(m)))
@@ -553,7 +557,8 @@ impl HostPmu {
             .or_else(|| {
                 (self.layout == PmuConfig::None).then(|| Blocker {
                     reason: "KVM_GET_SUPPORTED_CPUID reports no PMU".into(),
-                    remedy: "use a kernel whose KVM supports this CPU's PMU, or --pmu userspace".into(),
+                    remedy: "use a kernel whose KVM supports this CPU's PMU, or --pmu userspace"
+                        .into(),
                 })
             })
     }
@@ -710,8 +715,16 @@ impl HostPmu {
         writeln!(
             s,
             "  CPU:                    {} ({})",
-            if self.cpu_model.is_empty() { "unknown" } else { &self.cpu_model },
-            if self.vendor_string.is_empty() { "unknown vendor" } else { &self.vendor_string }
+            if self.cpu_model.is_empty() {
+                "unknown"
+            } else {
+                &self.cpu_model
+            },
+            if self.vendor_string.is_empty() {
+                "unknown vendor"
+            } else {
+                &self.vendor_string
+            }
         )?;
         writeln!(s, "KVM")?;
         match &self.kvm_error {
@@ -721,7 +734,11 @@ impl HostPmu {
         writeln!(
             s,
             "  modules:                {}",
-            if self.kvm_modules.is_empty() { "none".to_string() } else { self.kvm_modules.join(", ") }
+            if self.kvm_modules.is_empty() {
+                "none".to_string()
+            } else {
+                self.kvm_modules.join(", ")
+            }
         )?;
         writeln!(s, "  kvm.enable_pmu:         {}", opt(self.enable_pmu))?;
         writeln!(
@@ -734,20 +751,44 @@ impl HostPmu {
             s,
             "  KVM_CAP_PMU_CAPABILITY: {}{}",
             self.caps.pmu_capability,
-            if self.can_disable_pmu() { " (KVM_PMU_CAP_DISABLE)" } else { "" }
+            if self.can_disable_pmu() {
+                " (KVM_PMU_CAP_DISABLE)"
+            } else {
+                ""
+            }
         )?;
         let cap = |b: bool| if b { "yes" } else { "no" };
-        writeln!(s, "  KVM_CAP_PMU_EVENT_FILTER:        {}", cap(self.caps.pmu_event_filter))?;
-        writeln!(s, "  KVM_CAP_PMU_EVENT_MASKED_EVENTS: {}", cap(self.caps.pmu_masked_events))?;
-        writeln!(s, "  KVM_CAP_X86_USER_SPACE_MSR:      {}", cap(self.caps.user_space_msr))?;
-        writeln!(s, "  KVM_CAP_X86_MSR_FILTER:          {}", cap(self.caps.msr_filter))?;
+        writeln!(
+            s,
+            "  KVM_CAP_PMU_EVENT_FILTER:        {}",
+            cap(self.caps.pmu_event_filter)
+        )?;
+        writeln!(
+            s,
+            "  KVM_CAP_PMU_EVENT_MASKED_EVENTS: {}",
+            cap(self.caps.pmu_masked_events)
+        )?;
+        writeln!(
+            s,
+            "  KVM_CAP_X86_USER_SPACE_MSR:      {}",
+            cap(self.caps.user_space_msr)
+        )?;
+        writeln!(
+            s,
+            "  KVM_CAP_X86_MSR_FILTER:          {}",
+            cap(self.caps.msr_filter)
+        )?;
         writeln!(s, "Host PMU")?;
         writeln!(
             s,
             "  hardware PMU:           {}",
             if self.hardware_pmu() { "yes" } else { "NO" }
         )?;
-        writeln!(s, "  KVM layout:             {}", describe_layout(&self.layout))?;
+        writeln!(
+            s,
+            "  KVM layout:             {}",
+            describe_layout(&self.layout)
+        )?;
         if let Some(c) = self.perf_capabilities {
             writeln!(s, "  IA32_PERF_CAPABILITIES: {c:#x}")?;
         }
@@ -774,9 +815,11 @@ impl HostPmu {
         for mode in PmuMode::ALL {
             match self.availability(mode) {
                 Availability::Available => write!(s, "  {:<12} available", format!("{mode}:"))?,
-                Availability::Unavailable { reason, remedy } => {
-                    write!(s, "  {:<12} unavailable: {reason}; {remedy}", format!("{mode}:"))?
-                }
+                Availability::Unavailable { reason, remedy } => write!(
+                    s,
+                    "  {:<12} unavailable: {reason}; {remedy}",
+                    format!("{mode}:")
+                )?,
             }
             match self.note(mode) {
                 Some(n) => writeln!(s, " [{n}]")?,
@@ -805,7 +848,11 @@ pub fn describe_layout(cfg: &PmuConfig) -> String {
             "AMD {} counters x {} bits{}{}",
             p.num_counters,
             p.width,
-            if p.core_ext { ", PerfCtrExtCore" } else { ", legacy MSRs" },
+            if p.core_ext {
+                ", PerfCtrExtCore"
+            } else {
+                ", legacy MSRs"
+            },
             if p.perfmon_v2 { ", PerfMonV2" } else { "" }
         ),
     }

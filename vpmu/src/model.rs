@@ -234,11 +234,13 @@ fn classify_amd(msr: u32) -> Option<PmuMsr> {
         m if (PERF_EVTSEL0..PERF_EVTSEL0 + legacy).contains(&m) => {
             PmuMsr::GpEventSel((m - PERF_EVTSEL0) as u8)
         }
-        m if (PERF_CTR0..PERF_CTR0 + legacy).contains(&m) => PmuMsr::GpCounter((m - PERF_CTR0) as u8),
+        m if (PERF_CTR0..PERF_CTR0 + legacy).contains(&m) => {
+            PmuMsr::GpCounter((m - PERF_CTR0) as u8)
+        }
         m if (PERF_CTL0_EXT..PERF_CTL0_EXT + CORE_EXT_RANGE).contains(&m) => {
             let off = m - PERF_CTL0_EXT;
             let idx = (off / 2) as u8;
-            if off % 2 == 0 {
+            if off & 1 == 0 {
                 PmuMsr::GpEventSel(idx)
             } else {
                 PmuMsr::GpCounter(idx)
@@ -309,8 +311,10 @@ pub enum ConfigError {
     #[error("Intel perfmon version 1 has no fixed counters ({0} requested)")]
     FixedOnV1(u8),
     /// AMD counter count that CPUID cannot express.
-    #[error("AMD without PerfMonV2 has exactly {expected} counters ({requested} requested); \
-             only PerfMonV2 (CPUID 0x80000022.EBX[3:0]) can advertise another count")]
+    #[error(
+        "AMD without PerfMonV2 has exactly {expected} counters ({requested} requested); \
+             only PerfMonV2 (CPUID 0x80000022.EBX[3:0]) can advertise another count"
+    )]
     AmdCount {
         /// What the architecture implies.
         expected: u8,
@@ -322,7 +326,9 @@ pub enum ConfigError {
     #[error("AMD PerfMonV2 requires PerfCtrExtCore (core-ext)")]
     AmdV2WithoutCoreExt,
     /// AMD counter width other than 48 (CPUID has no width field on AMD: guests assume 48).
-    #[error("AMD counters are 48 bits wide ({0} requested): AMD CPUID cannot advertise another width")]
+    #[error(
+        "AMD counters are 48 bits wide ({0} requested): AMD CPUID cannot advertise another width"
+    )]
     AmdWidth(u8),
     /// PERF_CAPABILITIES bits this model does not implement.
     #[error("IA32_PERF_CAPABILITIES bits {0:#x} are not supported (only FW_WRITES, bit 13)")]

@@ -461,7 +461,8 @@ impl PmuState {
             CounterId::Gp(_) => ctl & intel::EVTSEL_EN != 0,
             CounterId::Fixed(_) => ctl & (intel::FIXED_EN_OS | intel::FIXED_EN_USR) != 0,
         };
-        let global = !self.model.has_global || self.ctx.global_ctrl & (1u64 << id.global_bit()) != 0;
+        let global =
+            !self.model.has_global || self.ctx.global_ctrl & (1u64 << id.global_bit()) != 0;
         local && global
     }
 
@@ -651,7 +652,11 @@ impl PmuState {
             check("gp_counters", ctx.gp_counters[i], ctr_mask)?;
         }
         for i in 0..MAX_FIXED {
-            let mask = if i < num_fixed { !m.fixed_mask } else { u64::MAX };
+            let mask = if i < num_fixed {
+                !m.fixed_mask
+            } else {
+                u64::MAX
+            };
             check("fixed_counters", ctx.fixed_counters[i], mask)?;
         }
         check("fixed_ctrl", ctx.fixed_ctrl, m.fixed_ctrl_reserved())?;

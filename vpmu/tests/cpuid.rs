@@ -17,7 +17,10 @@ fn spr_layout_with_fw() -> PmuConfig {
     // FW_WRITES assumed (PERF_CAPABILITIES is not in the CPUID dump).
     host_layout_with(
         &spr(),
-        &HostFacts { pmu_enabled: true, perf_capabilities: Some(0x2000 | 0x4000 | 0x3f) },
+        &HostFacts {
+            pmu_enabled: true,
+            perf_capabilities: Some(0x2000 | 0x4000 | 0x3f),
+        },
     )
 }
 
@@ -41,9 +44,21 @@ fn sapphire_rapids_layout_from_cpuid() {
     // With the MSR value: only FW_WRITES survives (LBR format / PEBS bits are not offered).
     assert_eq!(
         spr_layout_with_fw(),
-        PmuConfig::Intel(IntelPmu { perf_capabilities: Some(intel::PERF_CAP_FW_WRITES), ..expected })
+        PmuConfig::Intel(IntelPmu {
+            perf_capabilities: Some(intel::PERF_CAP_FW_WRITES),
+            ..expected
+        })
     );
-    assert_eq!(host_layout_with(&e, &HostFacts { pmu_enabled: false, perf_capabilities: None }), PmuConfig::None);
+    assert_eq!(
+        host_layout_with(
+            &e,
+            &HostFacts {
+                pmu_enabled: false,
+                perf_capabilities: None
+            }
+        ),
+        PmuConfig::None
+    );
 }
 
 #[test]
@@ -53,10 +68,24 @@ fn genoa_layout_from_cpuid() {
     assert_eq!(brand_string(&e), "AMD EPYC 9124 16-Core Processor");
     assert_eq!(
         host_layout(&e),
-        PmuConfig::Amd(AmdPmu { core_ext: true, perfmon_v2: true, num_counters: 6, width: 48 })
+        PmuConfig::Amd(AmdPmu {
+            core_ext: true,
+            perfmon_v2: true,
+            num_counters: 6,
+            width: 48
+        })
     );
     // kvm.enable_pmu=N: AMD's legacy counters cannot be hidden in CPUID, so facts decide.
-    assert_eq!(host_layout_with(&e, &HostFacts { pmu_enabled: false, perf_capabilities: None }), PmuConfig::None);
+    assert_eq!(
+        host_layout_with(
+            &e,
+            &HostFacts {
+                pmu_enabled: false,
+                perf_capabilities: None
+            }
+        ),
+        PmuConfig::None
+    );
 }
 
 #[test]
@@ -70,11 +99,19 @@ fn intel_with_zero_leaf_0a_has_no_pmu() {
 #[test]
 fn amd_without_extensions_is_legacy() {
     let mut e = genoa();
-    e.iter_mut().find(|x| x.function == 0x8000_0001).unwrap().ecx &= !(1 << 23);
+    e.iter_mut()
+        .find(|x| x.function == 0x8000_0001)
+        .unwrap()
+        .ecx &= !(1 << 23);
     e.retain(|x| x.function != 0x8000_0022);
     assert_eq!(
         host_layout(&e),
-        PmuConfig::Amd(AmdPmu { core_ext: false, perfmon_v2: false, num_counters: 4, width: 48 })
+        PmuConfig::Amd(AmdPmu {
+            core_ext: false,
+            perfmon_v2: false,
+            num_counters: 4,
+            width: 48
+        })
     );
 }
 
@@ -94,15 +131,27 @@ fn apply_writes_leaves_and_round_trips() {
     apply(&cfg, &mut e);
     let a = leaf(&e, 0xa).unwrap();
     assert_eq!((a.eax, a.ebx, a.ecx, a.edx), (0x0730_0404, 0, 0, 0x0603));
-    assert_eq!(leaf(&e, 1).unwrap().ecx & (1 << 15), 0, "PDCM cleared without PERF_CAPABILITIES");
+    assert_eq!(
+        leaf(&e, 1).unwrap().ecx & (1 << 15),
+        0,
+        "PDCM cleared without PERF_CAPABILITIES"
+    );
     assert_eq!(host_layout(&e), cfg);
     // v5 gets the fixed-counter bitmap and AnyThread deprecation, as the real SPR reports.
     let mut e2 = spr();
     let v5 = spr_layout_with_fw();
     apply(&v5, &mut e2);
     let a = leaf(&e2, 0xa).unwrap();
-    assert_eq!((a.eax, a.ebx, a.ecx, a.edx), (0x0830_0805, 0, 0xf, 0x8604), "identical to the host's leaf");
-    assert_ne!(leaf(&e2, 1).unwrap().ecx & (1 << 15), 0, "PDCM with PERF_CAPABILITIES");
+    assert_eq!(
+        (a.eax, a.ebx, a.ecx, a.edx),
+        (0x0830_0805, 0, 0xf, 0x8604),
+        "identical to the host's leaf"
+    );
+    assert_ne!(
+        leaf(&e2, 1).unwrap().ecx & (1 << 15),
+        0,
+        "PDCM with PERF_CAPABILITIES"
+    );
     // None zeroes the leaf.
     apply(&PmuConfig::None, &mut e2);
     let a = leaf(&e2, 0xa).unwrap();
@@ -115,9 +164,20 @@ fn apply_amd_adds_perfmon_leaf_and_raises_max() {
     // A CPUID without 0x80000022 (max ext leaf 0x80000008, as on older parts).
     let mut e = genoa();
     e.retain(|x| x.function < 0x8000_0009);
-    e.iter_mut().find(|x| x.function == 0x8000_0000).unwrap().eax = 0x8000_0008;
-    e.iter_mut().find(|x| x.function == 0x8000_0001).unwrap().ecx &= !(1 << 23);
-    let cfg = PmuConfig::Amd(AmdPmu { core_ext: true, perfmon_v2: true, num_counters: 5, width: 48 });
+    e.iter_mut()
+        .find(|x| x.function == 0x8000_0000)
+        .unwrap()
+        .eax = 0x8000_0008;
+    e.iter_mut()
+        .find(|x| x.function == 0x8000_0001)
+        .unwrap()
+        .ecx &= !(1 << 23);
+    let cfg = PmuConfig::Amd(AmdPmu {
+        core_ext: true,
+        perfmon_v2: true,
+        num_counters: 5,
+        width: 48,
+    });
     apply(&cfg, &mut e);
     assert_eq!(leaf(&e, 0x8000_0000).unwrap().eax, 0x8000_0022);
     let p = leaf(&e, 0x8000_0022).unwrap();
@@ -125,7 +185,12 @@ fn apply_amd_adds_perfmon_leaf_and_raises_max() {
     assert_ne!(leaf(&e, 0x8000_0001).unwrap().ecx & (1 << 23), 0);
     assert_eq!(host_layout(&e), cfg);
     // Back to legacy: bit 23 cleared, 0x80000022 zeroed (LBR and DF/UMC fields too).
-    let legacy = PmuConfig::Amd(AmdPmu { core_ext: false, perfmon_v2: false, num_counters: 4, width: 48 });
+    let legacy = PmuConfig::Amd(AmdPmu {
+        core_ext: false,
+        perfmon_v2: false,
+        num_counters: 4,
+        width: 48,
+    });
     let mut g = genoa();
     apply(&legacy, &mut g);
     let p = leaf(&g, 0x8000_0022).unwrap();
@@ -135,33 +200,70 @@ fn apply_amd_adds_perfmon_leaf_and_raises_max() {
 
 #[test]
 fn grammar_examples() {
-    let r: LayoutRequest = "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48".parse().unwrap();
+    let r: LayoutRequest = "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48"
+        .parse()
+        .unwrap();
     match &r {
         LayoutRequest::Intel(i) => {
-            assert_eq!((i.version, i.gp, i.fixed, i.gp_width, i.fixed_width), (Some(5), Some(8), Some(4), Some(48), Some(48)));
+            assert_eq!(
+                (i.version, i.gp, i.fixed, i.gp_width, i.fixed_width),
+                (Some(5), Some(8), Some(4), Some(48), Some(48))
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(r.to_string(), "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48");
+    assert_eq!(
+        r.to_string(),
+        "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48"
+    );
     let a: LayoutRequest = "amd:gp=6,core-ext,perfmon-v2".parse().unwrap();
     assert_eq!(a.to_string(), "amd:gp=6,core-ext,perfmon-v2");
     assert_eq!("host".parse::<LayoutRequest>(), Ok(LayoutRequest::Host));
     assert_eq!(" none ".parse::<LayoutRequest>(), Ok(LayoutRequest::None));
-    assert!(matches!("amd-legacy".parse::<LayoutRequest>(), Ok(LayoutRequest::Amd(_))));
-    assert!(matches!("arm".parse::<LayoutRequest>(), Err(LayoutError::UnknownLayout(_))));
-    assert!(matches!("intel:gp=x".parse::<LayoutRequest>(), Err(LayoutError::BadNumber { .. })));
-    assert!(matches!("intel:gp=300".parse::<LayoutRequest>(), Err(LayoutError::BadNumber { .. })));
-    assert!(matches!("intel:gp=1,gp=2".parse::<LayoutRequest>(), Err(LayoutError::Duplicate(_))));
-    assert!(matches!("amd:fixed=1".parse::<LayoutRequest>(), Err(LayoutError::UnknownOption { .. })));
-    assert!(matches!("amd:core-ext,no-core-ext".parse::<LayoutRequest>(), Err(LayoutError::Duplicate(_))));
-    assert!(matches!("host:gp=1".parse::<LayoutRequest>(), Err(LayoutError::UnknownOption { .. })));
-    assert!("intel:events-unavailable=0x10".parse::<LayoutRequest>().is_ok());
+    assert!(matches!(
+        "amd-legacy".parse::<LayoutRequest>(),
+        Ok(LayoutRequest::Amd(_))
+    ));
+    assert!(matches!(
+        "arm".parse::<LayoutRequest>(),
+        Err(LayoutError::UnknownLayout(_))
+    ));
+    assert!(matches!(
+        "intel:gp=x".parse::<LayoutRequest>(),
+        Err(LayoutError::BadNumber { .. })
+    ));
+    assert!(matches!(
+        "intel:gp=300".parse::<LayoutRequest>(),
+        Err(LayoutError::BadNumber { .. })
+    ));
+    assert!(matches!(
+        "intel:gp=1,gp=2".parse::<LayoutRequest>(),
+        Err(LayoutError::Duplicate(_))
+    ));
+    assert!(matches!(
+        "amd:fixed=1".parse::<LayoutRequest>(),
+        Err(LayoutError::UnknownOption { .. })
+    ));
+    assert!(matches!(
+        "amd:core-ext,no-core-ext".parse::<LayoutRequest>(),
+        Err(LayoutError::Duplicate(_))
+    ));
+    assert!(matches!(
+        "host:gp=1".parse::<LayoutRequest>(),
+        Err(LayoutError::UnknownOption { .. })
+    ));
+    assert!("intel:events-unavailable=0x10"
+        .parse::<LayoutRequest>()
+        .is_ok());
 }
 
 #[test]
 fn resolve_default_is_host_exact() {
     let host = spr_layout_with_fw();
-    assert_eq!(resolve(&LayoutRequest::Host, &host, false), Ok(host.clone()));
+    assert_eq!(
+        resolve(&LayoutRequest::Host, &host, false),
+        Ok(host.clone())
+    );
     let g = host_layout(&genoa());
     assert_eq!(resolve(&LayoutRequest::Host, &g, false), Ok(g.clone()));
 }
@@ -172,7 +274,10 @@ fn resolve_fewer_ok_more_is_error_unless_userspace() {
     let fewer: LayoutRequest = "intel:version=4,gp=4,fixed=3".parse().unwrap();
     let cfg = resolve(&fewer, &host, false).unwrap();
     match cfg {
-        PmuConfig::Intel(p) => assert_eq!((p.version, p.num_gp, p.num_fixed, p.gp_width), (4, 4, 3, 48)),
+        PmuConfig::Intel(p) => assert_eq!(
+            (p.version, p.num_gp, p.num_fixed, p.gp_width),
+            (4, 4, 3, 48)
+        ),
         other => panic!("{other:?}"),
     }
     let v1: LayoutRequest = "intel:version=1".parse().unwrap();
@@ -181,24 +286,57 @@ fn resolve_fewer_ok_more_is_error_unless_userspace() {
         other => panic!("{other:?}"),
     }
     let wider: LayoutRequest = "intel:gp-width=64".parse().unwrap();
-    assert!(matches!(resolve(&wider, &host, false), Err(LayoutError::ExceedsHost { what, requested: 64, host: 48 }) if what.contains("width")));
+    assert!(
+        matches!(resolve(&wider, &host, false), Err(LayoutError::ExceedsHost { what, requested: 64, host: 48 }) if what.contains("width"))
+    );
     assert!(resolve(&wider, &host, true).is_ok());
     let nine: LayoutRequest = "intel:gp=9".parse().unwrap();
-    assert!(matches!(resolve(&nine, &host, true), Err(LayoutError::Unsupported(ConfigError::TooManyCounters { .. }))));
+    assert!(matches!(
+        resolve(&nine, &host, true),
+        Err(LayoutError::Unsupported(
+            ConfigError::TooManyCounters { .. }
+        ))
+    ));
     // Genoa: fewer counters only with PerfMonV2; more is an error.
     let g = host_layout(&genoa());
     let four: LayoutRequest = "amd:gp=4".parse().unwrap();
-    assert!(matches!(resolve(&four, &g, false), Ok(PmuConfig::Amd(AmdPmu { num_counters: 4, perfmon_v2: true, .. }))));
+    assert!(matches!(
+        resolve(&four, &g, false),
+        Ok(PmuConfig::Amd(AmdPmu {
+            num_counters: 4,
+            perfmon_v2: true,
+            ..
+        }))
+    ));
     let bad: LayoutRequest = "amd:gp=4,no-perfmon-v2".parse().unwrap();
-    assert!(matches!(resolve(&bad, &g, false), Err(LayoutError::Unsupported(ConfigError::AmdCount { .. }))));
+    assert!(matches!(
+        resolve(&bad, &g, false),
+        Err(LayoutError::Unsupported(ConfigError::AmdCount { .. }))
+    ));
     let legacy: LayoutRequest = "amd-legacy".parse().unwrap();
     assert_eq!(
         resolve(&legacy, &g, false),
-        Ok(PmuConfig::Amd(AmdPmu { core_ext: false, perfmon_v2: false, num_counters: 4, width: 48 }))
+        Ok(PmuConfig::Amd(AmdPmu {
+            core_ext: false,
+            perfmon_v2: false,
+            num_counters: 4,
+            width: 48
+        }))
     );
-    let no_v2_host = PmuConfig::Amd(AmdPmu { core_ext: true, perfmon_v2: false, num_counters: 6, width: 48 });
+    let no_v2_host = PmuConfig::Amd(AmdPmu {
+        core_ext: true,
+        perfmon_v2: false,
+        num_counters: 6,
+        width: 48,
+    });
     let v2: LayoutRequest = "amd:perfmon-v2".parse().unwrap();
-    assert!(matches!(resolve(&v2, &no_v2_host, false), Err(LayoutError::ExceedsHost { what: "PerfMonV2", .. })));
+    assert!(matches!(
+        resolve(&v2, &no_v2_host, false),
+        Err(LayoutError::ExceedsHost {
+            what: "PerfMonV2",
+            ..
+        })
+    ));
     assert!(resolve(&v2, &no_v2_host, true).is_ok());
     // FW_WRITES cannot be invented for a host without it.
     let no_fw = host_layout(&spr());
@@ -212,21 +350,48 @@ fn resolve_vendor_and_missing_host() {
     let a: LayoutRequest = "amd".parse().unwrap();
     assert_eq!(
         resolve(&a, &host, true),
-        Err(LayoutError::VendorMismatch { requested: Vendor::Amd, host: Vendor::Intel })
+        Err(LayoutError::VendorMismatch {
+            requested: Vendor::Amd,
+            host: Vendor::Intel
+        })
     );
     // No host PMU (this project's CI host: AMD, kvm.enable_pmu=N).
-    assert!(matches!(resolve_with_vendor(&LayoutRequest::Host, Some(Vendor::Amd), &PmuConfig::None, false), Err(LayoutError::NoHostPmu { .. })));
+    assert!(matches!(
+        resolve_with_vendor(
+            &LayoutRequest::Host,
+            Some(Vendor::Amd),
+            &PmuConfig::None,
+            false
+        ),
+        Err(LayoutError::NoHostPmu { .. })
+    ));
     assert_eq!(
-        resolve_with_vendor(&LayoutRequest::Host, Some(Vendor::Amd), &PmuConfig::None, true),
+        resolve_with_vendor(
+            &LayoutRequest::Host,
+            Some(Vendor::Amd),
+            &PmuConfig::None,
+            true
+        ),
         Ok(default_emulated_layout(Vendor::Amd))
     );
     let fewer: LayoutRequest = "amd:gp=2".parse().unwrap();
     assert_eq!(
         resolve_with_vendor(&fewer, Some(Vendor::Amd), &PmuConfig::None, true),
-        Ok(PmuConfig::Amd(AmdPmu { core_ext: true, perfmon_v2: true, num_counters: 2, width: 48 }))
+        Ok(PmuConfig::Amd(AmdPmu {
+            core_ext: true,
+            perfmon_v2: true,
+            num_counters: 2,
+            width: 48
+        }))
     );
-    assert_eq!(resolve_with_vendor(&LayoutRequest::Host, None, &PmuConfig::None, true), Err(LayoutError::UnknownVendor));
-    assert_eq!(resolve(&LayoutRequest::None, &host, false), Ok(PmuConfig::None));
+    assert_eq!(
+        resolve_with_vendor(&LayoutRequest::Host, None, &PmuConfig::None, true),
+        Err(LayoutError::UnknownVendor)
+    );
+    assert_eq!(
+        resolve(&LayoutRequest::None, &host, false),
+        Ok(PmuConfig::None)
+    );
 }
 
 #[test]
@@ -243,12 +408,43 @@ fn requests() -> impl Strategy<Value = LayoutRequest> {
     prop_oneof![
         Just(LayoutRequest::Host),
         Just(LayoutRequest::None),
-        (o(1..=5), o(0..=8), o(0..=4), o(32..=64), o(32..=64), proptest::option::of(any::<bool>()), any::<bool>(), proptest::option::of(any::<u32>()))
-            .prop_map(|(version, gp, fixed, gw, fw, fwr, no_pdcm, ev)| LayoutRequest::Intel(vpmu::cpuid::IntelRequest {
-                version, gp, fixed, gp_width: gw, fixed_width: fw, fw_writes: fwr, no_pdcm, events_len: None, events_unavailable: ev,
-            })),
-        (o(1..=6), o(32..=64), proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>()))
-            .prop_map(|(gp, width, core_ext, perfmon_v2)| LayoutRequest::Amd(vpmu::cpuid::AmdRequest { gp, width, core_ext, perfmon_v2 })),
+        (
+            o(1..=5),
+            o(0..=8),
+            o(0..=4),
+            o(32..=64),
+            o(32..=64),
+            proptest::option::of(any::<bool>()),
+            any::<bool>(),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(version, gp, fixed, gw, fw, fwr, no_pdcm, ev)| {
+                LayoutRequest::Intel(vpmu::cpuid::IntelRequest {
+                    version,
+                    gp,
+                    fixed,
+                    gp_width: gw,
+                    fixed_width: fw,
+                    fw_writes: fwr,
+                    no_pdcm,
+                    events_len: None,
+                    events_unavailable: ev,
+                })
+            }),
+        (
+            o(1..=6),
+            o(32..=64),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>())
+        )
+            .prop_map(|(gp, width, core_ext, perfmon_v2)| LayoutRequest::Amd(
+                vpmu::cpuid::AmdRequest {
+                    gp,
+                    width,
+                    core_ext,
+                    perfmon_v2
+                }
+            )),
     ]
 }
 

@@ -19,7 +19,10 @@ fn genoa_host(enable_pmu: &str, mediated: Option<&str>) -> FixtureHost {
     let mut h = FixtureHost {
         cpuid: Some(genoa()),
         modules: vec!["kvm".into(), "kvm_amd".into()],
-        perf_pmus: vec![PerfPmu { name: "cpu".into(), pmu_type: 4 }],
+        perf_pmus: vec![PerfPmu {
+            name: "cpu".into(),
+            pmu_type: 4,
+        }],
         kernel_says_no_pmu: Some(false),
         ..Default::default()
     };
@@ -74,7 +77,12 @@ fn genoa_with_mediated_off_offers_emulated_not_passthrough() {
     assert_eq!(h.cpu_model, "AMD EPYC 9124 16-Core Processor");
     assert_eq!(
         h.layout,
-        PmuConfig::Amd(AmdPmu { core_ext: true, perfmon_v2: true, num_counters: 6, width: 48 })
+        PmuConfig::Amd(AmdPmu {
+            core_ext: true,
+            perfmon_v2: true,
+            num_counters: 6,
+            width: 48
+        })
     );
     assert!(h.hardware_pmu());
     assert_eq!(h.availability(PmuMode::Emulated), Availability::Available);
@@ -87,13 +95,19 @@ fn genoa_with_mediated_off_offers_emulated_not_passthrough() {
         "{report}"
     );
     assert!(h.can_disable_pmu());
-    assert_eq!(h.userspace_counter_source(), CounterSource::HostPerf { pmu: "cpu".into() });
+    assert_eq!(
+        h.userspace_counter_source(),
+        CounterSource::HostPerf { pmu: "cpu".into() }
+    );
 }
 
 #[test]
 fn genoa_with_mediated_on() {
     let h = HostPmu::probe(&genoa_host("Y", Some("Y")));
-    assert_eq!(h.availability(PmuMode::Passthrough), Availability::Available);
+    assert_eq!(
+        h.availability(PmuMode::Passthrough),
+        Availability::Available
+    );
     let (reason, _) = unavailable(h.availability(PmuMode::Emulated));
     assert!(reason.contains("enable_mediated_pmu=Y"), "{reason}");
 }
@@ -103,7 +117,10 @@ fn older_kernel_without_mediated_parameter() {
     let h = HostPmu::probe(&genoa_host("Y", None));
     assert_eq!(h.enable_mediated_pmu, None);
     let (reason, remedy) = unavailable(h.availability(PmuMode::Passthrough));
-    assert!(reason.contains("no enable_mediated_pmu parameter"), "{reason}");
+    assert!(
+        reason.contains("no enable_mediated_pmu parameter"),
+        "{reason}"
+    );
     assert!(remedy.contains("7.0"), "{remedy}");
     assert_eq!(h.availability(PmuMode::Emulated), Availability::Available);
 }
@@ -138,7 +155,10 @@ fn spr_passthrough_needs_fw_writes() {
     let with = HostPmu::probe(&spr_host(Some(0x2000), Some("Y")));
     assert_eq!(with.cpu_model, "Intel(R) Xeon(R) w7-2475X");
     assert_eq!(with.perf_capabilities, Some(0x2000));
-    assert_eq!(with.availability(PmuMode::Passthrough), Availability::Available);
+    assert_eq!(
+        with.availability(PmuMode::Passthrough),
+        Availability::Available
+    );
     let without = HostPmu::probe(&spr_host(Some(0), Some("Y")));
     let (reason, _) = unavailable(without.availability(PmuMode::Passthrough));
     assert!(reason.contains("FW_WRITES"), "{reason}");
@@ -167,7 +187,10 @@ fn ci_like_host_without_pmu() {
     // Mirrors REFERENCE.md §1: AMD VM, kvm_pvm, enable_pmu=N, no perf core PMU, kernel says
     // "PMU not available", PMU_CAPABILITY 0, userspace MSR exits available.
     let mut e = genoa();
-    e.iter_mut().find(|x| x.function == 0x8000_0001).unwrap().ecx &= !(1 << 23);
+    e.iter_mut()
+        .find(|x| x.function == 0x8000_0001)
+        .unwrap()
+        .ecx &= !(1 << 23);
     e.retain(|x| x.function != 0x8000_0022);
     let mut src = FixtureHost {
         cpuid: Some(e),
@@ -206,7 +229,10 @@ fn userspace_needs_msr_exits_and_kvm() {
     src.caps.remove(&KVM_CAP_X86_MSR_FILTER);
     let (reason, _) = unavailable(HostPmu::probe(&src).availability(PmuMode::Userspace));
     assert!(reason.contains("KVM_CAP_X86_MSR_FILTER"), "{reason}");
-    let no_kvm = FixtureHost { kvm_error: Some("cannot open /dev/kvm: ENOENT".into()), ..Default::default() };
+    let no_kvm = FixtureHost {
+        kvm_error: Some("cannot open /dev/kvm: ENOENT".into()),
+        ..Default::default()
+    };
     let h = HostPmu::probe(&no_kvm);
     for m in [PmuMode::Emulated, PmuMode::Passthrough, PmuMode::Userspace] {
         let (reason, _) = unavailable(h.availability(m));

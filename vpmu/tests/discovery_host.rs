@@ -23,14 +23,22 @@ fn real_host_discovery() {
     let report = host.report();
     println!("{report}");
     assert!(host.kvm_error.is_none());
-    assert!(host.vendor.is_some(), "KVM_GET_SUPPORTED_CPUID has a vendor string");
+    assert!(
+        host.vendor.is_some(),
+        "KVM_GET_SUPPORTED_CPUID has a vendor string"
+    );
 
     // Independent evidence of "no hardware PMU": the perf core PMU is missing from sysfs.
-    let sysfs_has_core_pmu = ["cpu", "cpu_core", "cpu_atom"]
-        .iter()
-        .any(|n| std::path::Path::new("/sys/bus/event_source/devices").join(n).exists());
+    let sysfs_has_core_pmu = ["cpu", "cpu_core", "cpu_atom"].iter().any(|n| {
+        std::path::Path::new("/sys/bus/event_source/devices")
+            .join(n)
+            .exists()
+    });
     if !sysfs_has_core_pmu {
-        assert!(!host.hardware_pmu(), "no perf core PMU in sysfs, yet discovery claims a PMU");
+        assert!(
+            !host.hardware_pmu(),
+            "no perf core PMU in sysfs, yet discovery claims a PMU"
+        );
         assert_eq!(host.layout, PmuConfig::None);
         assert!(report.contains("hardware PMU:           NO"), "{report}");
         for mode in [PmuMode::Emulated, PmuMode::Passthrough] {
@@ -49,7 +57,10 @@ fn real_host_discovery() {
     }
     // The machines this project runs on support userspace MSR exits and the MSR filter.
     assert!(host.caps.user_space_msr && host.caps.msr_filter, "{report}");
-    assert_eq!(host.availability(PmuMode::Userspace), Availability::Available);
+    assert_eq!(
+        host.availability(PmuMode::Userspace),
+        Availability::Available
+    );
     assert_eq!(host.availability(PmuMode::Off), Availability::Available);
     let json = serde_json::to_value(host.probe_report()).expect("serializable");
     assert_eq!(json["modes"][3]["mode"], "userspace");

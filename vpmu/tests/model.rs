@@ -62,10 +62,22 @@ fn amd_addresses_match_apm() {
     assert_eq!(amd::GLOBAL_CTL, 0xc000_0301);
     assert_eq!(amd::GLOBAL_STATUS_CLR, 0xc000_0302);
     assert_eq!(amd::GLOBAL_STATUS_SET, 0xc000_0303);
-    assert_eq!(classify(Vendor::Amd, 0xc001_020a), Some(PmuMsr::GpEventSel(5)));
-    assert_eq!(classify(Vendor::Amd, 0xc001_020b), Some(PmuMsr::GpCounter(5)));
-    assert_eq!(classify(Vendor::Amd, 0xc001_0003), Some(PmuMsr::GpEventSel(3)));
-    assert_eq!(classify(Vendor::Amd, 0xc001_0007), Some(PmuMsr::GpCounter(3)));
+    assert_eq!(
+        classify(Vendor::Amd, 0xc001_020a),
+        Some(PmuMsr::GpEventSel(5))
+    );
+    assert_eq!(
+        classify(Vendor::Amd, 0xc001_020b),
+        Some(PmuMsr::GpCounter(5))
+    );
+    assert_eq!(
+        classify(Vendor::Amd, 0xc001_0003),
+        Some(PmuMsr::GpEventSel(3))
+    );
+    assert_eq!(
+        classify(Vendor::Amd, 0xc001_0007),
+        Some(PmuMsr::GpCounter(3))
+    );
     assert_eq!(classify(Vendor::Amd, 0xc001_0008), None);
     assert_eq!(classify(Vendor::Amd, 0x38f), None);
     assert_eq!(classify(Vendor::Intel, 0xc000_0301), None);
@@ -83,8 +95,15 @@ fn ranges_cover_exactly_the_classified_msrs() {
                 assert!(classify(vendor, m).is_some(), "{vendor:?} {m:#x}");
             }
         }
-        for m in (0..0x1000u32).chain(0xc000_0000..0xc000_0400).chain(0xc001_0000..0xc001_0400) {
-            assert_eq!(classify(vendor, m).is_some(), in_ranges(m), "{vendor:?} {m:#x}");
+        for m in (0..0x1000u32)
+            .chain(0xc000_0000..0xc000_0400)
+            .chain(0xc001_0000..0xc001_0400)
+        {
+            assert_eq!(
+                classify(vendor, m).is_some(),
+                in_ranges(m),
+                "{vendor:?} {m:#x}"
+            );
         }
         // No overlapping ranges.
         let mut sorted = ranges.clone();
@@ -124,7 +143,10 @@ fn intel_v4_adds_status_set_and_inuse_and_fw_writes_adds_a_pmc() {
     assert_eq!(m.decode(0x329), None, "PERF_METRICS is never offered");
     let no_fw = MsrModel::new(&intel_cfg(4, 2, 1, Some(0))).unwrap();
     assert_eq!(no_fw.decode(0x4c1), None, "A_PMCx need FW_WRITES");
-    assert!(no_fw.decode(0x345).is_some(), "PERF_CAPABILITIES exists with PDCM");
+    assert!(
+        no_fw.decode(0x345).is_some(),
+        "PERF_CAPABILITIES exists with PDCM"
+    );
     let no_pdcm = MsrModel::new(&intel_cfg(4, 2, 1, None)).unwrap();
     assert_eq!(no_pdcm.decode(0x345), None);
 }
@@ -149,8 +171,18 @@ fn amd_presence_by_feature() {
     assert_eq!(
         v2_2,
         vec![
-            0xc000_0300, 0xc000_0301, 0xc000_0302, 0xc000_0303, 0xc001_0000, 0xc001_0001,
-            0xc001_0004, 0xc001_0005, 0xc001_0200, 0xc001_0201, 0xc001_0202, 0xc001_0203
+            0xc000_0300,
+            0xc000_0301,
+            0xc000_0302,
+            0xc000_0303,
+            0xc001_0000,
+            0xc001_0001,
+            0xc001_0004,
+            0xc001_0005,
+            0xc001_0200,
+            0xc001_0201,
+            0xc001_0202,
+            0xc001_0203
         ]
     );
 }
@@ -203,7 +235,10 @@ fn global_masks_and_reset() {
     // SDM Fig. 18-3: PMC enables at 0..n-1, fixed at 32..; others reserved.
     assert_eq!(m.global_ctrl_reserved(), !(0xf | (0x7 << 32)));
     // Fig. 18-4/18-11: OVF_CTRL also clears OvfBuf (62) and CondChgd (63).
-    assert_eq!(m.status_reset_writable(), 0xf | (0x7 << 32) | (1 << 62) | (1 << 63));
+    assert_eq!(
+        m.status_reset_writable(),
+        0xf | (0x7 << 32) | (1 << 62) | (1 << 63)
+    );
     // Fig. 18-12: STATUS_SET has no CondChgd.
     assert_eq!(m.status_set_writable(), 0xf | (0x7 << 32) | (1 << 62));
     // RESET value: all GP counters enabled, fixed disabled (KVM kvm_pmu_refresh).
@@ -213,7 +248,11 @@ fn global_masks_and_reset() {
     assert_eq!(a.status_reset_writable(), 0x3f);
     assert_eq!(a.global_ctrl_reset(), 0x3f);
     let legacy = MsrModel::new(&amd_cfg(false, false, 4)).unwrap();
-    assert_eq!(legacy.global_ctrl_reset(), 0, "no GLOBAL_CTL without PerfMonV2");
+    assert_eq!(
+        legacy.global_ctrl_reset(),
+        0,
+        "no GLOBAL_CTL without PerfMonV2"
+    );
 }
 
 #[test]
@@ -227,7 +266,10 @@ fn read_only_registers() {
 
 #[test]
 fn validate_rejects_what_is_not_modelled() {
-    assert_eq!(validate(&intel_cfg(6, 8, 4, None)), Err(ConfigError::IntelVersion(6)));
+    assert_eq!(
+        validate(&intel_cfg(6, 8, 4, None)),
+        Err(ConfigError::IntelVersion(6))
+    );
     assert!(matches!(
         validate(&intel_cfg(5, 9, 4, None)),
         Err(ConfigError::TooManyCounters { requested: 9, .. })
@@ -236,17 +278,26 @@ fn validate_rejects_what_is_not_modelled() {
         validate(&intel_cfg(5, 8, 5, None)),
         Err(ConfigError::TooManyCounters { requested: 5, .. })
     ));
-    assert_eq!(validate(&intel_cfg(1, 2, 1, None)), Err(ConfigError::FixedOnV1(1)));
+    assert_eq!(
+        validate(&intel_cfg(1, 2, 1, None)),
+        Err(ConfigError::FixedOnV1(1))
+    );
     assert_eq!(
         validate(&intel_cfg(5, 8, 4, Some(0x2000 | 0x4))),
         Err(ConfigError::PerfCapabilities(0x4))
     );
     assert!(matches!(
         validate(&amd_cfg(true, false, 4)),
-        Err(ConfigError::AmdCount { expected: 6, requested: 4 })
+        Err(ConfigError::AmdCount {
+            expected: 6,
+            requested: 4
+        })
     ));
     assert!(validate(&amd_cfg(true, true, 4)).is_ok());
-    assert_eq!(validate(&amd_cfg(false, true, 4)), Err(ConfigError::AmdV2WithoutCoreExt));
+    assert_eq!(
+        validate(&amd_cfg(false, true, 4)),
+        Err(ConfigError::AmdV2WithoutCoreExt)
+    );
     assert!(validate(&amd_cfg(true, true, 7)).is_err());
     let mut wide_amd = amd_cfg(true, true, 6);
     if let PmuConfig::Amd(p) = &mut wide_amd {
@@ -257,5 +308,8 @@ fn validate_rejects_what_is_not_modelled() {
     if let PmuConfig::Intel(p) = &mut narrow {
         p.gp_width = 31;
     }
-    assert!(matches!(validate(&narrow), Err(ConfigError::Width { width: 31, .. })));
+    assert!(matches!(
+        validate(&narrow),
+        Err(ConfigError::Width { width: 31, .. })
+    ));
 }

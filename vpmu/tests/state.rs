@@ -56,7 +56,10 @@ fn reset_state_enables_all_gp_in_global_ctrl() {
 fn legacy_pmc_write_sign_extends_bits_31_0() {
     // SDM §18.2.5: WRMSR to IA32_PMCx writes EAX[31:0] sign-extended (to the width).
     let mut s = PmuState::new(&spr_like());
-    assert_eq!(s.write(0xc1, 0xdead_0000_8000_0001), Ok(WriteEffect::CounterValue(CounterId::Gp(0))));
+    assert_eq!(
+        s.write(0xc1, 0xdead_0000_8000_0001),
+        Ok(WriteEffect::CounterValue(CounterId::Gp(0)))
+    );
     assert_eq!(s.read(0xc1), Ok(0xffff_8000_0001));
     s.write(0xc1, 0x7fff_ffff).unwrap();
     assert_eq!(s.read(0xc1), Ok(0x7fff_ffff));
@@ -71,8 +74,19 @@ fn full_width_write_rejects_bits_above_width() {
     s.write(0x4c2, 0x1234_5678_9abc).unwrap();
     assert_eq!(s.read(0xc2), Ok(0x1234_5678_9abc));
     let err = s.write(0x4c2, 1 << 48).unwrap_err();
-    assert_eq!(err, MsrFault::Reserved { msr: 0x4c2, value: 1 << 48, mask: !MASK48 });
-    assert_eq!(s.read(0xc2), Ok(0x1234_5678_9abc), "faulting write changes nothing");
+    assert_eq!(
+        err,
+        MsrFault::Reserved {
+            msr: 0x4c2,
+            value: 1 << 48,
+            mask: !MASK48
+        }
+    );
+    assert_eq!(
+        s.read(0xc2),
+        Ok(0x1234_5678_9abc),
+        "faulting write changes nothing"
+    );
 }
 
 #[test]
@@ -85,7 +99,10 @@ fn a_pmc_absent_without_fw_writes() {
 #[test]
 fn fixed_counter_write_truncates_to_width() {
     let mut s = PmuState::new(&spr_like());
-    assert_eq!(s.write(0x30a, u64::MAX), Ok(WriteEffect::CounterValue(CounterId::Fixed(1))));
+    assert_eq!(
+        s.write(0x30a, u64::MAX),
+        Ok(WriteEffect::CounterValue(CounterId::Fixed(1)))
+    );
     assert_eq!(s.read(0x30a), Ok(MASK48));
 }
 
@@ -106,20 +123,43 @@ fn read_only_registers_fault_on_write() {
         assert_eq!(s.write(msr, 0), Err(MsrFault::ReadOnly { msr }), "{msr:#x}");
     }
     let mut a = PmuState::new(&amd(true, true, 6));
-    assert_eq!(a.write(amd::GLOBAL_STATUS, 0), Err(MsrFault::ReadOnly { msr: amd::GLOBAL_STATUS }));
+    assert_eq!(
+        a.write(amd::GLOBAL_STATUS, 0),
+        Err(MsrFault::ReadOnly {
+            msr: amd::GLOBAL_STATUS
+        })
+    );
 }
 
 #[test]
 fn reserved_bits_fault_and_leave_state() {
     let mut s = PmuState::new(&intel(2, 4, 3, None));
     // AnyThread is reserved before v3 (SDM §18.2.3).
-    assert!(matches!(s.write(0x186, EN | (1 << 21)), Err(MsrFault::Reserved { .. })));
-    assert!(matches!(s.write(0x186, 1 << 32), Err(MsrFault::Reserved { .. })));
+    assert!(matches!(
+        s.write(0x186, EN | (1 << 21)),
+        Err(MsrFault::Reserved { .. })
+    ));
+    assert!(matches!(
+        s.write(0x186, 1 << 32),
+        Err(MsrFault::Reserved { .. })
+    ));
     // FIXED_CTR_CTRL AnyThread (bit 2) reserved before v3; bits beyond 3 counters reserved.
-    assert!(matches!(s.write(0x38d, 0x4), Err(MsrFault::Reserved { .. })));
-    assert!(matches!(s.write(0x38d, 0x1000), Err(MsrFault::Reserved { .. })));
-    assert!(matches!(s.write(0x38f, 1 << 4), Err(MsrFault::Reserved { .. })));
-    assert!(matches!(s.write(0x38f, 1 << 35), Err(MsrFault::Reserved { .. })));
+    assert!(matches!(
+        s.write(0x38d, 0x4),
+        Err(MsrFault::Reserved { .. })
+    ));
+    assert!(matches!(
+        s.write(0x38d, 0x1000),
+        Err(MsrFault::Reserved { .. })
+    ));
+    assert!(matches!(
+        s.write(0x38f, 1 << 4),
+        Err(MsrFault::Reserved { .. })
+    ));
+    assert!(matches!(
+        s.write(0x38f, 1 << 35),
+        Err(MsrFault::Reserved { .. })
+    ));
     assert_eq!(s.read(0x186), Ok(0));
     assert_eq!(s.read(0x38d), Ok(0));
     assert_eq!(s.read(0x38f), Ok(0xf));
@@ -127,15 +167,25 @@ fn reserved_bits_fault_and_leave_state() {
     assert!(v3.write(0x186, EN | (1 << 21)).is_ok());
     assert!(v3.write(0x38d, 0x444).is_ok());
     let mut a = PmuState::new(&amd(true, true, 6));
-    assert!(matches!(a.write(0xc001_0200, 1 << 19), Err(MsrFault::Reserved { .. })));
+    assert!(matches!(
+        a.write(0xc001_0200, 1 << 19),
+        Err(MsrFault::Reserved { .. })
+    ));
     assert!(a.write(0xc001_0200, (0xf << 32) | (3 << 40) | EN).is_ok());
 }
 
 #[test]
 fn selector_write_effects() {
     let mut s = PmuState::new(&spr_like());
-    assert_eq!(s.write(0x187, EN | OS_USR | 0xc0), Ok(WriteEffect::Reprogram(CounterId::Gp(1))));
-    assert_eq!(s.write(0x187, EN | OS_USR | 0xc0), Ok(WriteEffect::None), "unchanged");
+    assert_eq!(
+        s.write(0x187, EN | OS_USR | 0xc0),
+        Ok(WriteEffect::Reprogram(CounterId::Gp(1)))
+    );
+    assert_eq!(
+        s.write(0x187, EN | OS_USR | 0xc0),
+        Ok(WriteEffect::None),
+        "unchanged"
+    );
     assert_eq!(s.read(0x187), Ok(EN | OS_USR | 0xc0));
     assert_eq!(
         s.write(0x38d, 0x0b0),
@@ -146,7 +196,10 @@ fn selector_write_effects() {
         Ok(WriteEffect::GlobalCtrl(CounterMask(1 << 33)))
     );
     let ids: Vec<CounterId> = CounterMask(0b101 | (1 << 34)).iter().collect();
-    assert_eq!(ids, vec![CounterId::Gp(0), CounterId::Gp(2), CounterId::Fixed(2)]);
+    assert_eq!(
+        ids,
+        vec![CounterId::Gp(0), CounterId::Gp(2), CounterId::Fixed(2)]
+    );
 }
 
 #[test]
@@ -182,14 +235,20 @@ fn add_count_overflow_sets_status_and_reports_pmi() {
     assert_eq!(s.counts_until_overflow(CounterId::Gp(0)), Some(10));
     assert_eq!(s.add_count(CounterId::Gp(0), 9), None);
     assert_eq!(s.read(0xc1), Ok(MASK48));
-    assert_eq!(s.add_count(CounterId::Gp(0), 3), Some(Overflow { pmi: true }));
+    assert_eq!(
+        s.add_count(CounterId::Gp(0), 3),
+        Some(Overflow { pmi: true })
+    );
     assert_eq!(s.read(0xc1), Ok(2));
     assert_eq!(s.read(0x38e), Ok(1));
     // Fixed counter without PMI bit: overflow recorded, no PMI.
     s.write(0x38d, 0x3 << 4).unwrap();
     s.write(0x38f, 0xff | (1 << 33)).unwrap();
     s.write(0x30a, MASK48).unwrap();
-    assert_eq!(s.add_count(CounterId::Fixed(1), 1), Some(Overflow { pmi: false }));
+    assert_eq!(
+        s.add_count(CounterId::Fixed(1), 1),
+        Some(Overflow { pmi: false })
+    );
     assert_eq!(s.read(0x38e), Ok(1 | (1 << 33)));
     // STATUS_RESET (OVF_CTRL) clears, STATUS_SET sets (SDM §18.2.4.2).
     assert_eq!(s.write(0x390, 1), Ok(WriteEffect::Status));
@@ -198,8 +257,15 @@ fn add_count_overflow_sets_status_and_reports_pmi() {
     assert_eq!(s.read(0x38e), Ok((1 << 33) | (1 << 7)));
     assert_eq!(s.read(0x390), Ok(0), "write-only in effect");
     assert_eq!(s.read(0x391), Ok(0));
-    assert!(matches!(s.write(0x391, 1 << 63), Err(MsrFault::Reserved { .. })), "no CondChgd set");
-    assert_eq!(s.write(0x390, 1 << 63), Ok(WriteEffect::None), "clearing CondChgd is legal");
+    assert!(
+        matches!(s.write(0x391, 1 << 63), Err(MsrFault::Reserved { .. })),
+        "no CondChgd set"
+    );
+    assert_eq!(
+        s.write(0x390, 1 << 63),
+        Ok(WriteEffect::None),
+        "clearing CondChgd is legal"
+    );
 }
 
 #[test]
@@ -226,15 +292,29 @@ fn amd_overflow_without_perfmon_v2_has_no_status() {
     let mut s = PmuState::new(&amd(true, false, 6));
     s.write(0xc001_020a, EN | INT | 0x76).unwrap();
     s.write(0xc001_020b, MASK48).unwrap();
-    assert_eq!(s.add_count(CounterId::Gp(5), 1), Some(Overflow { pmi: true }));
+    assert_eq!(
+        s.add_count(CounterId::Gp(5), 1),
+        Some(Overflow { pmi: true })
+    );
     assert_eq!(s.global_status(), 0);
-    assert_eq!(s.read(amd::GLOBAL_STATUS), Err(MsrFault::NotPresent { msr: amd::GLOBAL_STATUS }));
+    assert_eq!(
+        s.read(amd::GLOBAL_STATUS),
+        Err(MsrFault::NotPresent {
+            msr: amd::GLOBAL_STATUS
+        })
+    );
     let mut v2 = PmuState::new(&amd(true, true, 6));
     v2.write(0xc001_020a, EN | 0x76).unwrap();
     v2.write(0xc001_020b, MASK48).unwrap();
-    assert_eq!(v2.add_count(CounterId::Gp(5), 1), Some(Overflow { pmi: false }));
+    assert_eq!(
+        v2.add_count(CounterId::Gp(5), 1),
+        Some(Overflow { pmi: false })
+    );
     assert_eq!(v2.read(amd::GLOBAL_STATUS), Ok(1 << 5));
-    assert_eq!(v2.write(amd::GLOBAL_STATUS_CLR, 1 << 5), Ok(WriteEffect::Status));
+    assert_eq!(
+        v2.write(amd::GLOBAL_STATUS_CLR, 1 << 5),
+        Ok(WriteEffect::Status)
+    );
     assert_eq!(v2.read(amd::GLOBAL_STATUS), Ok(0));
 }
 
@@ -266,7 +346,10 @@ fn counters_view_lists_layout() {
 fn none_layout_faults_everything() {
     let mut s = PmuState::new(&PmuConfig::None);
     assert_eq!(s.read(0xc1), Err(MsrFault::NotPresent { msr: 0xc1 }));
-    assert_eq!(s.write(0xc001_0000, 0), Err(MsrFault::NotPresent { msr: 0xc001_0000 }));
+    assert_eq!(
+        s.write(0xc001_0000, 0),
+        Err(MsrFault::NotPresent { msr: 0xc001_0000 })
+    );
     assert_eq!(s.counters().count(), 0);
     assert_eq!(s.add_count(CounterId::Gp(0), 1), None);
 }
@@ -285,7 +368,10 @@ fn save_restore_order_constants() {
     let legacy = PmuState::new(&amd(false, false, 4));
     assert_eq!(legacy.save_order(), &SAVE_ORDER_NO_GLOBAL[..]);
     assert_eq!(legacy.restore_order(), &RESTORE_ORDER_NO_GLOBAL[..]);
-    assert_eq!(RESTORE_ORDER_NO_GLOBAL.last(), Some(&ContextStep::RestoreSelectorsEnable));
+    assert_eq!(
+        RESTORE_ORDER_NO_GLOBAL.last(),
+        Some(&ContextStep::RestoreSelectorsEnable)
+    );
 }
 
 #[test]
@@ -309,8 +395,15 @@ fn restore_rejects_contexts_that_do_not_fit() {
 
 fn configs() -> impl Strategy<Value = PmuConfig> {
     prop_oneof![
-        (1u8..=5, 0u8..=8, 0u8..=4, 32u8..=64, 32u8..=64, any::<bool>()).prop_map(
-            |(v, gp, fx, gw, fw, fwr)| PmuConfig::Intel(IntelPmu {
+        (
+            1u8..=5,
+            0u8..=8,
+            0u8..=4,
+            32u8..=64,
+            32u8..=64,
+            any::<bool>()
+        )
+            .prop_map(|(v, gp, fx, gw, fw, fwr)| PmuConfig::Intel(IntelPmu {
                 version: v,
                 num_gp: gp,
                 gp_width: gw,
@@ -319,8 +412,7 @@ fn configs() -> impl Strategy<Value = PmuConfig> {
                 events_unavailable: 0,
                 events_len: 7,
                 perf_capabilities: Some(if fwr { intel::PERF_CAP_FW_WRITES } else { 0 }),
-            })
-        ),
+            })),
         Just(amd(false, false, 4)),
         Just(amd(true, false, 6)),
         (1u8..=6).prop_map(|n| amd(true, true, n)),
