@@ -1,5 +1,6 @@
 //! bench: CPL3 workloads under a selectable guest PMU load, timed with the
-//! TSC, printing machine-parseable `BENCH` lines (see docs/GUESTS.md).
+//! TSC, printing machine-parseable `BENCH` lines (see docs/GUESTS.md), and
+//! `workload=msr`, the cost of one RDMSR by how it is handled.
 #![no_std]
 #![no_main]
 
@@ -218,6 +219,86 @@ extern "C" {
     static __image_end: u8;
 }
 
+// ------------------------------------------------------------ MSR cost (CPL0)
+
+/// IA32_SYSENTER_CS: an MSR KVM always handles in the kernel.
+const MSR_KVM_HANDLED: u32 = 0x174;
+
+/// TSC ticks for `n` iterations of the timing loop around RDMSR `msr`, or of
+/// the empty loop when `msr` is `None`. Runs at CPL0 (where RDMSR is legal).
+#[inline(never)]
+fn time_rdmsr(msr: Option<u32>, n: u64) -> u64 {
+    let mut acc = 0u64;
+    let mut i = 0;
+    let t0 = rt::rdtsc();
+    while i < n {
+        acc = acc.wrapping_add(match msr {
+            Some(m) => rt::rdmsr(m),
+            None => {
+                // Register-only stand-in for the RDMSR (a stack access would
+                // cost far more than the loop itself at emulated CPL0).
+                unsafe { core::arch::asm!("nop", options(nomem, nostack, preserves_flags)) };
+                i
+            }
+        });
+        i += 1;
+    }
+    let t1 = rt::rdtsc();
+    core::hint::black_box(acc);
+    t1 - t0
+}
+
+/// `workload=msr`: the cost of one RDMSR by how it is handled, timed at CPL0:
+/// `kind=nop` (the loop alone), `kind=kvm` (IA32_SYSENTER_CS, handled inside
+/// KVM) and `kind=pmu` (GP counter 0 of the PMU the guest sees, else the AMD
+/// legacy counter 0xc0010004 / Intel IA32_PMC0 0xc1: with the userspace vPMU
+/// this is an exit to the VMM). A PMU MSR that faults is reported with
+/// `fault=V` and not timed.
+fn msr_cost(lay: &Layout, iters: u64, reps: u64) -> ! {
+    let pmu_msr = if lay.kind != Kind::None {
+        lay.ctr_msr(0)
+    } else if lay.amd_vendor {
+        0xc001_0004
+    } else {
+        0xc1
+    };
+    let mut l = Line::new();
+    l.s("BENCH start workload=msr iters=")
+        .u(iters)
+        .s(" reps=")
+        .u(reps)
+        .s(" pmu_kind=")
+        .s(lay.name());
+    rt::println(&l);
+    let pmu_fault = rt::rdmsr_safe(pmu_msr).err();
+    for rep in 0..reps {
+        let kinds: [(&str, Option<u32>); 3] = [
+            ("nop", None),
+            ("kvm", Some(MSR_KVM_HANDLED)),
+            ("pmu", Some(pmu_msr)),
+        ];
+        for (kind, msr) in kinds {
+            l.clear();
+            l.s("BENCH rep=").u(rep).s(" workload=msr kind=").s(kind);
+            if let Some(m) = msr {
+                l.s(" msr=").x(m as u64);
+            }
+            l.s(" iters=").u(iters);
+            match (kind, pmu_fault) {
+                ("pmu", Some(v)) => {
+                    l.s(" fault=").u(v);
+                }
+                _ => {
+                    l.s(" tsc=").u(time_rdmsr(msr, iters));
+                }
+            }
+            rt::println(&l);
+        }
+    }
+    rt::puts("BENCH done");
+    rt::exit(0)
+}
+
 // --------------------------------------------------------------------- main
 
 /// `count * run / enabled` in u64 (no 128-bit division helpers).
@@ -270,6 +351,11 @@ pub fn guest_main(cpu: u32, cmd: &'static str, _ncpus: u32) -> ! {
         "loop" => (wl_loop, 100_000_000),
         "lfsr" => (wl_lfsr, 50_000_000),
         "chase" => (wl_chase, 2_000_000),
+        "msr" => msr_cost(
+            &pmu::detect(),
+            cmd.u64_or("iters", 10_000),
+            cmd.u64_or("reps", 3).max(1),
+        ),
         _ => fail("unknown-workload"),
     };
     let iters = cmd.u64_or("iters", default_iters);
