@@ -4,18 +4,23 @@
 # Kernel command line parameters understood here (read from /proc/cmdline):
 #   vpmu.cmd=<base64>   shell command to run (base64 of the command text, `base64 -w0`);
 #                       runs as `sh -c "<decoded>"`. Robust against any quoting.
-#   vpmu.exit=reset     (default) end with an i8042 reset (0xfe -> port 0x64, /bin/vpmu-outb),
-#                       independent of the kernel's reboot= setting: vpmu-vmm exits 0.
-#   vpmu.exit=port      end by writing the command's exit status (0-255) to the debug-exit
-#                       port 0xf4: vpmu-vmm exits with (status << 1) | 1.
+#   vpmu.exit=reset     (default) end with an i8042 reset whatever reboot= the kernel was
+#                       given: `echo kbd > /sys/kernel/reboot/type; reboot -f`
+#                       (vpmu-vmm exits 0). A kernel panic with panic=-1 still reboots the
+#                       way reboot= says (reboot=t: triple fault, a non-zero vpmu-vmm exit).
+#   vpmu.exit=port      write the command's exit status V (0-255) to the debug-exit port
+#                       0xf4 from user space (/bin/vpmu-outb: ioperm + outb): vpmu-vmm exits
+#                       (V << 1) | 1. Needs working user-mode port I/O: not in the nested rig
+#                       (QEMU TCG's nested SVM raises #GP there), falls back to reset.
 #   vpmu.exit=reboot    end with `reboot -f` (the kernel's reboot= decides how).
 #   vpmu.exit=poweroff  end with `poweroff -f` (without ACPI this just halts the CPUs).
-#   vpmu.exit=shell     drop into an interactive shell on the console instead.
+#   vpmu.exit=shell     start an interactive shell on the console instead (debugging).
 # Without vpmu.cmd=, the words after `--` on the kernel command line (which the kernel
 # passes to init as arguments) are run as the command instead.
 #
 # Marker lines (parsed by tests, keep stable):
 #   VPMU-GUEST: init reached <uname -r> cpus=<n>
+#   VPMU-GUEST: uptime <seconds since the guest kernel started>
 #   VPMU-GUEST: command exit <status>
 #   VPMU-GUEST: end via <mode>
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -40,6 +45,7 @@ drain_console() {
 
 ncpus=$(grep -c '^processor' /proc/cpuinfo)
 echo "VPMU-GUEST: init reached $(uname -r) cpus=$ncpus"
+echo "VPMU-GUEST: uptime $(cut -d' ' -f1 /proc/uptime)"
 
 cmd=
 exit_mode=reset
@@ -69,10 +75,22 @@ fi
 echo "VPMU-GUEST: command exit $status"
 
 echo "VPMU-GUEST: end via $exit_mode"
+reset_kbd() {
+	if [ -w /sys/kernel/reboot/type ] && echo kbd >/sys/kernel/reboot/type; then
+		reboot -f
+		sleep 2
+	fi
+	vpmu-outb 0x64 0xfe
+}
+
 case "$exit_mode" in
 port)
 	drain_console
 	vpmu-outb 0xf4 "$status"
+	sleep 1
+	echo "VPMU-GUEST: the debug-exit port write did not end the VM; resetting"
+	drain_console
+	reset_kbd
 	;;
 reboot)
 	drain_console
@@ -84,14 +102,16 @@ poweroff)
 	;;
 shell)
 	setsid sh -c 'exec sh </dev/console >/dev/console 2>&1'
+	drain_console
+	reset_kbd
 	;;
 *)
 	drain_console
-	vpmu-outb 0x64 0xfe
+	reset_kbd
 	;;
 esac
-# Still here: the chosen way did not end the VM. Fall back to the kernel's reboot.
-sleep 1
+# Still here: the chosen way did not end the VM.
+sleep 2
 echo "VPMU-GUEST: '$exit_mode' did not end the VM, trying reboot -f"
 reboot -f
 sleep 5

@@ -1,6 +1,6 @@
 /*
  * vpmu-outb PORT VALUE : writes one byte to an x86 I/O port (ioperm + outb).
- * The Debian cloud kernel has no /dev/port, so the guest's /init uses this to end the VM:
+ * The Debian cloud kernel has no /dev/port, so the guest's /init uses this for:
  *   vpmu-outb 0x64 0xfe   i8042 reset        (vpmu-vmm exits 0)
  *   vpmu-outb 0xf4 N      debug-exit port    (vpmu-vmm exits (N << 1) | 1)
  */
