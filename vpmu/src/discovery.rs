@@ -674,9 +674,11 @@ impl HostPmu {
                 }
             )),
             PmuMode::Userspace => Some(match self.userspace_counter_source() {
-                CounterSource::HostPerf { pmu } => {
-                    format!("counter source: host perf events on PMU '{pmu}'")
-                }
+                CounterSource::HostPerf { pmu } => format!(
+                    "counter source: TSC clock model (counts only core and reference cycles); \
+                     the host has perf PMU '{pmu}', but a host-perf counter source is not \
+                     implemented yet"
+                ),
                 CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles".into(),
             }),
             PmuMode::Passthrough if self.availability(mode).is_available() => Some(
