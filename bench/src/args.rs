@@ -1,0 +1,193 @@
+//! Command-line arguments of `vpmu-vmm bench`.
+
+use std::path::PathBuf;
+
+use crate::harness::Settings;
+use crate::model::{parse_list, Activity, Mode, Workload};
+
+/// Default `--activities`.
+pub const DEFAULT_ACTIVITIES: &str = "none,count:4,sample:1000,sample:10000,multiplex:10";
+
+/// `vpmu-vmm bench`: overhead of the vPMU modes, side by side.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Quick run (under two minutes): 3 runs per cell, a shorter workload region, fewer
+    /// MSR iterations. Medians from fewer than 5 runs are flagged as indicative.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output directory for bench.json, bench.md and overhead.svg.
+    #[arg(long, value_name = "DIR", default_value = "target/bench")]
+    pub out: PathBuf,
+    /// VM runs per cell (default 5; 3 with --quick). Reported medians need at least 5.
+    #[arg(long, value_name = "N")]
+    pub reps: Option<u32>,
+    /// Comma-separated vPMU modes; unavailable ones are reported with the reason.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "off,userspace,emulated,passthrough"
+    )]
+    pub modes: String,
+    /// Comma-separated guest workloads.
+    #[arg(long, value_name = "LIST", default_value = "loop,lfsr,chase")]
+    pub workloads: String,
+    /// Comma-separated guest PMU activities: none, count:N (N counters counting),
+    /// sample:HZ (cycles sampling through PMIs), multiplex:N (N events rotated over the
+    /// counters).
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_ACTIVITIES)]
+    pub activities: String,
+    /// Fixed workload iterations for every workload (default: calibrate each workload so
+    /// the `off` baseline region takes --target-ms).
+    #[arg(long, value_name = "N")]
+    pub iters: Option<u64>,
+    /// Calibration target for the baseline workload region, ms (default 200; 40 with --quick).
+    #[arg(long, value_name = "MS")]
+    pub target_ms: Option<u64>,
+    /// Workload repetitions inside each VM run; the run's figure is their median
+    /// (default 3; 1 with --quick).
+    #[arg(long, value_name = "R")]
+    pub guest_reps: Option<u32>,
+    /// Pointer-chase buffer, KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 8192)]
+    pub chase_kib: u64,
+    /// Iterations of the MSR-cost workload (default 20000; 5000 with --quick; 0 skips it).
+    #[arg(long, value_name = "N")]
+    pub msr_iters: Option<u64>,
+    /// TSC frequency in kHz (default: the host probe, else measured).
+    #[arg(long, value_name = "KHZ")]
+    pub tsc_khz: Option<u64>,
+    /// Write only bench.json (no bench.md, no overhead.svg).
+    #[arg(long)]
+    pub json_only: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl BenchArgs {
+    /// Arguments with every default (as `vpmu-vmm bench` with no flags).
+    pub fn defaults() -> BenchArgs {
+        BenchArgs {
+            quick: false,
+            out: PathBuf::from("target/bench"),
+            reps: None,
+            modes: "off,userspace,emulated,passthrough".into(),
+            workloads: "loop,lfsr,chase".into(),
+            activities: DEFAULT_ACTIVITIES.into(),
+            iters: None,
+            target_ms: None,
+            guest_reps: None,
+            chase_kib: 8192,
+            msr_iters: None,
+            tsc_khz: None,
+            json_only: false,
+            no_progress: false,
+        }
+    }
+
+    /// Validated harness settings (the TSC frequency is filled in by the caller).
+    pub fn settings(&self, tsc_khz: u64) -> Result<Settings, String> {
+        let modes: Vec<Mode> = parse_list(&self.modes).map_err(|e| format!("--modes: {e}"))?;
+        let workloads: Vec<Workload> =
+            parse_list(&self.workloads).map_err(|e| format!("--workloads: {e}"))?;
+        let activities: Vec<Activity> =
+            parse_list(&self.activities).map_err(|e| format!("--activities: {e}"))?;
+        let reps = self.reps.unwrap_or(if self.quick { 3 } else { 5 });
+        if reps == 0 || reps > 1000 {
+            return Err(format!("--reps {reps}: expected 1 to 1000"));
+        }
+        let guest_reps = self.guest_reps.unwrap_or(if self.quick { 1 } else { 3 });
+        if guest_reps == 0 || guest_reps > 1000 {
+            return Err(format!("--guest-reps {guest_reps}: expected 1 to 1000"));
+        }
+        if let Some(0) = self.iters {
+            return Err("--iters must be at least 1".into());
+        }
+        let target_ms = self.target_ms.unwrap_or(if self.quick { 40 } else { 200 });
+        if target_ms == 0 || target_ms > 60_000 {
+            return Err(format!("--target-ms {target_ms}: expected 1 to 60000"));
+        }
+        if self.chase_kib == 0 || self.chase_kib > 128 * 1024 {
+            return Err(format!(
+                "--chase-kib {}: expected 1 to 131072",
+                self.chase_kib
+            ));
+        }
+        if tsc_khz == 0 {
+            return Err("TSC frequency unknown (pass --tsc-khz)".into());
+        }
+        Ok(Settings {
+            reps,
+            guest_reps,
+            modes,
+            workloads,
+            activities,
+            iters: self.iters,
+            target_ms,
+            tsc_khz,
+            chase_buf_kib: self.chase_kib,
+            msr_iters: self
+                .msr_iters
+                .unwrap_or(if self.quick { 5000 } else { 20_000 }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        b: BenchArgs,
+    }
+
+    #[test]
+    fn defaults_match_clap() {
+        let c = Cli::try_parse_from(["x"]).unwrap();
+        let d = BenchArgs::defaults();
+        assert_eq!(c.b.out, d.out);
+        assert_eq!(c.b.modes, d.modes);
+        assert_eq!(c.b.activities, d.activities);
+        assert_eq!(c.b.chase_kib, d.chase_kib);
+        let s = c.b.settings(2_900_000).unwrap();
+        assert_eq!((s.reps, s.guest_reps), (5, 3));
+        assert_eq!(s.modes.len(), 4);
+        assert_eq!(s.activities.len(), 5);
+        assert_eq!(s.target_ms, 200);
+    }
+
+    #[test]
+    fn quick_and_errors() {
+        let c = Cli::try_parse_from([
+            "x",
+            "--quick",
+            "--modes",
+            "off,userspace",
+            "--out",
+            "/tmp/b",
+        ])
+        .unwrap();
+        let s = c.b.settings(1).unwrap();
+        assert_eq!(
+            (s.reps, s.guest_reps, s.target_ms, s.msr_iters),
+            (3, 1, 40, 5000)
+        );
+        let c = Cli::try_parse_from(["x", "--quick", "--reps", "7"]).unwrap();
+        assert_eq!(c.b.settings(1).unwrap().reps, 7);
+        for bad in [
+            vec!["x", "--modes", "fast"],
+            vec!["x", "--workloads", ""],
+            vec!["x", "--activities", "sample:0"],
+            vec!["x", "--reps", "0"],
+            vec!["x", "--iters", "0"],
+        ] {
+            let c = Cli::try_parse_from(bad.clone()).unwrap();
+            assert!(c.b.settings(1).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["x", "--reps", "-1"]).is_err());
+        assert!(BenchArgs::defaults().settings(0).is_err());
+    }
+}

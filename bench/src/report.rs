@@ -1,0 +1,315 @@
+//! The benchmark report: what `bench.json` holds (documented in docs/BENCH-SCHEMA.md).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Activity, Mode, Workload};
+use crate::parse::Rep;
+use crate::stats::Summary;
+
+/// Name of the schema, stored in `schema`.
+pub const SCHEMA_NAME: &str = "vpmu-vmm-bench";
+/// Version of the schema, stored in `schema_version`; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The whole report (`bench.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Always [`SCHEMA_NAME`].
+    pub schema: String,
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    /// When the run started, RFC 3339 UTC (`2026-11-21T07:30:00Z`).
+    pub generated_at: String,
+    /// Wall-clock duration of the whole run, seconds.
+    pub duration_s: f64,
+    /// The process command line.
+    pub command_line: Vec<String>,
+    pub versions: Versions,
+    pub host: HostInfo,
+    pub config: RunConfig,
+    /// The matrix cells, in report order (workload, then mode, then activity).
+    pub cells: Vec<CellReport>,
+    /// Cost of one MSR access by how it is handled.
+    pub msr_cost: MsrCost,
+    /// VMM-level figures gathered over all runs.
+    pub vmm: VmmFigures,
+}
+
+/// Software versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    /// The vpmu-vmm workspace version.
+    pub vpmu_vmm: String,
+    /// `rustc --version` of the toolchain on PATH when the bench ran (None if unavailable).
+    pub rustc: Option<String>,
+}
+
+/// Whether a mode is available on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeAvailability {
+    pub mode: Mode,
+    pub available: bool,
+    /// Why not, when not available.
+    pub reason: Option<String>,
+}
+
+/// The host the bench ran on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// `model name` from /proc/cpuinfo.
+    pub cpu_model: Option<String>,
+    /// Online logical CPUs.
+    pub cpus: Option<usize>,
+    /// Kernel release and version (`uname -r` / `uname -v`).
+    pub kernel: Option<String>,
+    /// Loaded KVM modules (from /sys/module: kvm, kvm_intel, kvm_amd, kvm_pvm).
+    pub kvm_modules: Vec<String>,
+    /// TSC frequency in kHz used to convert guest ticks to time.
+    pub tsc_khz: u64,
+    /// Where `tsc_khz` came from.
+    pub tsc_khz_source: String,
+    /// The host PMU probe (`vpmu-vmm probe --json`), when it succeeded.
+    pub pmu: Option<serde_json::Value>,
+    /// The probe's text report (`vpmu-vmm probe`), when it succeeded.
+    pub pmu_report: Option<String>,
+    /// Probe error, when it failed.
+    pub probe_error: Option<String>,
+    /// Availability of each requested mode.
+    pub modes: Vec<ModeAvailability>,
+    /// /proc/loadavg when the run started and when it ended (other load on the host
+    /// widens the [min..max] ranges).
+    pub loadavg_start: Option<String>,
+    pub loadavg_end: Option<String>,
+}
+
+/// The run configuration actually used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub quick: bool,
+    /// VM runs per cell.
+    pub reps: u32,
+    /// Workload repetitions inside each VM run (the guest's `reps=`).
+    pub guest_reps: u32,
+    pub modes: Vec<Mode>,
+    pub workloads: Vec<Workload>,
+    pub activities: Vec<Activity>,
+    /// Iterations per workload (`iters=`), after calibration.
+    pub iters: BTreeMap<String, u64>,
+    /// How `iters` was chosen: `calibrated to N ms` or `--iters`.
+    pub iters_source: String,
+    /// Pointer-chase buffer size in KiB (the guest's `buf=`).
+    pub chase_buf_kib: u64,
+    /// Iterations of the MSR-cost workload.
+    pub msr_iters: u64,
+    /// vCPUs and guest memory per VM.
+    pub vcpus: u32,
+    pub guest_memory_mib: u64,
+    /// Run order description.
+    pub order: String,
+}
+
+/// Exit counters of one VM run, summed over its vCPUs (from `vmm::VcpuStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exits {
+    pub exits: u64,
+    pub io_in: u64,
+    pub io_out: u64,
+    pub mmio: u64,
+    pub msr_read: u64,
+    pub msr_write: u64,
+    pub msr_gp: u64,
+    pub interrupted: u64,
+    pub pmis: u64,
+    pub tsc_in_guest: u64,
+    pub handling_ns: u64,
+}
+
+impl Exits {
+    /// The exit-reason counters, by name, in table order (not the time fields).
+    pub fn reasons(&self) -> [(&'static str, u64); 9] {
+        [
+            ("exits", self.exits),
+            ("io_in", self.io_in),
+            ("io_out", self.io_out),
+            ("mmio", self.mmio),
+            ("msr_read", self.msr_read),
+            ("msr_write", self.msr_write),
+            ("msr_gp", self.msr_gp),
+            ("interrupted", self.interrupted),
+            ("pmis", self.pmis),
+        ]
+    }
+
+    /// MSR exits to userspace (reads + writes).
+    pub fn msr_exits(&self) -> u64 {
+        self.msr_read + self.msr_write
+    }
+
+    /// Adds another vCPU's counters.
+    pub fn add(&mut self, o: &Exits) {
+        self.exits += o.exits;
+        self.io_in += o.io_in;
+        self.io_out += o.io_out;
+        self.mmio += o.mmio;
+        self.msr_read += o.msr_read;
+        self.msr_write += o.msr_write;
+        self.msr_gp += o.msr_gp;
+        self.interrupted += o.interrupted;
+        self.pmis += o.pmis;
+        self.tsc_in_guest += o.tsc_in_guest;
+        self.handling_ns += o.handling_ns;
+    }
+}
+
+/// One successful VM run (one repetition of a cell).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSample {
+    /// Repetition index (the interleaved pass).
+    pub rep: u32,
+    /// Guest TSC ticks of the workload region (median over the guest's own reps).
+    pub workload_tsc: u64,
+    /// The guest's `BENCH` lines for this run.
+    pub guest: Vec<Rep>,
+    /// Exit counters, summed over vCPUs.
+    pub exits: Exits,
+    /// The userspace vPMU's per-vCPU statistics (`RunReport.pmu`), empty in other modes.
+    pub pmu: Vec<serde_json::Value>,
+    /// Wall time of `vmm::run`, ns.
+    pub wall_ns: u64,
+    /// VMM start to the first KVM_RUN entry, ns.
+    pub start_to_first_entry_ns: u64,
+}
+
+/// Outcome of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellStatus {
+    /// At least one run succeeded.
+    Ok,
+    /// The host cannot offer the mode; no number is reported.
+    Unavailable,
+    /// Every run failed.
+    Failed,
+}
+
+/// PMI delivery latency over a cell's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PmiLatency {
+    /// Per-run mean latency (ns): median/min/max over runs.
+    pub mean_ns: Summary,
+    /// Smallest single latency seen in any run (ns).
+    pub min_ns: f64,
+    /// Largest single latency seen in any run (ns).
+    pub max_ns: f64,
+    /// PMIs measured in all runs.
+    pub pmis: u64,
+}
+
+/// The per-cell statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellSummary {
+    /// Workload region, guest TSC ticks.
+    pub workload_tsc: Summary,
+    /// Workload region, milliseconds.
+    pub workload_ms: Summary,
+    /// Paired overhead vs the `off` baseline of the same pass, percent. None for the
+    /// baseline itself or when it has no runs.
+    pub overhead_pct: Option<Summary>,
+    /// Exit counters per run, by reason (see [`Exits::reasons`]).
+    pub exits: BTreeMap<String, Summary>,
+    /// MSR exits (read + write) per second of workload region.
+    pub msr_exits_per_s: Option<Summary>,
+    /// VMM time handling exits per exit (handling_ns / exits), ns.
+    pub vmm_ns_per_exit: Option<Summary>,
+    /// Samples (PMIs) delivered per run, when sampling.
+    pub samples: Option<Summary>,
+    /// Samples expected per run (workload time x frequency), when sampling.
+    pub expected_samples: Option<Summary>,
+    /// Delivered / expected x 100 per run, when sampling.
+    pub sample_accuracy_pct: Option<Summary>,
+    /// PMI delivery latency, when the guest measured it.
+    pub pmi_latency: Option<PmiLatency>,
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellReport {
+    pub workload: Workload,
+    pub mode: Mode,
+    pub activity: Activity,
+    pub status: CellStatus,
+    /// Why the cell is unavailable or failed.
+    pub reason: Option<String>,
+    /// Successful runs (raw samples).
+    pub runs: Vec<RunSample>,
+    /// Failed runs: `rep N: error`.
+    pub failures: Vec<String>,
+    /// Statistics over `runs`; None unless `status` is ok.
+    pub summary: Option<CellSummary>,
+}
+
+/// One MSR-cost measurement: how one kind of MSR access costs in one mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MsrCostRow {
+    pub mode: Mode,
+    /// What is measured (the guest's `kind=`), e.g. `pmu` (a PMU MSR: in `userspace` mode
+    /// a userspace exit), `kvm` (an MSR KVM handles in the kernel), `nop` (the loop itself).
+    pub kind: String,
+    /// The MSR number, when one is read.
+    pub msr: Option<String>,
+    /// Guest TSC ticks per access: median/min/max over runs.
+    pub ticks_per_access: Summary,
+    /// The same in ns.
+    pub ns_per_access: Summary,
+}
+
+/// The MSR-cost section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MsrCost {
+    /// `ok`, `skipped: why` or `failed: why`.
+    pub status: String,
+    pub rows: Vec<MsrCostRow>,
+    /// Median cost of one userspace MSR exit over one KVM-handled MSR access (ratio of the
+    /// medians, both at guest CPL0).
+    pub userspace_over_kvm: Option<f64>,
+    /// Median extra cost of one userspace MSR exit over one KVM-handled MSR access
+    /// (difference of the medians, userspace mode), ns.
+    pub userspace_extra_ns: Option<f64>,
+    /// Host-side VMM handling time per userspace MSR exit (VcpuStats.handling_ns / MSR
+    /// exits in the userspace-mode MSR runs), ns.
+    pub vmm_handling_ns_per_exit: Option<Summary>,
+    /// Caveats to print with the numbers.
+    pub note: String,
+}
+
+/// VMM-level figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmmFigures {
+    /// VMM start to first guest entry over all successful runs, ns.
+    pub start_to_first_entry_ns: Option<Summary>,
+    /// Whole `vmm::run` wall time of the baseline runs, ms.
+    pub baseline_run_wall_ms: Option<Summary>,
+    /// Peak resident set of the bench process (VmHWM), KiB.
+    pub bench_peak_rss_kib: Option<u64>,
+}
+
+impl BenchReport {
+    /// The cell for a key, if present.
+    pub fn cell(&self, workload: Workload, mode: Mode, activity: Activity) -> Option<&CellReport> {
+        self.cells
+            .iter()
+            .find(|c| c.workload == workload && c.mode == mode && c.activity == activity)
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+
+    /// Parses `bench.json`.
+    pub fn from_json(s: &str) -> serde_json::Result<BenchReport> {
+        serde_json::from_str(s)
+    }
+}

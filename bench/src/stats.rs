@@ -1,0 +1,134 @@
+//! Small, exact statistics: median/min/max summaries and overhead percentages.
+
+use serde::{Deserialize, Serialize};
+
+/// Median, minimum and maximum of a set of runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Number of values summarised.
+    pub n: usize,
+    /// The median (the mean of the two middle values when `n` is even).
+    pub median: f64,
+    /// The smallest value.
+    pub min: f64,
+    /// The largest value.
+    pub max: f64,
+}
+
+impl Summary {
+    /// Summarises the finite values of `xs`; `None` when there are none.
+    pub fn of(xs: &[f64]) -> Option<Summary> {
+        let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Summary {
+            n,
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+
+    /// Summarises integers.
+    pub fn of_u64(xs: &[u64]) -> Option<Summary> {
+        let v: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+        Summary::of(&v)
+    }
+
+    /// Applies `f` to median, min and max (for a monotonically increasing `f`, e.g. a unit
+    /// conversion by a positive factor).
+    pub fn map(self, f: impl Fn(f64) -> f64) -> Summary {
+        Summary {
+            n: self.n,
+            median: f(self.median),
+            min: f(self.min),
+            max: f(self.max),
+        }
+    }
+}
+
+/// Overhead of `x` over `base`, in percent: `(x - base) / base * 100`. `None` when the
+/// baseline is not a positive finite number.
+pub fn overhead_pct(base: f64, x: f64) -> Option<f64> {
+    if !(base.is_finite() && base > 0.0 && x.is_finite()) {
+        return None;
+    }
+    Some((x - base) / base * 100.0)
+}
+
+/// Paired overheads: repetition `i` of the cell against repetition `i` of its baseline
+/// (both measured in the same interleaved pass). Pairs with a missing side are skipped.
+pub fn paired_overheads(base: &[Option<u64>], cell: &[Option<u64>]) -> Vec<f64> {
+    base.iter()
+        .zip(cell)
+        .filter_map(|(b, c)| match (b, c) {
+            (Some(b), Some(c)) => overhead_pct(*b as f64, *c as f64),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `num / den`, `None` when `den` is zero or not finite.
+pub fn ratio(num: f64, den: f64) -> Option<f64> {
+    if den == 0.0 || !den.is_finite() || !num.is_finite() {
+        None
+    } else {
+        Some(num / den)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_odd_even() {
+        let s = Summary::of(&[5.0, 1.0, 3.0]).unwrap();
+        assert_eq!((s.n, s.median, s.min, s.max), (3, 3.0, 1.0, 5.0));
+        let s = Summary::of(&[4.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!((s.n, s.median, s.min, s.max), (4, 2.5, 1.0, 4.0));
+        let s = Summary::of(&[7.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (7.0, 7.0, 7.0));
+    }
+
+    #[test]
+    fn empty_and_non_finite() {
+        assert!(Summary::of(&[]).is_none());
+        assert!(Summary::of(&[f64::NAN]).is_none());
+        let s = Summary::of(&[f64::NAN, 2.0, f64::INFINITY, 4.0]).unwrap();
+        assert_eq!((s.n, s.median), (2, 3.0));
+    }
+
+    #[test]
+    fn u64_and_map() {
+        let s = Summary::of_u64(&[10, 30, 20]).unwrap().map(|x| x / 10.0);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+    }
+
+    #[test]
+    fn overheads() {
+        assert_eq!(overhead_pct(100.0, 133.0), Some(33.0));
+        assert_eq!(overhead_pct(200.0, 190.0), Some(-5.0));
+        assert_eq!(overhead_pct(0.0, 1.0), None);
+        assert_eq!(overhead_pct(f64::NAN, 1.0), None);
+        let p = paired_overheads(
+            &[Some(100), None, Some(200), Some(50)],
+            &[Some(110), Some(1), None, Some(75)],
+        );
+        assert_eq!(p, vec![10.0, 50.0]);
+    }
+
+    #[test]
+    fn ratios() {
+        assert_eq!(ratio(6.0, 3.0), Some(2.0));
+        assert_eq!(ratio(1.0, 0.0), None);
+    }
+}
