@@ -55,7 +55,7 @@ grep -q '^CONFIG_X86_IOPL_IOPERM=y' "$OUT/config" || log "warning: kernel lacks 
 # 2. The initramfs: skipped when nothing it is made from has changed.
 stamp=$(
 	{
-		sha256sum "$HERE"/init.sh "$HERE"/vpmu-work.c "$HERE"/vpmu-outb.c "$HERE"/lib.sh "$0" "$BUSYBOX" "$PERF"
+		sha256sum "$HERE"/init.sh "$HERE"/vpmu-work.c "$HERE"/vpmu-outb.c "$HERE"/lib.sh "$HERE"/build-image.sh "$BUSYBOX" "$PERF" | cut -d' ' -f1
 		dpkg-query -W busybox-static linux-perf gcc libc6-dev
 		echo "$KERNEL_PKG_VERSION"
 	} | sha256sum | cut -d' ' -f1

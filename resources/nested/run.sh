@@ -14,7 +14,9 @@
 #   --l2-cmdline STR    L2 kernel command line for --guest-cmd (default: /l2/cmdline, i.e.
 #                       resources/out/linux/cmdline)
 #   --l2-append STR     appended to the L2 kernel command line (e.g. "reboot=k")
-#   --l1-cmd CMD        run a shell command in L1 instead of vpmu-vmm (rig checks, debugging)
+#   --l1-cmd CMD        run a shell command in L1 instead of vpmu-vmm (rig checks, debugging,
+#                       several vpmu-vmm runs in one L1 boot); /bin/vpmu-vmm is there too
+#                       when a binary was found or given with --vmm
 #   --file PATH         copy a host file into L1 as /files/<name> (repeatable), e.g. a policy
 #   --cpus N            L1 vCPUs (QEMU -smp; default 1)
 #   --qemu-cpu MODEL    QEMU CPU model (default EPYC; also works: qemu64,+svm,+npt and max)
@@ -78,14 +80,14 @@ command -v qemu-system-x86_64 >/dev/null ||
 for f in "$WORK/l1/vmlinuz" "$WORK/l1/base.cpio" "$WORK/l1/l2-cmdline"; do
 	[ -f "$f" ] || usage_error "$f missing: run resources/nested/build-l1.sh first"
 done
-if [ -z "$l1_cmd" ]; then
-	if [ -z "$vmm" ]; then
-		for c in "$REPO/target-h5/release/vpmu-vmm" "$REPO/target/release/vpmu-vmm" "$REPO/target/debug/vpmu-vmm"; do
-			if [ -x "$c" ] && { [ -z "$vmm" ] || [ "$c" -nt "$vmm" ]; }; then vmm=$c; fi
-		done
-	fi
+if [ -z "$vmm" ]; then
+	for c in "$REPO/target-h5/release/vpmu-vmm" "$REPO/target/release/vpmu-vmm" "$REPO/target/debug/vpmu-vmm"; do
+		if [ -x "$c" ] && { [ -z "$vmm" ] || [ "$c" -nt "$vmm" ]; }; then vmm=$c; fi
+	done
+fi
+if [ -z "$l1_cmd" ] || [ -n "$vmm" ]; then
 	[ -n "$vmm" ] || usage_error "no vpmu-vmm binary (build it: cargo build --release, or pass --vmm PATH)"
-	[ -x "$vmm" ] || usage_error "no vpmu-vmm binary (build it: cargo build --release, or pass --vmm PATH)"
+	[ -x "$vmm" ] || usage_error "$vmm is not an executable file"
 fi
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/vpmu-nested-run.XXXXXX")
@@ -120,7 +122,7 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 } >"$root/run.sh"
 chmod 755 "$root/run.sh"
 
-if [ -z "$l1_cmd" ]; then
+if [ -n "$vmm" ]; then
 	VPMU_LOG_PREFIX=nested-rig
 	# shellcheck source=../linux/lib.sh
 	. "$REPO/resources/linux/lib.sh"
