@@ -146,18 +146,20 @@ fn sample_from(raw: RawRun, rep: u32, workload: &str) -> Result<RunSample, Strin
     })
 }
 
-/// Rounds to two significant digits (keeps command lines readable).
+/// Rounds to the nearest two-significant-digit number (keeps command lines readable).
 fn round2(x: u64) -> u64 {
     let mut scale = 1u64;
-    let mut v = x;
-    while v >= 100 {
-        v /= 10;
+    while x / scale >= 100 {
         scale = scale.saturating_mul(10);
     }
-    (v * scale).max(1)
+    let v = (x + scale / 2) / scale;
+    v.saturating_mul(scale).max(1)
 }
 
-/// Iterations so that the baseline workload region takes about `target_ms`.
+/// Iterations so that the baseline workload region takes about `target_ms`: grows the
+/// count tenfold until the region is measurable, scales it to the target, and checks the
+/// scaled count once more (caches and TLBs make short runs unrepresentative, notably for
+/// `chase`). Each calibration run uses at least 3 guest reps and takes their median.
 fn calibrate(
     b: &mut dyn Backend,
     s: &Settings,
@@ -165,13 +167,13 @@ fn calibrate(
     progress: &mut dyn FnMut(&str),
 ) -> Result<u64, String> {
     let target_ticks = s.target_ms.saturating_mul(s.tsc_khz).max(1);
+    let cal = Settings {
+        guest_reps: s.guest_reps.max(3),
+        ..s.clone()
+    };
     let mut iters: u64 = 100_000;
-    for _ in 0..4 {
+    for _ in 0..8 {
         progress(&format!("calibrating {w} (iters={iters})"));
-        let cal = Settings {
-            guest_reps: 1,
-            ..s.clone()
-        };
         let cmd = guest_cmdline(&cal, w, iters, Activity::None);
         let raw = match b.run(Mode::Off, &cmd) {
             Ok(r) => r,
@@ -183,15 +185,18 @@ fn calibrate(
             .map_err(|e| format!("calibration run `{cmd}`: {e}"))?
             .workload_tsc
             .max(1);
-        if ticks >= target_ticks / 20 || iters >= 1 << 40 {
-            let scaled = (iters as u128 * target_ticks as u128 / ticks as u128) as u64;
-            return Ok(round2(scaled.clamp(1000, 1 << 40)));
+        if ticks < target_ticks / 20 && iters < 1 << 40 {
+            iters = iters.saturating_mul(10);
+            continue;
         }
-        iters = iters.saturating_mul(10);
+        let scaled = (iters as u128 * target_ticks as u128 / ticks as u128) as u64;
+        let scaled = round2(scaled.clamp(1000, 1 << 40));
+        if ticks >= target_ticks / 2 && ticks <= target_ticks.saturating_mul(2) {
+            return Ok(scaled);
+        }
+        iters = scaled;
     }
-    Err(format!(
-        "calibration of {w}: the workload region stays too short"
-    ))
+    Ok(iters)
 }
 
 /// Runs everything.
@@ -343,6 +348,9 @@ pub fn execute(
             rows: Vec::new(),
             userspace_over_kvm: None,
             userspace_extra_ns: None,
+            kvm_net_ns: None,
+            userspace_net_ns: None,
+            userspace_over_kvm_net: None,
             vmm_handling_ns_per_exit: None,
             note: String::new(),
         }
@@ -597,6 +605,17 @@ pub fn msr_cost(
         (Some(p), Some(k)) => (stats::ratio(p, k), Some(ticks_to_ns(p - k, tsc_khz))),
         _ => (None, None),
     };
+    // Net of the loop: subtract the `nop` loop's cost (only meaningful when both
+    // differences are positive; with emulation noise the KVM one can vanish).
+    let (kvm_net_ns, userspace_net_ns, userspace_over_kvm_net) =
+        match (find("pmu"), find("kvm"), find("nop")) {
+            (Some(p), Some(k), Some(n)) if p > n && k > n => (
+                Some(ticks_to_ns(k - n, tsc_khz)),
+                Some(ticks_to_ns(p - n, tsc_khz)),
+                stats::ratio(p - n, k - n),
+            ),
+            _ => (None, None, None),
+        };
     let status = if rows.is_empty() {
         format!(
             "failed: {}",
@@ -612,6 +631,9 @@ pub fn msr_cost(
         rows,
         userspace_over_kvm,
         userspace_extra_ns,
+        kvm_net_ns,
+        userspace_net_ns,
+        userspace_over_kvm_net,
         vmm_handling_ns_per_exit: Summary::of(&handling),
         note: "Timed with rdtsc at guest CPL0. On this host (KVM PVM variant) guest CPL0 code is \
                emulated instruction by instruction, so every figure includes the emulation of \
@@ -774,6 +796,10 @@ mod tests {
         assert_eq!(m.msr_cost.status, "partial: passthrough rep 0: boom; passthrough rep 1: boom; passthrough rep 2: boom; passthrough rep 3: boom; passthrough rep 4: boom");
         assert_eq!(m.msr_cost.userspace_over_kvm, Some(10.0));
         assert_eq!(m.msr_cost.userspace_extra_ns, Some(18_000.0));
+        // net of the 500-tick loop: 19500 vs 1500 ticks.
+        assert_eq!(m.msr_cost.kvm_net_ns, Some(1500.0));
+        assert_eq!(m.msr_cost.userspace_net_ns, Some(19_500.0));
+        assert_eq!(m.msr_cost.userspace_over_kvm_net, Some(13.0));
         let us_pmu = m
             .msr_cost
             .rows
@@ -854,6 +880,8 @@ mod tests {
             "workload=chase iters=10 pmu=multiplex:10 tsc_khz=1000000 reps=1 buf=4096"
         );
         assert_eq!(round2(123_456), 120_000);
+        assert_eq!(round2(99_999_998), 100_000_000);
+        assert_eq!(round2(125_000), 130_000);
         assert_eq!(round2(99), 99);
         assert_eq!(round2(0), 1);
     }

@@ -319,6 +319,19 @@ pub fn render(r: &BenchReport) -> String {
             num(d / 1000.0)
         );
     }
+    if let (Some(k), Some(u), Some(x)) = (
+        r.msr_cost.kvm_net_ns,
+        r.msr_cost.userspace_net_ns,
+        r.msr_cost.userspace_over_kvm_net,
+    ) {
+        let _ = writeln!(
+            o,
+            "Net of the loop (minus `nop`): the KVM-handled RDMSR costs {} µs, the userspace exit {} µs: {}x.",
+            num(k / 1000.0),
+            num(u / 1000.0),
+            num(x)
+        );
+    }
     if let Some(h) = &r.msr_cost.vmm_handling_ns_per_exit {
         let _ = writeln!(
             o,

@@ -177,6 +177,7 @@ pub(crate) mod tests {
             "{md}"
         );
         assert!(md.contains("fewer than 5 runs") == (r.config.reps < 5));
+        assert!(md.contains("the userspace exit 19.5 µs: 13.0x"), "{md}");
         // Every table row has as many cells as its header.
         for table in md.split("\n\n").filter(|t| t.starts_with("| ")) {
             let cols: Vec<usize> = table

@@ -111,6 +111,8 @@ pub fn draw(r: &BenchReport, path: &Path) -> Result<(), String> {
         })
         .y_desc("overhead %")
         .x_desc("guest PMU activity")
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
         .draw()
         .map_err(e)?;
     for (li, l) in lines.iter().enumerate() {
@@ -143,6 +145,7 @@ pub fn draw(r: &BenchReport, path: &Path) -> Result<(), String> {
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
+            .label_font(("sans-serif", 14))
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(e)?;

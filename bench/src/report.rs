@@ -277,6 +277,12 @@ pub struct MsrCost {
     /// Median extra cost of one userspace MSR exit over one KVM-handled MSR access
     /// (difference of the medians, userspace mode), ns.
     pub userspace_extra_ns: Option<f64>,
+    /// Median `kvm` minus median `nop` (the RDMSR alone, KVM-handled), userspace mode, ns.
+    pub kvm_net_ns: Option<f64>,
+    /// Median `pmu` minus median `nop` (the RDMSR alone, userspace exit), userspace mode, ns.
+    pub userspace_net_ns: Option<f64>,
+    /// `userspace_net_ns / kvm_net_ns`.
+    pub userspace_over_kvm_net: Option<f64>,
     /// Host-side VMM handling time per userspace MSR exit (VcpuStats.handling_ns / MSR
     /// exits in the userspace-mode MSR runs), ns.
     pub vmm_handling_ns_per_exit: Option<Summary>,
