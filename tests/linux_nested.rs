@@ -7,8 +7,9 @@
 //!   cargo test --release --test linux_nested
 //! Prerequisites (qemu-system-x86_64, the images) are checked, and the images are built
 //! (resources/nested/build-l1.sh, idempotent and cached) when missing. A missing
-//! prerequisite FAILS the tests with what is missing, unless VPMU_SKIP_NESTED=1, in which
-//! case each test prints "SKIPPED: <reason>" (to stderr, uncaptured) and passes.
+//! prerequisite FAILS the tests with what is missing. VPMU_SKIP_NESTED=<reason> (any value
+//! but "" or "0", e.g. 1) skips them instead: each test prints "SKIPPED: <test>:
+//! VPMU_SKIP_NESTED=<reason>" (to stderr, not captured) and passes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,16 +69,19 @@ fn check_prerequisites() -> Result<(), String> {
     Ok(())
 }
 
-/// Ok(true): go ahead. Ok(false): skipped (VPMU_SKIP_NESTED=1, reason printed).
-/// Panics with the reason when prerequisites are missing and no skip was asked for.
+/// true: go ahead. false: skipped because VPMU_SKIP_NESTED is set (reason printed).
+/// Panics with what is missing when the prerequisites are not met and no skip was asked for.
 fn rig_ready(test: &str) -> bool {
-    let skip = std::env::var("VPMU_SKIP_NESTED").is_ok_and(|v| v == "1");
+    // Any value but "" or "0" asks to skip; the value may say why (scripts/test.sh: "QUICK=1 was set").
+    let skip = std::env::var("VPMU_SKIP_NESTED")
+        .ok()
+        .filter(|v| !v.is_empty() && v != "0");
+    if let Some(why) = skip {
+        say(&format!("SKIPPED: {test}: VPMU_SKIP_NESTED={why}"));
+        return false;
+    }
     match PREREQS.get_or_init(check_prerequisites) {
         Ok(()) => true,
-        Err(reason) if skip => {
-            say(&format!("SKIPPED: {test}: nested rig unavailable (VPMU_SKIP_NESTED=1): {reason}"));
-            false
-        }
         Err(reason) => panic!(
             "nested rig prerequisites missing: {reason}\n(set VPMU_SKIP_NESTED=1 to skip these tests explicitly)"
         ),
@@ -134,6 +138,8 @@ impl Run {
 
 struct Opts<'a> {
     l1_cpus: u32,
+    /// Shell command for L1 instead of booting L2 (`run.sh --l1-cmd`); `/bin/vpmu-vmm` is there.
+    l1_cmd: Option<&'a str>,
     guest_cmd: &'a str,
     l2_append: &'a str,
     vmm_args: &'a [&'a str],
@@ -143,6 +149,7 @@ impl Default for Opts<'_> {
     fn default() -> Self {
         Opts {
             l1_cpus: 1,
+            l1_cmd: None,
             guest_cmd: "true",
             l2_append: "",
             vmm_args: &["--memory", "512M"],
@@ -163,21 +170,27 @@ fn run_guest(name: &str, o: &Opts) -> Run {
         &RUN_TIMEOUT_S.to_string(),
     ])
     .args(["--cpus", &o.l1_cpus.to_string(), "--log"])
-    .arg(&log_path)
-    .args(["--guest-cmd", o.guest_cmd]);
-    if !o.l2_append.is_empty() {
-        cmd.args(["--l2-append", o.l2_append]);
+    .arg(&log_path);
+    if let Some(l1_cmd) = o.l1_cmd {
+        cmd.args(["--l1-cmd", l1_cmd]);
+    } else {
+        cmd.args(["--guest-cmd", o.guest_cmd]);
+        if !o.l2_append.is_empty() {
+            cmd.args(["--l2-append", o.l2_append]);
+        }
+        cmd.arg("--").args(o.vmm_args);
     }
-    cmd.arg("--").args(o.vmm_args);
     let start = std::time::Instant::now();
     let out = cmd.output().expect("run resources/nested/run.sh");
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let _ = std::fs::remove_file(&log_path);
-    let vmm_status = log
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("NESTED: vpmu-vmm exit "))
-        .filter_map(|s| s.trim().parse().ok())
-        .last();
+    let vmm_status = log.lines().rev().find_map(|l| {
+        l.trim()
+            .strip_prefix("NESTED: vpmu-vmm exit ")?
+            .trim()
+            .parse()
+            .ok()
+    });
     let run = Run {
         vmm_status,
         rig_status: out.status.code(),
@@ -390,3 +403,223 @@ fn l2_panic_ends_vmm_with_nonzero_status() {
 // Not tested here: vpmu.exit=port (the guest writes its status to the debug-exit port 0xf4
 // from user space). User-mode port I/O raises #GP in L2 under QEMU TCG's nested SVM, so the
 // rig cannot exercise it; the freestanding guests cover the debug-exit port instead.
+
+// ---- vPMU modes with a Linux guest (issue 6 part 2) ----
+
+/// `vpmu-vmm probe --json` as run in L1, plus what `run --pmu <mode>` says there for the
+/// modes that need a host PMU.
+struct L1Probe {
+    json: serde_json::Value,
+    log: String,
+}
+
+impl L1Probe {
+    fn get() -> L1Probe {
+        let r = run_guest(
+            "l1-probe",
+            &Opts {
+                l1_cmd: Some(
+                    "echo PROBE-JSON-BEGIN; /bin/vpmu-vmm probe --json; echo PROBE-JSON-END; \
+                     for m in emulated passthrough; do \
+                       /bin/vpmu-vmm run --kernel /l2/bzImage --initrd /l2/initramfs.cpio.gz \
+                         --memory 512M --pmu $m --cmdline \"$(cat /l2/cmdline)\" </dev/null >/tmp/out 2>&1; \
+                       echo \"MODE-RESULT $m $?\"; head -n 3 /tmp/out; done",
+                ),
+                ..Default::default()
+            },
+        );
+        let json: String = r
+            .log
+            .lines()
+            .skip_while(|l| l.trim() != "PROBE-JSON-BEGIN")
+            .skip(1)
+            .take_while(|l| l.trim() != "PROBE-JSON-END")
+            .filter(|l| !l.starts_with('[')) // interleaved L1 kernel messages
+            .collect::<Vec<_>>()
+            .join("\n");
+        let json = serde_json::from_str(&json).unwrap_or_else(|e| {
+            panic!("vpmu-vmm probe --json in L1: {e}\n{}", r.log);
+        });
+        L1Probe { json, log: r.log }
+    }
+
+    /// None when available, else the probe's reason.
+    fn unavailable(&self, mode: &str) -> Option<String> {
+        let m = self.json["modes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["mode"] == mode))
+            .unwrap_or_else(|| panic!("probe --json has no mode {mode}:\n{}", self.json));
+        match m["availability"]["status"].as_str() {
+            Some("available") => None,
+            _ => Some(
+                m["availability"]["reason"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            ),
+        }
+    }
+
+    fn run_status(&self, mode: &str) -> Option<i32> {
+        let prefix = format!("MODE-RESULT {mode} ");
+        self.log
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix.as_str())?.parse().ok())
+    }
+}
+
+/// The guest command of the hardware-event checks: counting, then sampling.
+const PERF_HW: &str = "set -e; ls /sys/bus/event_source/devices/; \
+    dmesg | grep 'Performance Events' || true; \
+    perf stat -x, -e cycles,task-clock /bin/vpmu-work 0.5 2>&1; \
+    perf record -e cycles -F 1000 -o /tmp/perf.data /bin/vpmu-work 1; \
+    perf report -i /tmp/perf.data --stdio --sort symbol 2>&1 | grep -v '^#' | grep -v '^$' | head -n 15";
+
+/// `perf stat -x,` value of `event` ("<not counted>" etc. give None).
+fn perf_stat_value(log: &str, event: &str) -> Option<f64> {
+    log.lines().find_map(|l| {
+        let f: Vec<&str> = l.trim().split(',').collect();
+        (f.len() > 2 && f[2].starts_with(event)).then(|| f[0].parse().ok())?
+    })
+}
+
+fn check_sampling(r: &Run) {
+    r.check(
+        r.log
+            .lines()
+            .any(|l| l.split_whitespace().any(|w| w == "cpu")),
+        "L2 should have the core PMU event source /sys/bus/event_source/devices/cpu",
+    );
+    r.check(
+        r.log
+            .lines()
+            .any(|l| l.contains("Performance Events:") && l.contains("PMU driver")),
+        "L2 Linux should detect a PMU ('Performance Events: ... PMU driver')",
+    );
+    r.check(
+        r.has("perf record: Captured and wrote"),
+        "perf record -e cycles should have written samples",
+    );
+    for sym in [
+        "vpmu_work_integer_mix",
+        "vpmu_work_branchy",
+        "vpmu_work_memory_walk",
+    ] {
+        r.check(
+            r.has(sym),
+            &format!("perf report (cycles) should show {sym}"),
+        );
+    }
+}
+
+fn check_counting(r: &Run) {
+    let cycles = perf_stat_value(&r.log, "cycles");
+    let msec = perf_stat_value(&r.log, "task-clock");
+    r.check(
+        cycles.is_some_and(|c| c > 0.0) && msec.is_some_and(|m| m > 0.0),
+        "perf stat should count cycles and task-clock",
+    );
+    let hz = cycles.unwrap() / (msec.unwrap() / 1000.0);
+    r.check(
+        (1e7..=1e11).contains(&hz),
+        &format!(
+            "perf stat cycles per task-clock second should be a CPU clock rate, not {hz:.3e} Hz"
+        ),
+    );
+}
+
+#[test]
+fn hw_pmu_modes_in_l2_linux_or_clean_refusal() {
+    if !rig_ready("hw_pmu_modes_in_l2_linux_or_clean_refusal") {
+        return;
+    }
+    // Under QEMU TCG, L1 never has a PMU, so emulated/passthrough are refused there; the
+    // checks for a working mode run where the rig's L1 has one (see docs/NESTED.md).
+    let probe = L1Probe::get();
+    for mode in ["emulated", "passthrough"] {
+        match probe.unavailable(mode) {
+            Some(reason) => {
+                let status = probe.run_status(mode);
+                assert_eq!(
+                    status,
+                    Some(2),
+                    "--pmu {mode} is unavailable in L1 ({reason}): vpmu-vmm must refuse with status 2\n{}",
+                    probe.log
+                );
+                assert!(
+                    probe.log.contains(&format!("--pmu {mode}")),
+                    "the refusal should name --pmu {mode}\n{}",
+                    probe.log
+                );
+                say(&format!(
+                    "SKIPPED: perf with hardware events under --pmu {mode}: unavailable in L1 ({reason}); \
+                     checked the clean refusal instead"
+                ));
+            }
+            None => {
+                let args = ["--memory", "512M", "--pmu", mode, "--stats"];
+                let r = run_guest(
+                    &format!("perf-hw-{mode}"),
+                    &Opts {
+                        guest_cmd: PERF_HW,
+                        vmm_args: &args,
+                        ..Default::default()
+                    },
+                );
+                r.expect_init(1);
+                check_sampling(&r);
+                check_counting(&r);
+                r.expect_status(0);
+            }
+        }
+    }
+}
+
+#[test]
+fn userspace_pmu_l2_linux_detects_pmu_and_samples_cycles() {
+    if !rig_ready("userspace_pmu_l2_linux_detects_pmu_and_samples_cycles") {
+        return;
+    }
+    let r = run_guest(
+        "perf-hw-userspace",
+        &Opts {
+            guest_cmd: PERF_HW,
+            vmm_args: &["--memory", "512M", "--pmu", "userspace", "--stats"],
+            ..Default::default()
+        },
+    );
+    r.expect_init(1);
+    check_sampling(&r);
+    r.check(
+        r.log.lines().any(|l| {
+            l.contains("userspace vPMU:")
+                && l.split(", ")
+                    .any(|f| f.ends_with(" PMIs") && !f.starts_with("0 "))
+        }),
+        "vpmu-vmm --stats should report PMIs delivered",
+    );
+    r.check(
+        r.has("VPMU-GUEST: command exit 0"),
+        "the perf commands should all succeed",
+    );
+    r.expect_status(0);
+}
+
+#[test]
+#[ignore = "known issue: Linux reads counters with RDPMC, which the userspace vPMU cannot serve \
+            (docs/ARCHITECTURE.md); perf stat shows garbage counts. Run with --ignored."]
+fn userspace_pmu_l2_linux_perf_stat_counts_are_plausible() {
+    if !rig_ready("userspace_pmu_l2_linux_perf_stat_counts_are_plausible") {
+        return;
+    }
+    let r = run_guest(
+        "perf-stat-userspace",
+        &Opts {
+            guest_cmd: PERF_HW,
+            vmm_args: &["--memory", "512M", "--pmu", "userspace"],
+            ..Default::default()
+        },
+    );
+    r.expect_init(1);
+    check_counting(&r);
+}

@@ -94,7 +94,7 @@ log "packing the initramfs"
 make_cpio "$ROOT" "$OUT/initramfs.cpio.gz" gzip -1 -n
 
 cat >"$OUT/cmdline.tmp" <<'EOT'
-console=ttyS0 reboot=t panic=-1 pci=off nomodules 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet
+console=ttyS0 reboot=t panic=-1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet
 EOT
 install_if_changed "$OUT/cmdline.tmp" "$OUT/cmdline" && rm -f "$OUT/cmdline.tmp"
 

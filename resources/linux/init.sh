@@ -15,8 +15,8 @@
 #   vpmu.exit=reboot    end with `reboot -f` (the kernel's reboot= decides how).
 #   vpmu.exit=poweroff  end with `poweroff -f` (without ACPI this just halts the CPUs).
 #   vpmu.exit=shell     start an interactive shell on the console instead (debugging).
-# Without vpmu.cmd=, the words after `--` on the kernel command line (which the kernel
-# passes to init as arguments) are run as the command instead.
+# Without vpmu.cmd=, the text after " -- " on the kernel command line (/proc/cmdline) is
+# run with sh -c instead (shell quoting applies; the kernel limits the line to 2048 bytes).
 #
 # Marker lines (parsed by tests, keep stable):
 #   VPMU-GUEST: init reached <uname -r> cpus=<n>
@@ -62,11 +62,16 @@ for arg in $(cat /proc/cmdline); do
 	esac
 done
 
+# The kernel hands init every command line word it does not know (e.g. "nomodules") as an
+# argument, so "$@" is no reliable command: take the text after " -- " instead.
+if [ -z "$cmd" ]; then
+	cmdline=$(cat /proc/cmdline)
+	case "$cmdline" in
+	*' -- '*) cmd=${cmdline#* -- } ;;
+	esac
+fi
 if [ -n "$cmd" ]; then
 	sh -c "$cmd"
-	status=$?
-elif [ "$#" -gt 0 ]; then
-	"$@"
 	status=$?
 else
 	echo "VPMU-GUEST: no command given (vpmu.cmd=<base64> or '-- cmd args' on the kernel command line)"
