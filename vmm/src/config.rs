@@ -126,7 +126,7 @@ impl VmConfig {
         if !(MIN_MEMORY..=MAX_MEMORY).contains(&self.memory) {
             return Err(ConfigError::Memory(self.memory));
         }
-        if self.memory % 4096 != 0 {
+        if !self.memory.is_multiple_of(4096) {
             return Err(ConfigError::MemoryAlignment(self.memory));
         }
         Ok(())
@@ -151,7 +151,7 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     };
     let n: u64 = digits.trim().parse().map_err(|_| bad())?;
     n.checked_mul(1u64 << shift)
-        .ok_or_else(|| ConfigError::Memory(u64::MAX))
+        .ok_or(ConfigError::Memory(u64::MAX))
 }
 
 #[cfg(test)]

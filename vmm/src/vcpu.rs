@@ -134,8 +134,9 @@ impl Vcpu {
             let ran = t1.wrapping_sub(t0);
             self.stats.exits += 1;
             self.stats.tsc_in_guest = self.stats.tsc_in_guest.wrapping_add(ran);
+            let kicked = matches!(&res, Err(e) if e.errno() == libc::EINTR);
             let pmi = match self.pmu.as_mut() {
-                Some(pmu) => pmu.after_run(ran),
+                Some(pmu) => pmu.after_run(ran, kicked),
                 None => false,
             };
             let h0 = Instant::now();

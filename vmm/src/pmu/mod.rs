@@ -77,9 +77,10 @@ pub trait VcpuPmu: Send {
     fn detach_thread(&mut self);
     /// Switch the guest PMU context in (arm the overflow timer, resume counting).
     fn before_run(&mut self);
-    /// Switch it out after KVM_RUN returned; `ran_tsc` TSC ticks were spent inside.
+    /// Switch it out after KVM_RUN returned; `ran_tsc` TSC ticks were spent inside;
+    /// `kicked` = KVM_RUN was interrupted by a signal (the overflow timer, or a stop).
     /// Returns whether a PMI must be delivered now.
-    fn after_run(&mut self, ran_tsc: u64) -> bool;
+    fn after_run(&mut self, ran_tsc: u64, kicked: bool) -> bool;
     /// A guest RDMSR; `None` injects #GP.
     fn rdmsr(&mut self, msr: u32) -> Option<u64>;
     /// A guest WRMSR; `false` injects #GP.

@@ -369,7 +369,7 @@ impl VcpuPmu for UserspacePmu {
     }
 
     #[inline]
-    fn after_run(&mut self, ran_tsc: u64) -> bool {
+    fn after_run(&mut self, ran_tsc: u64, kicked: bool) -> bool {
         let mut pmi = false;
         for i in 0..self.running.len() {
             let id = self.running[i];
@@ -381,10 +381,11 @@ impl VcpuPmu for UserspacePmu {
                 }
             }
         }
-        if let Some(deadline) = self.armed_deadline_tsc {
-            if rdtsc() >= deadline {
-                self.timer_dirty = true;
-            }
+        // The one-shot timer is spent once it fired (a kick), and it may fire a little
+        // before the counter reaches overflow (time outside KVM_RUN does not count; ns/TSC
+        // rounding): re-arm for what is left. Also re-arm once the deadline has passed.
+        if kicked || self.armed_deadline_tsc.is_some_and(|d| rdtsc() >= d) {
+            self.timer_dirty = true;
         }
         if pmi {
             self.stats.pmis += 1;
