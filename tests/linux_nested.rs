@@ -141,6 +141,8 @@ struct Opts<'a> {
     /// Shell command for L1 instead of booting L2 (`run.sh --l1-cmd`); `/bin/vpmu-vmm` is there.
     l1_cmd: Option<&'a str>,
     guest_cmd: &'a str,
+    /// L2 kernel, a path in L1 (run.sh --l2-kernel); "" = the default cloud kernel.
+    l2_kernel: &'a str,
     l2_append: &'a str,
     vmm_args: &'a [&'a str],
 }
@@ -151,6 +153,7 @@ impl Default for Opts<'_> {
             l1_cpus: 1,
             l1_cmd: None,
             guest_cmd: "true",
+            l2_kernel: "",
             l2_append: "",
             vmm_args: &["--memory", "512M"],
         }
@@ -177,6 +180,9 @@ fn run_guest(name: &str, o: &Opts) -> Run {
         cmd.args(["--guest-cmd", o.guest_cmd]);
         if !o.l2_append.is_empty() {
             cmd.args(["--l2-append", o.l2_append]);
+        }
+        if !o.l2_kernel.is_empty() {
+            cmd.args(["--l2-kernel", o.l2_kernel]);
         }
         cmd.arg("--").args(o.vmm_args);
     }
@@ -258,6 +264,8 @@ fn l2_linux_boots_to_init_with_1_vcpu() {
     r.expect_status(0);
 }
 
+/// With the default (cloud) kernel, a second CPU needs ACPI (MADT): see
+/// l2_generic_kernel_finds_2_vcpus_in_the_mp_table for the MP-table path.
 #[test]
 fn l2_linux_boots_to_init_with_2_vcpus() {
     if !rig_ready("l2_linux_boots_to_init_with_2_vcpus") {
@@ -280,6 +288,36 @@ fn l2_linux_boots_to_init_with_2_vcpus() {
     r.check(
         r.has("VPMU-GUEST: command exit 0"),
         "the L2 command did not finish",
+    );
+    r.expect_status(0);
+}
+
+/// The Debian cloud kernel (the default image) has no CONFIG_X86_MPPARSE: it finds the
+/// other CPUs only through ACPI's MADT. The generic Debian kernel reads the MP table, so
+/// this test checks vpmu-vmm's MP table and AP start-up independently of ACPI.
+#[test]
+fn l2_generic_kernel_finds_2_vcpus_in_the_mp_table() {
+    if !rig_ready("l2_generic_kernel_finds_2_vcpus_in_the_mp_table") {
+        return;
+    }
+    let r = run_guest(
+        "boot-2cpu-generic",
+        &Opts {
+            l1_cpus: 2,
+            l2_kernel: "/l2/bzImage-generic",
+            guest_cmd: "cat /sys/devices/system/cpu/online; dmesg | grep -E 'MP-table|Brought up'",
+            vmm_args: &["--memory", "512M", "--cpus", "2"],
+            ..Default::default()
+        },
+    );
+    r.expect_init(2);
+    r.check(
+        r.has("found SMP MP-table"),
+        "the generic kernel should find vpmu-vmm's MP table",
+    );
+    r.check(
+        r.log.lines().any(|l| l.trim() == "0-1"),
+        "L2 should have CPUs 0-1 online",
     );
     r.expect_status(0);
 }

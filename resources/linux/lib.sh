@@ -83,20 +83,24 @@ make_cpio() {
 	fi
 }
 
-# fetch_kernel CACHE_DIR : downloads (once) and unpacks the Debian cloud kernel package.
+# fetch_kernel CACHE_DIR [META [boot-only]] : downloads (once) and unpacks the kernel package
+# that the Debian meta package META (default linux-image-cloud-amd64) depends on (only its
+# /boot with boot-only).
 # Sets KERNEL_DIR (unpacked package root), KERNEL_RELEASE (uname -r), KERNEL_PKG_VERSION.
-# KERNEL_PKG (env) overrides the package, e.g. linux-image-6.1.0-56-cloud-amd64.
+# KERNEL_PKG (env) overrides the cloud package, e.g. linux-image-6.1.0-56-cloud-amd64.
 fetch_kernel() {
-	local cache=$1 pkg=${KERNEL_PKG:-} ver=
+	local cache=$1 meta=${2:-linux-image-cloud-amd64} pkg='' ver=''
+	local flavour=${meta#linux-image-}
+	[ "$meta" = linux-image-cloud-amd64 ] && pkg=${KERNEL_PKG:-}
 	mkdir -p "$cache/debs" "$cache/kernel"
 	if [ -z "$pkg" ]; then
-		pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-			sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n1) || true
+		pkg=$(apt-cache depends "$meta" 2>/dev/null |
+			sed -n "s/^ *Depends: \(linux-image-[0-9].*-$flavour\)\$/\1/p" | head -n1) || true
 		if [ -z "$pkg" ] && [ "$(id -u)" -eq 0 ]; then
-			log "apt does not know linux-image-cloud-amd64 yet: apt-get update"
+			log "apt does not know $meta yet: apt-get update"
 			apt-get -q -o DPkg::Lock::Timeout=300 update >&2 || true
-			pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-				sed -n 's/^ *Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n1) || true
+			pkg=$(apt-cache depends "$meta" 2>/dev/null |
+				sed -n "s/^ *Depends: \(linux-image-[0-9].*-$flavour\)\$/\1/p" | head -n1) || true
 		fi
 	fi
 	if [ -n "$pkg" ]; then
@@ -106,8 +110,9 @@ fetch_kernel() {
 	if [ -z "$pkg" ] || [ -z "$ver" ]; then
 		# offline: reuse the newest kernel already unpacked in the cache
 		local last
-		last=$(find "$cache/kernel" -mindepth 1 -maxdepth 1 -type d -name 'linux-image-*' | LC_ALL=C sort -V | tail -n1)
-		[ -n "$last" ] || die "cannot resolve the Debian cloud kernel package (apt-cache depends linux-image-cloud-amd64 found nothing) and nothing is cached in $cache/kernel"
+		last=$(find "$cache/kernel" -mindepth 1 -maxdepth 1 -type d -name "linux-image-[0-9]*-${flavour}_*" |
+			{ if [ "$flavour" = amd64 ]; then grep -v -- '-cloud-amd64_'; else cat; fi; } | LC_ALL=C sort -V | tail -n1)
+		[ -n "$last" ] || die "cannot resolve the kernel package (apt-cache depends $meta found nothing) and nothing is cached in $cache/kernel"
 		log "apt cannot resolve the kernel package; using cached $(basename "$last")"
 		pkg=$(basename "$last")
 		ver=${pkg##*_}
@@ -126,7 +131,12 @@ fetch_kernel() {
 		[ -n "$deb" ] || die "downloaded $pkg but cannot find its .deb in $cache/debs"
 		log "unpacking $(basename "$deb")"
 		rm -rf "$dir" "$dir.tmp"
-		dpkg-deb -x "$deb" "$dir.tmp" || die "dpkg-deb -x $deb failed"
+		if [ "${3:-}" = boot-only ]; then
+			mkdir -p "$dir.tmp"
+			dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir.tmp" ./boot || die "unpacking /boot of $deb failed"
+		else
+			dpkg-deb -x "$deb" "$dir.tmp" || die "dpkg-deb -x $deb failed"
+		fi
 		touch "$dir.tmp/.unpacked"
 		mv "$dir.tmp" "$dir"
 	fi

@@ -4,7 +4,8 @@
 #   WORK/l1/base.cpio   L1 initramfs (uncompressed; its big members are already compressed):
 #                       static busybox, irqbypass/kvm/kvm-amd/kvm-intel .ko from the same
 #                       kernel package, /init (l1-init.sh), and the L2 guest image under /l2/
-#                       (bzImage, initramfs.cpio.gz, cmdline) from resources/linux/build-image.sh.
+#                       (bzImage, bzImage-generic, initramfs.cpio.gz, cmdline) from
+#                       resources/linux/build-image.sh --generic-kernel.
 # vpmu-vmm itself is NOT in here: run.sh puts it (with its shared libraries) into a small
 # per-run cpio appended to the initrd, so rebuilding vpmu-vmm never requires this script.
 #
@@ -32,7 +33,7 @@ IMG=$REPO/resources/out/linux
 CACHE=$REPO/resources/out/cache
 
 ensure_pkgs qemu-system-x86 busybox-static cpio kmod
-"$REPO/resources/linux/build-image.sh" --out "$IMG" --cache "$CACHE"
+"$REPO/resources/linux/build-image.sh" --out "$IMG" --cache "$CACHE" --generic-kernel
 fetch_kernel "$CACHE"
 MODDIR=$KERNEL_DIR/lib/modules/$KERNEL_RELEASE/kernel
 
@@ -63,7 +64,7 @@ done
 
 cp "$HERE/l1-init.sh" "$ROOT/init"
 chmod 755 "$ROOT/init"
-cp "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$IMG/cmdline" "$IMG/kernel-release" "$ROOT/l2/"
+cp "$IMG/bzImage" "$IMG/bzImage-generic" "$IMG/initramfs.cpio.gz" "$IMG/cmdline" "$IMG/kernel-release" "$ROOT/l2/"
 
 install_if_changed() { # SRC DEST
 	if ! cmp -s "$1" "$2"; then cp -f "$1" "$2.new" && mv -f "$2.new" "$2"; fi

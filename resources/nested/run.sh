@@ -14,6 +14,8 @@
 #   --l2-cmdline STR    L2 kernel command line for --guest-cmd (default: /l2/cmdline, i.e.
 #                       resources/out/linux/cmdline)
 #   --l2-append STR     appended to the L2 kernel command line (e.g. "reboot=k")
+#   --l2-kernel PATH    L2 kernel for --guest-cmd, a path in L1 (default /l2/bzImage, the
+#                       cloud kernel; /l2/bzImage-generic: the generic Debian kernel)
 #   --l1-cmd CMD        run a shell command in L1 instead of vpmu-vmm (rig checks, debugging,
 #                       several vpmu-vmm runs in one L1 boot); /bin/vpmu-vmm is there too
 #                       when a binary was found or given with --vmm
@@ -43,6 +45,7 @@ vmm=${VPMU_VMM:-}
 guest_cmd=
 guest_mode=0
 l2_cmdline=
+l2_kernel=/l2/bzImage
 l2_append=
 l1_cmd=
 files=()
@@ -57,6 +60,7 @@ while [ $# -gt 0 ]; do
 	--vmm) vmm=$2; shift 2 ;;
 	--guest-cmd) guest_cmd=$2; guest_mode=1; shift 2 ;;
 	--l2-cmdline) l2_cmdline=$2; shift 2 ;;
+	--l2-kernel) l2_kernel=$2; shift 2 ;;
 	--l2-append) l2_append=$2; shift 2 ;;
 	--l1-cmd) l1_cmd=$2; shift 2 ;;
 	--file) files+=("$2"); shift 2 ;;
@@ -66,7 +70,7 @@ while [ $# -gt 0 ]; do
 	--timeout) timeout_s=$2; shift 2 ;;
 	--log) log=$2; shift 2 ;;
 	--quiet) quiet=1; shift ;;
-	-h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,32p' "$0"; exit 0 ;;
 	--) shift; break ;;
 	*) usage_error "unknown argument: $1 (see --help)" ;;
 	esac
@@ -110,7 +114,7 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 			[ -n "$l2_cmdline" ] || l2_cmdline=$(cat "$WORK/l1/l2-cmdline")
 			l2_full="$l2_cmdline${l2_append:+ $l2_append} vpmu.cmd=$(printf '%s' "$guest_cmd" | base64 -w0)"
 			printf 'echo %s\n' "$(q "NESTED: L2 kernel command line: $l2_full")"
-			args=(run --kernel /l2/bzImage --initrd /l2/initramfs.cpio.gz --cmdline "$l2_full")
+			args=(run --kernel "$l2_kernel" --initrd /l2/initramfs.cpio.gz --cmdline "$l2_full")
 		fi
 		line='/bin/vpmu-vmm'
 		for a in "${args[@]}" "${vmm_args[@]}"; do line+=" $(q "$a")"; done
