@@ -12,6 +12,7 @@
 #   defaults: --out resources/out/linux  --cache resources/out/cache
 #   env: KERNEL_PKG=linux-image-<ver>-cloud-amd64 pins the kernel package.
 # Idempotent: outputs are rewritten only when their content changes.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -11,6 +11,7 @@
 #
 # usage: resources/nested/build-l1.sh [--work DIR]     (default resources/nested/work)
 # Idempotent: runs build-image.sh (cached) and rewrites base.cpio only when it changes.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -30,6 +30,7 @@
 # Exit status: vpmu-vmm's (or --l1-cmd's) exit status, taken from the line
 # "NESTED: vpmu-vmm exit <n>"; else 100 = L1 ended without reporting one, 102 = timeout,
 # 104 = usage or prerequisite error (with a "nested-rig: error:" message on stderr).
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
