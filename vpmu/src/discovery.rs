@@ -675,9 +675,8 @@ impl HostPmu {
             )),
             PmuMode::Userspace => Some(match self.userspace_counter_source() {
                 CounterSource::HostPerf { pmu } => format!(
-                    "counter source: TSC clock model (counts only core and reference cycles); \
-                     the host has perf PMU '{pmu}', but a host-perf counter source is not \
-                     implemented yet"
+                    "counter source: host perf events on PMU '{pmu}', counting in guest mode on the \
+                     vCPU thread (not yet verified on a PMU host: docs/STATUS.md)"
                 ),
                 CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles".into(),
             }),

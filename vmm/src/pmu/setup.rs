@@ -38,6 +38,7 @@ pub struct PmuPlan {
     policy: Option<Arc<CompiledPolicy>>,
     policy_name: String,
     audit: Option<Arc<AuditLog>>,
+    source: super::userspace::Source,
     kvm_pmu_disabled: bool,
 }
 
@@ -162,6 +163,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         policy: None,
         policy_name: String::new(),
         audit: None,
+        source: super::userspace::Source::Clock,
         kvm_pmu_disabled: false,
     };
     if mode == PmuMode::Off {
@@ -212,6 +214,12 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         PmuMode::Userspace => {
             plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
             route_pmu_msrs_to_userspace(vm, vendor)?;
+            plan.source = match host.userspace_counter_source() {
+                vpmu::discovery::CounterSource::HostPerf { .. } => {
+                    super::userspace::Source::HostPerf
+                }
+                vpmu::discovery::CounterSource::TscClock => super::userspace::Source::Clock,
+            };
         }
         PmuMode::Off => {}
     }
@@ -272,6 +280,7 @@ impl PmuPlan {
             .ok_or_else(|| Error::PmuConfig("no policy".into()))?;
         Ok(Some(Box::new(UserspacePmu::new(
             index,
+            self.source,
             &self.layout,
             policy,
             self.audit.clone(),
@@ -307,6 +316,12 @@ impl PmuPlan {
             ),
         };
         let mut s = format!("pmu {} ({layout})", self.mode);
+        if self.mode == PmuMode::Userspace {
+            s.push_str(match self.source {
+                super::userspace::Source::Clock => ", counters: TSC clock model",
+                super::userspace::Source::HostPerf => ", counters: host perf events",
+            });
+        }
         if !self.policy_name.is_empty() {
             s.push_str(&format!(", policy {}", self.policy_name));
         }

@@ -27,7 +27,17 @@ use vpmu::{PmuConfig, Vendor};
 
 use super::audit::{AuditLog, Record};
 use super::clock::{self, ClockEvent, Refusal};
+use super::perf::{self, PerfCounter};
 use super::VcpuPmu;
+
+/// Where a userspace-vPMU counter's counts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// TSC clock model: cycles only (hosts without a PMU).
+    Clock,
+    /// Host perf events counting in guest mode on the vCPU thread (hosts with a PMU).
+    HostPerf,
+}
 
 /// Per-vCPU statistics of the userspace vPMU.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -54,6 +64,8 @@ pub struct Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Feed {
     Clock(ClockEvent),
+    /// Backed by the host perf event in `UserspacePmu::perf` for this counter.
+    Perf,
     Denied,
     Refused(Refusal),
     Idle,
@@ -116,6 +128,9 @@ unsafe impl Send for Timer {}
 pub struct UserspacePmu {
     vcpu: u8,
     vendor: Vendor,
+    source: Source,
+    tid: libc::pid_t,
+    perf: Vec<(CounterId, PerfCounter)>,
     state: PmuState,
     policy: Arc<CompiledPolicy>,
     vet_opts: VetOptions,
@@ -128,6 +143,7 @@ pub struct UserspacePmu {
     timer: Option<Timer>,
     timer_dirty: bool,
     armed_deadline_tsc: Option<u64>,
+    prev_fixed_ctrl: Option<u64>,
     stats: Stats,
 }
 
@@ -140,6 +156,7 @@ impl UserspacePmu {
     /// A fresh vPMU in its reset state for `layout`.
     pub fn new(
         vcpu: u8,
+        source: Source,
         layout: &PmuConfig,
         policy: Arc<CompiledPolicy>,
         audit: Option<Arc<AuditLog>>,
@@ -150,6 +167,9 @@ impl UserspacePmu {
         UserspacePmu {
             vcpu,
             vendor,
+            source,
+            tid: 0,
+            perf: Vec::new(),
             state: PmuState::new(layout),
             policy,
             vet_opts,
@@ -161,6 +181,7 @@ impl UserspacePmu {
             timer: None,
             timer_dirty: true,
             armed_deadline_tsc: None,
+            prev_fixed_ctrl: None,
             stats: Stats::default(),
         }
     }
@@ -201,7 +222,11 @@ impl UserspacePmu {
     }
 
     fn set_feed(&mut self, id: CounterId, feed: Feed) {
-        self.state.set_blocked(id, !matches!(feed, Feed::Clock(_)));
+        if feed != Feed::Perf {
+            self.perf.retain(|(c, _)| *c != id);
+        }
+        self.state
+            .set_blocked(id, !matches!(feed, Feed::Clock(_) | Feed::Perf));
         match self.feeds.iter_mut().find(|(c, _)| *c == id) {
             Some(slot) => slot.1 = feed,
             None => self.feeds.push((id, feed)),
@@ -238,6 +263,29 @@ impl UserspacePmu {
                 self.audit(msr, value, "denied", Some(&sel), rule);
             }
             Feed::Denied
+        } else if self.source == Source::HostPerf {
+            self.perf.retain(|(c, _)| *c != id);
+            if !sel.en {
+                Feed::Idle
+            } else {
+                match PerfCounter::open(perf::gp_attr(self.vendor, &sel), 0) {
+                    Ok(pc) => {
+                        self.perf.push((id, pc));
+                        Feed::Perf
+                    }
+                    Err(e) => {
+                        self.stats.unsupported += 1;
+                        self.audit(
+                            msr,
+                            value,
+                            "unsupported",
+                            Some(&sel),
+                            format!("host perf refused the event: {e}"),
+                        );
+                        Feed::Refused(Refusal::UnsupportedEvent)
+                    }
+                }
+            }
         } else {
             match clock::gp_event(self.vendor, &sel) {
                 Ok(ev) => Feed::Clock(ev),
@@ -255,7 +303,14 @@ impl UserspacePmu {
     }
 
     /// Vets and applies an Intel FIXED_CTR_CTRL write. `false` = #GP.
+    /// The 4-bit FIXED_CTR_CTRL field of fixed counter `i` before the current write.
+    fn fixed_field(&self, i: u8) -> Option<u8> {
+        self.prev_fixed_ctrl
+            .map(|v| ((v >> (4 * u32::from(i))) & 0xf) as u8)
+    }
+
     fn write_fixed_ctrl(&mut self, msr: u32, value: u64) -> bool {
+        self.prev_fixed_ctrl = self.state.read(msr).ok();
         if let Err(e) = self.state.write(msr, value) {
             self.stats.gp += 1;
             self.audit(msr, value, "gp", None, e.to_string());
@@ -283,6 +338,44 @@ impl UserspacePmu {
                     self.audit(msr, value, "denied", None, why);
                 }
                 Feed::Denied
+            } else if self.source == Source::HostPerf {
+                let existing = self.feed_of(id) == Feed::Perf;
+                match perf::fixed_attr(i, field) {
+                    _ if existing && self.fixed_field(i) == Some(field) => Feed::Perf,
+                    Some(attr) => {
+                        self.perf.retain(|(c, _)| *c != id);
+                        match PerfCounter::open(attr, 0) {
+                            Ok(pc) => {
+                                self.perf.push((id, pc));
+                                Feed::Perf
+                            }
+                            Err(e) => {
+                                self.stats.unsupported += 1;
+                                self.audit(
+                                    msr,
+                                    value,
+                                    "unsupported",
+                                    None,
+                                    format!("fixed counter {i}: host perf refused it: {e}"),
+                                );
+                                Feed::Refused(Refusal::UnsupportedEvent)
+                            }
+                        }
+                    }
+                    None => {
+                        if self.feed_of(id) != Feed::Refused(Refusal::UnsupportedEvent) {
+                            self.stats.unsupported += 1;
+                            self.audit(
+                                msr,
+                                value,
+                                "unsupported",
+                                None,
+                                format!("fixed counter {i}: no host perf equivalent"),
+                            );
+                        }
+                        Feed::Refused(Refusal::UnsupportedEvent)
+                    }
+                }
             } else {
                 match clock::fixed_event(i, field) {
                     Ok(ev) => Feed::Clock(ev),
@@ -309,7 +402,7 @@ impl UserspacePmu {
     fn recompute_running(&mut self) {
         self.running.clear();
         for c in self.state.counters() {
-            if c.enabled && matches!(self.feed_of(c.id), Feed::Clock(_)) {
+            if c.enabled && matches!(self.feed_of(c.id), Feed::Clock(_) | Feed::Perf) {
                 self.running.push(c.id);
             }
         }
@@ -317,11 +410,33 @@ impl UserspacePmu {
         self.timer_dirty = true;
     }
 
+    /// Host-perf feeds: the event's overflow period = the guest counter's remaining counts,
+    /// with an overflow signal to the vCPU thread, so the PMI is raised on time.
+    fn arm_perf_periods(&mut self) {
+        for (id, pc) in &self.perf {
+            let due = match self.state.counter(*id) {
+                Some(c) if c.enabled && c.pmi_on_overflow => self.state.counts_until_overflow(*id),
+                _ => None,
+            };
+            if let Some(n) = due {
+                if pc.set_period(n).is_ok() && self.tid > 0 {
+                    let _ = pc.signal_on_overflow(self.tid, crate::kick::kick_signal());
+                }
+            }
+        }
+    }
+
     fn arm_timer(&mut self) {
         self.timer_dirty = false;
+        if !self.perf.is_empty() {
+            self.arm_perf_periods();
+        }
         let Some(timer) = &self.timer else { return };
         let mut nearest: Option<u64> = None;
         for id in &self.running {
+            if self.feed_of(*id) == Feed::Perf {
+                continue; // host perf raises its own overflow signal
+            }
             if let Some(c) = self.state.counter(*id) {
                 if c.pmi_on_overflow {
                     if let Some(n) = self.state.counts_until_overflow(*id) {
@@ -349,6 +464,7 @@ impl UserspacePmu {
 
 impl VcpuPmu for UserspacePmu {
     fn attach_thread(&mut self, tid: libc::pid_t) -> std::io::Result<()> {
+        self.tid = tid;
         self.timer = Some(Timer::create(tid)?);
         self.timer_dirty = true;
         Ok(())
@@ -356,6 +472,7 @@ impl VcpuPmu for UserspacePmu {
 
     fn detach_thread(&mut self) {
         self.timer = None;
+        self.perf.clear();
     }
 
     #[inline]
@@ -373,7 +490,14 @@ impl VcpuPmu for UserspacePmu {
         let mut pmi = false;
         for i in 0..self.running.len() {
             let id = self.running[i];
-            if let Some(ovf) = self.state.add_count(id, ran_tsc) {
+            let delta = match self.feed_of(id) {
+                Feed::Perf => match self.perf.iter_mut().find(|(c, _)| *c == id) {
+                    Some((_, pc)) => pc.delta().unwrap_or(0),
+                    None => 0,
+                },
+                _ => ran_tsc,
+            };
+            if let Some(ovf) = self.state.add_count(id, delta) {
                 self.stats.overflows += 1;
                 self.timer_dirty = true;
                 if ovf.pmi {
