@@ -176,6 +176,11 @@ fn finish(report: vmm::RunReport, stats: bool, status: i32) -> ExitCode {
     let _ = std::io::stdout().flush();
     if stats {
         eprintln!("{}", report.stats_text());
+    } else {
+        // The userspace vPMU's one-line summary per vCPU (denied/#GP/unsupported counts).
+        for line in &report.pmu_lines {
+            eprintln!("vpmu-vmm: {line}");
+        }
     }
     if !report.outcome.is_clean() && !matches!(report.outcome, vmm::Outcome::DebugExit { .. }) {
         eprintln!("vpmu-vmm: {}", report.outcome);
