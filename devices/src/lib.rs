@@ -1,4 +1,4 @@
-//! Legacy port-I/O devices for vpmu-vmm.
+//! Devices for vpmu-vmm: legacy port-I/O devices and virtio-mmio devices.
 //!
 //! - [`bus`]: [`PioBus`] maps port ranges to [`PioDevice`]s; unmapped ports read as all
 //!   ones and ignore writes (counted in [`BusStats`]). Device writes return a
@@ -7,6 +7,10 @@
 //!   working THR-empty interrupt, host input queue, capture writer for tests.
 //! - [`i8042`]: just enough keyboard controller for Linux to probe quickly and to reset.
 //! - [`debug_exit`]: QEMU `isa-debug-exit` at 0xf4.
+//! - [`mmio`]: [`MmioBus`] maps guest-physical ranges to [`MmioDevice`]s; unmapped
+//!   addresses read as all ones and ignore writes.
+//! - [`virtio`]: the virtio-mmio transport (version 2) and a virtio-blk device backed
+//!   by a host file.
 //!
 //! No device panics on any offset, access size or value.
 #![deny(missing_docs)]
@@ -14,11 +18,14 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod mmio;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{BusError, BusStats, DeviceAction, PioBus, PioDevice, VmExit};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 pub use i8042::{I8042, I8042_BASE, I8042_LEN};
+pub use mmio::{MmioBus, MmioBusError, MmioDevice};
 pub use serial::{
     CaptureWriter, Serial, SerialError, SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
