@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use vmm::outcome::STATUS_VMM_ERROR;
-use vmm::{Console, KernelImage, PmuSettings, VmConfig};
+use vmm::{Console, DiskConfig, KernelImage, PmuSettings, VmConfig};
 use vpmu::discovery::PmuMode;
 
 #[derive(Parser)]
@@ -95,6 +95,11 @@ struct RunArgs {
     memory: String,
     #[command(flatten)]
     pmu: PmuArgs,
+    /// A virtio-blk disk (virtio-mmio) backed by the raw image file PATH; `,ro` makes it
+    /// read-only. Repeatable: /dev/vda, /dev/vdb, ... (at most 8). For Linux guests
+    /// `virtio_mmio.device=4K@0xd0000000:5` (one per disk) is added to the command line.
+    #[arg(long, value_name = "PATH[,ro]")]
+    disk: Vec<String>,
     /// Print VM exit statistics and vPMU summaries to stderr at the end.
     #[arg(long)]
     stats: bool,
@@ -208,6 +213,13 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(_) => return fail(vmm::error::ConfigError::Cpus(a.cpus)),
             };
+            let mut disks = Vec::with_capacity(a.disk.len());
+            for d in &a.disk {
+                match DiskConfig::parse(d) {
+                    Ok(d) => disks.push(d),
+                    Err(e) => return fail(e),
+                }
+            }
             let config = VmConfig {
                 kernel,
                 initrd: a.initrd,
@@ -221,6 +233,7 @@ fn main() -> ExitCode {
                     audit: a.pmu.pmu_audit,
                 },
                 console: Console::Stdio,
+                disks,
             };
             match vmm::run(config) {
                 Ok(report) => {

@@ -85,6 +85,53 @@ impl Default for PmuSettings {
     }
 }
 
+/// Most virtio-blk disks a VM may have (one GSI each, see [`DISK_GSIS`]).
+pub const MAX_DISKS: usize = 8;
+/// Guest-physical base of the first virtio-mmio device; device `i` is at
+/// `VIRTIO_MMIO_BASE + i * 0x1000` (inside the 32-bit MMIO gap, far below the IOAPIC at
+/// 0xfec00000 and the LAPIC at 0xfee00000).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Interrupt lines of the virtio-mmio disks, in order: ISA IRQs that no other device
+/// uses (0 PIT, 1 i8042, 2 cascade, 3 COM2, 4 COM1, 8 RTC, 12 i8042 aux, 13 FPU), all
+/// routed 1:1 to IOAPIC pins in the MP table and the default KVM GSI routing.
+pub const DISK_GSIS: [u32; MAX_DISKS] = [5, 6, 7, 9, 10, 11, 14, 15];
+
+/// A virtio-blk disk backed by a host file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image file (raw; its size, rounded down to 512 bytes, is the disk's).
+    pub path: PathBuf,
+    /// Expose the disk read-only (VIRTIO_BLK_F_RO; the file is opened read-only).
+    pub read_only: bool,
+}
+
+impl DiskConfig {
+    /// Parses the CLI form `PATH[,ro]` (also `PATH,rw`).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let (path, read_only) = match s.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            _ => (s, false),
+        };
+        if path.is_empty() {
+            return Err(ConfigError::Disk(format!(
+                "'{s}': expected PATH or PATH,ro"
+            )));
+        }
+        Ok(DiskConfig {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+
+    /// The Linux kernel parameter announcing disk `index` (`virtio_mmio.device=`).
+    pub fn linux_cmdline_param(index: usize) -> Option<String> {
+        let gsi = DISK_GSIS.get(index)?;
+        let base = VIRTIO_MMIO_BASE + index as u64 * 0x1000;
+        Some(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"))
+    }
+}
+
 /// Everything needed to build and run one VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -102,6 +149,8 @@ pub struct VmConfig {
     pub pmu: PmuSettings,
     /// Serial console destination.
     pub console: Console,
+    /// virtio-blk disks (virtio-mmio), in guest order (/dev/vda, /dev/vdb, ...).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -115,6 +164,35 @@ impl VmConfig {
             memory: 256 << 20,
             pmu: PmuSettings::default(),
             console: Console::Stdio,
+            disks: Vec::new(),
+        }
+    }
+
+    /// The command line a Linux guest gets: `cmdline` plus one
+    /// `virtio_mmio.device=4K@<base>:<irq>` per disk, inserted before a ` -- ` (what
+    /// follows it belongs to init). Freestanding guests get `cmdline` unchanged.
+    pub fn linux_cmdline(&self) -> String {
+        let params: Vec<String> = (0..self.disks.len())
+            .filter_map(DiskConfig::linux_cmdline_param)
+            .collect();
+        let c = &self.cmdline;
+        if params.is_empty() {
+            return c.clone();
+        }
+        let extra = params.join(" ");
+        let split = if c == "--" || c.starts_with("-- ") {
+            Some(0)
+        } else if let Some(i) = c.find(" -- ") {
+            Some(i + 1)
+        } else if c.ends_with(" --") {
+            Some(c.len() - 2)
+        } else {
+            None
+        };
+        match split {
+            Some(i) => format!("{}{extra} {}", &c[..i], &c[i..]),
+            None if c.trim().is_empty() => extra,
+            None => format!("{c} {extra}"),
         }
     }
 
@@ -128,6 +206,12 @@ impl VmConfig {
         }
         if !self.memory.is_multiple_of(4096) {
             return Err(ConfigError::MemoryAlignment(self.memory));
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::Disk(format!(
+                "at most {MAX_DISKS} disks, not {}",
+                self.disks.len()
+            )));
         }
         Ok(())
     }
@@ -169,6 +253,58 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad} should be rejected");
         }
         assert!(parse_size("100000000T").is_err());
+    }
+
+    #[test]
+    fn disk_specs() {
+        assert_eq!(
+            DiskConfig::parse("perf.img").unwrap(),
+            DiskConfig {
+                path: "perf.img".into(),
+                read_only: false
+            }
+        );
+        let d = DiskConfig::parse("/a,b/x.img,ro").unwrap();
+        assert_eq!((d.path, d.read_only), (PathBuf::from("/a,b/x.img"), true));
+        assert!(!DiskConfig::parse("x,rw").unwrap().read_only);
+        assert_eq!(
+            DiskConfig::parse("x,foo").unwrap().path,
+            PathBuf::from("x,foo")
+        );
+        assert!(DiskConfig::parse("").is_err());
+        assert!(DiskConfig::parse(",ro").is_err());
+        assert_eq!(
+            DiskConfig::linux_cmdline_param(0).unwrap(),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(
+            DiskConfig::linux_cmdline_param(3).unwrap(),
+            "virtio_mmio.device=4K@0xd0003000:9"
+        );
+        assert!(DiskConfig::linux_cmdline_param(MAX_DISKS).is_none());
+        let mut c = VmConfig::new(KernelImage::File("x".into()));
+        c.cmdline = "console=ttyS0 quiet".into();
+        assert_eq!(c.linux_cmdline(), "console=ttyS0 quiet");
+        c.disks = vec![
+            DiskConfig::parse("a").unwrap(),
+            DiskConfig::parse("b,ro").unwrap(),
+        ];
+        let d = "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6";
+        assert_eq!(c.linux_cmdline(), format!("console=ttyS0 quiet {d}"));
+        c.cmdline = "console=ttyS0 -- perf record -o x -- ls".into();
+        assert_eq!(
+            c.linux_cmdline(),
+            format!("console=ttyS0 {d} -- perf record -o x -- ls")
+        );
+        c.cmdline = "-- true".into();
+        assert_eq!(c.linux_cmdline(), format!("{d} -- true"));
+        c.cmdline = "quiet --".into();
+        assert_eq!(c.linux_cmdline(), format!("quiet {d} --"));
+        c.cmdline = String::new();
+        assert_eq!(c.linux_cmdline(), d);
+        let mut c = VmConfig::new(KernelImage::File("x".into()));
+        c.disks = vec![DiskConfig::parse("d").unwrap(); MAX_DISKS + 1];
+        assert!(matches!(c.validate(), Err(ConfigError::Disk(_))));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum ConfigError {
         "cannot parse size '{0}': use a number with an optional K, M, G or T suffix (e.g. 512M)"
     )]
     SizeSyntax(String),
+    /// A bad `--disk`.
+    #[error("--disk {0}")]
+    Disk(String),
 }
 
 /// Problems loading the guest kernel or initrd.
@@ -92,6 +95,9 @@ pub enum Error {
     /// Guest memory could not be created.
     #[error("cannot allocate guest memory: {0}")]
     Memory(String),
+    /// A disk image could not be used.
+    #[error(transparent)]
+    Disk(#[from] devices::virtio::BlockError),
     /// A device could not be set up.
     #[error("device setup failed: {0}")]
     Device(String),

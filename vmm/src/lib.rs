@@ -17,7 +17,7 @@ pub mod pmu;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{Console, KernelImage, PmuSettings, VmConfig};
+pub use config::{Console, DiskConfig, KernelImage, PmuSettings, VmConfig};
 pub use error::{Error, Result};
 pub use outcome::Outcome;
 pub use vm::{probe_host, run, RunReport};

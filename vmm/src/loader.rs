@@ -148,7 +148,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, L
                     ),
                 });
             }
-            write_linux_cmdline(mem, &config.cmdline)?;
+            write_linux_cmdline(mem, &config.linux_cmdline())?;
             Ok(Loaded {
                 boot: Boot::Linux64 {
                     entry: arch::regs::bzimage_64bit_entry(r.kernel_load),
@@ -162,7 +162,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, L
                 .map_err(invalid(&config.kernel, "ELF"))?;
             match r.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => {
-                    write_linux_cmdline(mem, &config.cmdline)?;
+                    write_linux_cmdline(mem, &config.linux_cmdline())?;
                     Ok(Loaded {
                         boot: Boot::Pvh { entry: entry.0 },
                         setup_header: None,

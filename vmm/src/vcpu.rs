@@ -1,8 +1,9 @@
 //! The vCPU thread: KVM_RUN loop and exit dispatch.
 //!
 //! Everything a guest can do in an exit lands in [`Vcpu::handle_exit`], which never
-//! panics: unknown ports read as all-ones, MMIO outside the in-kernel devices reads as
-//! all-ones, PMU MSRs go to the userspace vPMU (or #GP), anything else ends the VM with a
+//! panics: unknown ports read as all-ones, MMIO goes to the MMIO bus (virtio-mmio
+//! devices; anything else there reads as all-ones and ignores writes), PMU MSRs go to
+//! the userspace vPMU (or #GP), anything else ends the VM with a
 //! clear [`Outcome`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,12 +16,14 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use crate::kick;
 use crate::outcome::Outcome;
 use crate::pmu::{PmiDelivery, VcpuPmu};
-use devices::{DeviceAction, PioBus, VmExit};
+use devices::{DeviceAction, MmioBus, PioBus, VmExit};
 
 /// State shared by all vCPU threads and the main thread.
 pub struct Shared {
     /// Port-I/O devices.
     pub pio: PioBus,
+    /// MMIO devices (virtio-mmio); queue processing runs on the notifying vCPU thread.
+    pub mmio: MmioBus,
     /// The VM fd (for MSIs).
     pub vm: Arc<VmFd>,
     /// Set once the VM must stop.
@@ -65,7 +68,8 @@ pub struct VcpuStats {
     pub io_in: u64,
     /// Port writes.
     pub io_out: u64,
-    /// MMIO accesses (nothing but the in-kernel devices lives in MMIO, so these are stray).
+    /// MMIO exits: virtio-mmio device accesses and stray ones (the in-kernel IOAPIC and
+    /// LAPIC never exit).
     pub mmio: u64,
     /// RDMSR exits (userspace vPMU).
     pub msr_read: u64,
@@ -274,13 +278,14 @@ fn handle_exit(
                 DeviceAction::Exit(VmExit::DebugExit(value)) => Some(Outcome::DebugExit { value }),
             }
         }
-        VcpuExit::MmioRead(_, data) => {
+        VcpuExit::MmioRead(addr, data) => {
             stats.mmio += 1;
-            data.fill(0xff);
+            shared.mmio.read(addr, data);
             None
         }
-        VcpuExit::MmioWrite(_, _) => {
+        VcpuExit::MmioWrite(addr, data) => {
             stats.mmio += 1;
+            shared.mmio.write(addr, data);
             None
         }
         VcpuExit::X86Rdmsr(exit) => {
