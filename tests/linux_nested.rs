@@ -522,6 +522,22 @@ fn perf_stat_value(log: &str, event: &str) -> Option<f64> {
 }
 
 fn check_sampling(r: &Run) {
+    check_pmu_detected_and_sampled(r);
+    for sym in [
+        "vpmu_work_integer_mix",
+        "vpmu_work_branchy",
+        "vpmu_work_memory_walk",
+    ] {
+        r.check(
+            r.has(sym),
+            &format!("perf report (cycles) should show {sym}"),
+        );
+    }
+}
+
+/// The part of [`check_sampling`] that holds for every vPMU mode: L2 sees a PMU and
+/// `perf record -e cycles` writes samples.
+fn check_pmu_detected_and_sampled(r: &Run) {
     r.check(
         r.log
             .lines()
@@ -538,16 +554,6 @@ fn check_sampling(r: &Run) {
         r.has("perf record: Captured and wrote"),
         "perf record -e cycles should have written samples",
     );
-    for sym in [
-        "vpmu_work_integer_mix",
-        "vpmu_work_branchy",
-        "vpmu_work_memory_walk",
-    ] {
-        r.check(
-            r.has(sym),
-            &format!("perf report (cycles) should show {sym}"),
-        );
-    }
 }
 
 fn check_counting(r: &Run) {
@@ -627,7 +633,11 @@ fn userspace_pmu_l2_linux_detects_pmu_and_samples_cycles() {
         },
     );
     r.expect_init(1);
-    check_sampling(&r);
+    // Not check_sampling: Linux reads counters with RDPMC, which a userspace vPMU cannot
+    // serve (docs/ARCHITECTURE.md), so Linux's period bookkeeping -- and with it where the
+    // samples land -- is unreliable in this mode. What must hold: L2 sees the PMU the VMM
+    // gives it, perf writes samples, and the VMM delivers PMIs.
+    check_pmu_detected_and_sampled(&r);
     r.check(
         r.log.lines().any(|l| {
             l.contains("userspace vPMU:")
