@@ -264,27 +264,12 @@ impl UserspacePmu {
             }
             Feed::Denied
         } else if self.source == Source::HostPerf {
-            self.perf.retain(|(c, _)| *c != id);
             if !sel.en {
+                self.perf.retain(|(c, _)| *c != id);
                 Feed::Idle
             } else {
-                match PerfCounter::open(perf::gp_attr(self.vendor, &sel), 0) {
-                    Ok(pc) => {
-                        self.perf.push((id, pc));
-                        Feed::Perf
-                    }
-                    Err(e) => {
-                        self.stats.unsupported += 1;
-                        self.audit(
-                            msr,
-                            value,
-                            "unsupported",
-                            Some(&sel),
-                            format!("host perf refused the event: {e}"),
-                        );
-                        Feed::Refused(Refusal::UnsupportedEvent)
-                    }
-                }
+                let attr = perf::gp_attr(self.vendor, &sel);
+                self.open_perf(id, attr, msr, value, Some(&sel), "the event")
             }
         } else {
             match clock::gp_event(self.vendor, &sel) {
@@ -303,6 +288,37 @@ impl UserspacePmu {
     }
 
     /// Vets and applies an Intel FIXED_CTR_CTRL write. `false` = #GP.
+    /// Backs counter `id` with a new host perf event (replacing any old one); a refusal by
+    /// the host is audited as `unsupported` and the counter does not count.
+    fn open_perf(
+        &mut self,
+        id: CounterId,
+        attr: perf_event_open_sys::bindings::perf_event_attr,
+        msr: u32,
+        value: u64,
+        sel: Option<&EventSelector>,
+        what: &str,
+    ) -> Feed {
+        self.perf.retain(|(c, _)| *c != id);
+        match PerfCounter::open(attr, 0) {
+            Ok(pc) => {
+                self.perf.push((id, pc));
+                Feed::Perf
+            }
+            Err(e) => {
+                self.stats.unsupported += 1;
+                self.audit(
+                    msr,
+                    value,
+                    "unsupported",
+                    sel,
+                    format!("{what}: host perf refused it: {e}"),
+                );
+                Feed::Refused(Refusal::UnsupportedEvent)
+            }
+        }
+    }
+
     /// The 4-bit FIXED_CTR_CTRL field of fixed counter `i` before the current write.
     fn fixed_field(&self, i: u8) -> Option<u8> {
         self.prev_fixed_ctrl
@@ -343,24 +359,8 @@ impl UserspacePmu {
                 match perf::fixed_attr(i, field) {
                     _ if existing && self.fixed_field(i) == Some(field) => Feed::Perf,
                     Some(attr) => {
-                        self.perf.retain(|(c, _)| *c != id);
-                        match PerfCounter::open(attr, 0) {
-                            Ok(pc) => {
-                                self.perf.push((id, pc));
-                                Feed::Perf
-                            }
-                            Err(e) => {
-                                self.stats.unsupported += 1;
-                                self.audit(
-                                    msr,
-                                    value,
-                                    "unsupported",
-                                    None,
-                                    format!("fixed counter {i}: host perf refused it: {e}"),
-                                );
-                                Feed::Refused(Refusal::UnsupportedEvent)
-                            }
-                        }
+                        let what = format!("fixed counter {i}");
+                        self.open_perf(id, attr, msr, value, None, &what)
                     }
                     None => {
                         if self.feed_of(id) != Feed::Refused(Refusal::UnsupportedEvent) {
