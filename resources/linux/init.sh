@@ -15,12 +15,17 @@
 #   vpmu.exit=reboot    end with `reboot -f` (the kernel's reboot= decides how).
 #   vpmu.exit=poweroff  end with `poweroff -f` (without ACPI this just halts the CPUs).
 #   vpmu.exit=shell     start an interactive shell on the console instead (debugging).
+#   virtio_mmio.device=<size>@<base>:<irq>  (added by vpmu-vmm per --disk) load the
+#                       virtio-blk modules from /lib/modules/vpmu and register the devices
+#                       (vpmu-mmio.ko; the Debian kernels lack
+#                       CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES): /dev/vda, /dev/vdb, ...
 # Without vpmu.cmd=, the text after " -- " on the kernel command line (/proc/cmdline) is
 # run with sh -c instead (shell quoting applies; the kernel limits the line to 2048 bytes).
 #
 # Marker lines (parsed by tests, keep stable):
 #   VPMU-GUEST: init reached <uname -r> cpus=<n>
 #   VPMU-GUEST: uptime <seconds since the guest kernel started>
+#   VPMU-GUEST: disks <vda ...>      (only with virtio_mmio.device=; or "error: ...")
 #   VPMU-GUEST: command exit <status>
 #   VPMU-GUEST: end via <mode>
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -43,9 +48,45 @@ drain_console() {
 }
 
 
+# virtio-mmio disks described on the command line (see the header).
+load_disks() {
+	devs='' n=0
+	# shellcheck disable=SC2013 # words, not lines, on purpose
+	for arg in $(cat /proc/cmdline); do
+		case "$arg" in
+		virtio_mmio.device=*) devs="$devs${devs:+,}${arg#virtio_mmio.device=}" n=$((n + 1)) ;;
+		esac
+	done
+	[ -n "$devs" ] || return 0
+	for m in virtio_ring virtio virtio_mmio virtio_blk; do
+		[ -f "/lib/modules/vpmu/$m.ko" ] && insmod "/lib/modules/vpmu/$m.ko"
+	done
+	if [ ! -e /sys/module/virtio_mmio/parameters/device ] && [ -f /lib/modules/vpmu/vpmu-mmio.ko ]; then
+		insmod /lib/modules/vpmu/vpmu-mmio.ko device="$devs"
+	fi
+	i=0
+	while :; do
+		found=''
+		set +f # /init runs with globbing off
+		for d in /sys/block/vd*; do
+			[ -e "$d" ] && found="$found${found:+ }${d#/sys/block/}"
+		done
+		set -f
+		if [ "$(echo "$found" | wc -w)" -ge "$n" ] || [ $i -ge 50 ]; then break; fi
+		sleep 0.1
+		i=$((i + 1))
+	done
+	if [ -n "$found" ]; then
+		echo "VPMU-GUEST: disks $found"
+	else
+		echo "VPMU-GUEST: error: no virtio disk appeared for $devs (see dmesg)"
+	fi
+}
+
 ncpus=$(grep -c '^processor' /proc/cpuinfo)
 echo "VPMU-GUEST: init reached $(uname -r) cpus=$ncpus"
 echo "VPMU-GUEST: uptime $(cut -d' ' -f1 /proc/uptime)"
+load_disks
 
 cmd=
 exit_mode=reset
