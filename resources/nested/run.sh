@@ -20,6 +20,10 @@
 #                       several vpmu-vmm runs in one L1 boot); /bin/vpmu-vmm is there too
 #                       when a binary was found or given with --vmm
 #   --file PATH         copy a host file into L1 as /files/<name> (repeatable), e.g. a policy
+#   --disk-out FILE     give L2 a virtio-blk disk and bring it back: L1 creates an empty
+#                       /l2/disk.img (--disk-size MB, default 16) before vpmu-vmm runs
+#                       (--guest-cmd adds "--disk /l2/disk.img" itself; with -- pass it),
+#                       then prints it gzip+base64 on its console; the image lands in FILE
 #   --cpus N            L1 vCPUs (QEMU -smp; default 1)
 #   --qemu-cpu MODEL    QEMU CPU model (default EPYC; also works: qemu64,+svm,+npt and max)
 #   --memory MB         L1 memory in MiB (default 2048)
@@ -55,6 +59,8 @@ qemu_cpu=EPYC
 memory=2048
 timeout_s=300
 log=
+disk_out=
+disk_size=16
 quiet=0
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -71,7 +77,9 @@ while [ $# -gt 0 ]; do
 	--timeout) timeout_s=$2; shift 2 ;;
 	--log) log=$2; shift 2 ;;
 	--quiet) quiet=1; shift ;;
-	-h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+	--disk-out) disk_out=$2; shift 2 ;;
+	--disk-size) disk_size=$2; shift 2 ;;
+	-h | --help) sed -n '2,36p' "$0"; exit 0 ;;
 	--) shift; break ;;
 	*) usage_error "unknown argument: $1 (see --help)" ;;
 	esac
@@ -106,6 +114,9 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 {
 	echo '#!/bin/sh'
 	echo 'cd /l2'
+	if [ -n "$disk_out" ]; then
+		printf 'truncate -s %sM /l2/disk.img\n' "$((disk_size))"
+	fi
 	if [ -n "$l1_cmd" ]; then
 		printf 'echo "NESTED: running L1 command"\n'
 		printf 'sh -c %s\n' "$(q "$l1_cmd")"
@@ -116,14 +127,20 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 			l2_full="$l2_cmdline${l2_append:+ $l2_append} vpmu.cmd=$(printf '%s' "$guest_cmd" | base64 -w0)"
 			printf 'echo %s\n' "$(q "NESTED: L2 kernel command line: $l2_full")"
 			args=(run --kernel "$l2_kernel" --initrd /l2/initramfs.cpio.gz --cmdline "$l2_full")
+			[ -z "$disk_out" ] || args+=(--disk /l2/disk.img)
 		fi
 		line='/bin/vpmu-vmm'
 		for a in "${args[@]}" "${vmm_args[@]}"; do line+=" $(q "$a")"; done
 		printf 'echo %s\n' "$(q "NESTED: running $line")"
 		printf '%s\n' "$line"
 	fi
+	echo 'st=$?'
+	if [ -n "$disk_out" ]; then
+		# Only base64 lines between the markers count: stray kernel messages are dropped.
+		echo 'sync; echo "NESTED: disk-out begin"; gzip -c /l2/disk.img | base64; echo "NESTED: disk-out end"'
+	fi
 	# shellcheck disable=SC2016 # expands in L1
-	echo 'echo "NESTED: vpmu-vmm exit $?"'
+	echo 'echo "NESTED: vpmu-vmm exit $st"'
 } >"$root/run.sh"
 chmod 755 "$root/run.sh"
 
@@ -150,7 +167,7 @@ qemu=(qemu-system-x86_64 -accel tcg -cpu "$qemu_cpu" -m "$memory" -smp "$cpus"
 start=$(date +%s.%N)
 set +e
 timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run_dir/qemu.err" |
-	sed -u 's/\r$//' | tee "$console" | { if [ "$quiet" = 1 ]; then cat >/dev/null; else cat; fi; }
+	sed -u 's/\r$//' | tee "$console" | { if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; }
 qemu_status=${PIPESTATUS[0]}
 set -e
 end=$(date +%s.%N)
@@ -169,6 +186,16 @@ if [ -z "$status" ]; then
 	grep -q '^NESTED: L1 init reached' "$console" || echo "nested-rig: L1 never reached its /init" >&2
 	grep '^NESTED: error' "$console" >&2 || true
 	exit 100
+fi
+if [ -n "$disk_out" ]; then
+	if ! sed -n '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/p' "$console" | grep -E '^[A-Za-z0-9+/=]+$' |
+		base64 -d | gzip -dc >"$disk_out.tmp" 2>"$run_dir/disk.err" || [ ! -s "$disk_out.tmp" ]; then
+		rm -f "$disk_out.tmp"
+		echo "nested-rig: error: no disk image came back from L1: $(cat "$run_dir/disk.err")" >&2
+		exit 100
+	fi
+	mv -f "$disk_out.tmp" "$disk_out"
+	echo "nested-rig: disk image copied out of L1 to $disk_out ($(stat -c %s "$disk_out") bytes)" >&2
 fi
 echo "nested-rig: vpmu-vmm exit $status, whole run ${elapsed} s" >&2
 exit "$status"
