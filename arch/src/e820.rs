@@ -4,15 +4,17 @@
 //! ```text
 //! [0, EBDA_START)                  RAM        (conventional memory below the EBDA)
 //! [EBDA_START, LOW_MEM_END)        reserved   (EBDA: MP floating pointer + table)
-//! [LOW_MEM_END, HIMEM_START)       not listed (VGA hole / option ROMs / BIOS: Linux
-//!                                              treats unlisted ranges as not RAM)
+//! [LOW_MEM_END, ACPI_START)        not listed (VGA hole / option ROMs: Linux treats
+//!                                              unlisted ranges as not RAM)
+//! [ACPI_START, ACPI_END)           reserved   (BIOS area: ACPI tables, RSDP)
 //! [HIMEM_START, low_mem_end)       RAM
 //! [MMIO_GAP_START, MMIO_GAP_END)   reserved   (IOAPIC, LAPIC, future MMIO)
 //! [MMIO_GAP_END, ..)               RAM        (only when memory exceeds the gap start)
 //! ```
 
 use crate::layout::{
-    low_mem_end, EBDA_START, HIMEM_START, LOW_MEM_END, MMIO_GAP_END, MMIO_GAP_START,
+    low_mem_end, ACPI_END, ACPI_START, EBDA_START, HIMEM_START, LOW_MEM_END, MMIO_GAP_END,
+    MMIO_GAP_START,
 };
 
 /// e820 type: usable RAM.
@@ -64,6 +66,7 @@ pub fn e820_map(mem_size: u64) -> Result<Vec<E820Entry>, E820Error> {
     let mut map = vec![
         e(0, EBDA_START, E820_RAM),
         e(EBDA_START, LOW_MEM_END, E820_RESERVED),
+        e(ACPI_START, ACPI_END, E820_RESERVED),
         e(HIMEM_START, low_mem_end(mem_size), E820_RAM),
         e(MMIO_GAP_START, MMIO_GAP_END, E820_RESERVED),
     ];
@@ -86,7 +89,7 @@ mod tests {
     #[test]
     fn small_guest() {
         let m = e820_map(256 << 20).unwrap();
-        assert_eq!(m.len(), 4);
+        assert_eq!(m.len(), 5);
         assert_eq!(
             m[0],
             E820Entry {
@@ -106,21 +109,30 @@ mod tests {
         assert_eq!(
             m[2],
             E820Entry {
+                addr: 0xe_0000,
+                size: 0x2_0000,
+                kind: E820_RESERVED
+            },
+            "ACPI tables"
+        );
+        assert_eq!(
+            m[3],
+            E820Entry {
                 addr: 0x10_0000,
                 size: (256 << 20) - 0x10_0000,
                 kind: E820_RAM
             }
         );
-        assert_eq!(m[3].kind, E820_RESERVED);
+        assert_eq!(m[4].kind, E820_RESERVED);
         assert!(e820_map(MIN_MEM_SIZE - 1).is_err());
     }
 
     #[test]
     fn large_guest() {
         let m = e820_map(6 << 30).unwrap();
-        assert_eq!(m.len(), 5);
+        assert_eq!(m.len(), 6);
         assert_eq!(
-            m[4],
+            m[5],
             E820Entry {
                 addr: 1 << 32,
                 size: (6u64 << 30) - 0xc000_0000,
@@ -149,6 +161,9 @@ mod tests {
             }
             // Everything except the EBDA and the 640K-1M hole is RAM.
             prop_assert_eq!(ram, mem - (HIMEM_START - EBDA_START));
+            // The ACPI tables are inside a reserved range.
+            prop_assert!(m.iter().any(|e| e.kind == E820_RESERVED
+                && e.addr <= ACPI_START && ACPI_END <= e.addr + e.size));
         }
     }
 }

@@ -16,6 +16,8 @@
 //! 0x0009_fc00 .. 0x000a_0000   EBDA: MP floating pointer + MP configuration table
 //!                              (large tables spill into the legacy VGA hole, which is
 //!                              not RAM in the e820 map)
+//! 0x000e_0000 .. 0x0010_0000   ACPI tables (RSDP first, where Linux's BIOS-area scan
+//!                              finds it; reserved in the e820 map)
 //! 0x0010_0000                  HIMEM_START: kernels are loaded here or above
 //! 0xc000_0000 .. 0x1_0000_0000 32-bit MMIO gap (IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000)
 //! 0x1_0000_0000 ..             RAM above 4 GiB when memory is larger than the gap start
@@ -61,6 +63,11 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const MPTABLE_START: u64 = EBDA_START;
 /// End of conventional ("low") memory (640 KiB).
 pub const LOW_MEM_END: u64 = 0xa0000;
+/// Start of the ACPI tables (the RSDP, 16-byte aligned, in the BIOS area
+/// 0xe0000..0xfffff that Linux scans when not told the RSDP address).
+pub const ACPI_START: u64 = 0xe_0000;
+/// End (exclusive) of the region reserved for the ACPI tables.
+pub const ACPI_END: u64 = HIMEM_START;
 /// Start of high memory: kernels are loaded here.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap.
@@ -92,6 +99,7 @@ const _: () = {
     assert!(PD_START == PDPT_START + 0x1000);
     assert!(PD_START + PD_COUNT * 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(LOW_MEM_END <= ACPI_START && ACPI_START.is_multiple_of(16) && ACPI_END <= HIMEM_START);
     assert!(IOAPIC_ADDR >= MMIO_GAP_START && IOAPIC_ADDR < MMIO_GAP_END);
     assert!(LAPIC_ADDR >= MMIO_GAP_START && LAPIC_ADDR < MMIO_GAP_END);
 };

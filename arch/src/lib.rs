@@ -13,11 +13,14 @@
 //! - [`zero_page`]: Linux `boot_params` for the 64-bit boot protocol, with header checks.
 //! - [`pvh`]: PVH `hvm_start_info` + memory map writer.
 //! - [`mptable`]: Intel MP specification 1.4 tables (CPUs, ISA bus, IOAPIC, IRQ routing).
+//! - [`acpi`]: minimal ACPI 6.3 tables (RSDP, XSDT, hardware-reduced FADT, empty DSDT,
+//!   MADT) for guests that find CPUs only through ACPI.
 //! - [`cpuid`]: per-vCPU CPUID topology normalisation (APIC ids, core counts); leaves
 //!   describing the PMU are deliberately left to the `vpmu` crate.
 #![deny(missing_docs)]
 #![cfg(target_arch = "x86_64")]
 
+pub mod acpi;
 pub mod cpuid;
 pub mod e820;
 pub mod gdt;

@@ -46,10 +46,11 @@ pub enum PvhError {
     },
 }
 
-/// Serialised `hvm_start_info` (version 1).
+/// Serialised `hvm_start_info` (version 1). `rsdp` is the ACPI RSDP address (0 = none).
 pub fn start_info_bytes(
     nr_modules: u32,
     cmdline: Option<GuestAddress>,
+    rsdp: Option<GuestAddress>,
     memmap_entries: u32,
 ) -> [u8; START_INFO_SIZE] {
     let mut b = [0u8; START_INFO_SIZE];
@@ -60,7 +61,7 @@ pub fn start_info_bytes(
     let modlist = if nr_modules > 0 { PVH_MODLIST_START } else { 0 };
     b[16..24].copy_from_slice(&modlist.to_le_bytes());
     b[24..32].copy_from_slice(&cmdline.map_or(0, |a| a.0).to_le_bytes());
-    // rsdp_paddr (32..40) = 0: no ACPI
+    b[32..40].copy_from_slice(&rsdp.map_or(0, |a| a.0).to_le_bytes());
     b[40..48].copy_from_slice(&PVH_MEMMAP_START.to_le_bytes());
     b[48..52].copy_from_slice(&memmap_entries.to_le_bytes());
     b
@@ -69,12 +70,13 @@ pub fn start_info_bytes(
 /// Writes the start info, module list and memory map; returns the address to pass in RBX.
 ///
 /// `cmdline` is the NUL-terminated command line's address (if any); `initrd` becomes
-/// module 0.
+/// module 0; `rsdp` is the ACPI RSDP ([`crate::acpi::write_acpi_tables`]), if any.
 pub fn write_start_info<M: GuestMemory + ?Sized>(
     mem: &M,
     mem_size: u64,
     cmdline: Option<GuestAddress>,
     initrd: Option<(GuestAddress, u64)>,
+    rsdp: Option<GuestAddress>,
 ) -> Result<GuestAddress, PvhError> {
     let wr = |what, addr: u64, bytes: &[u8]| {
         mem.write_slice(bytes, GuestAddress(addr))
@@ -105,7 +107,7 @@ pub fn write_start_info<M: GuestMemory + ?Sized>(
         wr("module list", PVH_MODLIST_START, &m)?;
         nr_modules = 1;
     }
-    let si = start_info_bytes(nr_modules, cmdline, map.len() as u32);
+    let si = start_info_bytes(nr_modules, cmdline, rsdp, map.len() as u32);
     wr("start info", PVH_INFO_START, &si)?;
     Ok(GuestAddress(PVH_INFO_START))
 }
@@ -129,6 +131,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(hvm_start_info, memmap_paddr), 40);
         assert_eq!(std::mem::offset_of!(hvm_start_info, memmap_entries), 48);
         assert_eq!(std::mem::offset_of!(hvm_start_info, cmdline_paddr), 24);
+        assert_eq!(std::mem::offset_of!(hvm_start_info, rsdp_paddr), 32);
     }
 
     #[test]
@@ -139,6 +142,7 @@ mod tests {
             64 << 20,
             Some(GuestAddress(0x20000)),
             Some((GuestAddress(0x300_0000), 0x1000)),
+            Some(GuestAddress(0xe_0000)),
         )
         .unwrap();
         assert_eq!(a.0, PVH_INFO_START);
@@ -149,12 +153,13 @@ mod tests {
         assert_eq!(r32(a.0 + 12), 1, "nr_modules");
         assert_eq!(r64(a.0 + 16), PVH_MODLIST_START);
         assert_eq!(r64(a.0 + 24), 0x20000);
+        assert_eq!(r64(a.0 + 32), 0xe_0000, "rsdp_paddr");
         assert_eq!(r64(a.0 + 40), PVH_MEMMAP_START);
-        assert_eq!(r32(a.0 + 48), 4);
+        assert_eq!(r32(a.0 + 48), 5);
         assert_eq!(r64(PVH_MODLIST_START), 0x300_0000);
         assert_eq!(r64(PVH_MODLIST_START + 8), 0x1000);
-        // Third map entry: RAM from 1 MiB.
-        let e = PVH_MEMMAP_START + 2 * MEMMAP_ENTRY_SIZE as u64;
+        // Fourth map entry: RAM from 1 MiB (after the EBDA and the ACPI area).
+        let e = PVH_MEMMAP_START + 3 * MEMMAP_ENTRY_SIZE as u64;
         assert_eq!(
             (r64(e), r64(e + 8), r32(e + 16)),
             (0x10_0000, (63 << 20), 1)
@@ -164,7 +169,7 @@ mod tests {
 
     #[test]
     fn no_modules_no_cmdline() {
-        let b = start_info_bytes(0, None, 3);
-        assert_eq!(&b[16..32], &[0u8; 16]);
+        let b = start_info_bytes(0, None, None, 3);
+        assert_eq!(&b[16..40], &[0u8; 24]);
     }
 }

@@ -10,7 +10,8 @@
 //! CAN_USE_HEAP with `heap_end_ptr` 0xfe00 - 0x200 (only the real-mode setup code reads
 //! these; harmless for the 64-bit entry, KEEP_SEGMENTS is not set: it is obsolete and only
 //! meant for the 32-bit entry), `cmd_line_ptr`, `ramdisk_image`/`ramdisk_size`, and the
-//! e820 table from [`crate::e820::e820_map`].
+//! e820 table from [`crate::e820::e820_map`], and `acpi_rsdp_addr` (offset 0x070, boot
+//! protocol 2.14+; older kernels ignore it and find the RSDP by scanning the BIOS area).
 
 use linux_loader::loader::bootparam::{
     boot_e820_entry, boot_params, setup_header, CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE,
@@ -96,6 +97,8 @@ pub struct ZeroPageConfig {
     pub cmdline_len: usize,
     /// Initrd (address, size), if any.
     pub initrd: Option<(GuestAddress, u64)>,
+    /// ACPI RSDP address ([`crate::acpi::write_acpi_tables`]), if the guest has ACPI tables.
+    pub rsdp_addr: Option<GuestAddress>,
 }
 
 /// Checks a bzImage setup header against the boot protocol.
@@ -182,6 +185,7 @@ pub fn build_boot_params(
         };
     }
     bp.e820_entries = map.len() as u8;
+    bp.acpi_rsdp_addr = cfg.rsdp_addr.map_or(0, |a| a.0);
     Ok(bp)
 }
 
@@ -224,6 +228,7 @@ mod tests {
             cmdline_addr: GuestAddress(CMDLINE_START),
             cmdline_len: 20,
             initrd: Some((GuestAddress(0x1f00_0000), 0x10_0000)),
+            rsdp_addr: Some(GuestAddress(crate::acpi::RSDP_ADDR)),
         }
     }
 
@@ -243,14 +248,20 @@ mod tests {
         );
         assert_eq!({ h.heap_end_ptr }, 0xfc00);
         assert_eq!({ h.version }, 0x020f, "header copied");
-        assert_eq!(bp.e820_entries, 4);
+        assert_eq!(bp.e820_entries, 5);
         let t = bp.e820_table;
         assert_eq!(
             ({ t[0].addr }, { t[0].size }, { t[0].r#type }),
             (0, 0x9fc00, E820_RAM)
         );
         assert_eq!({ t[1].r#type }, E820_RESERVED);
-        assert_eq!(({ t[2].addr }, { t[2].r#type }), (0x10_0000, E820_RAM));
+        assert_eq!(({ t[2].addr }, { t[2].r#type }), (0xe_0000, E820_RESERVED));
+        assert_eq!(({ t[3].addr }, { t[3].r#type }), (0x10_0000, E820_RAM));
+        assert_eq!({ bp.acpi_rsdp_addr }, 0xe_0000);
+        let mut c = cfg();
+        c.rsdp_addr = None;
+        let bp = build_boot_params(&bz_header(), &c).unwrap();
+        assert_eq!({ bp.acpi_rsdp_addr }, 0, "no ACPI");
     }
 
     #[test]
@@ -320,7 +331,9 @@ mod tests {
         let rd16 = |o: u64| -> u16 { mem.read_obj(GuestAddress(ZERO_PAGE_START + o)).unwrap() };
         let rd32 = |o: u64| -> u32 { mem.read_obj(GuestAddress(ZERO_PAGE_START + o)).unwrap() };
         // Offsets from Documentation/arch/x86/zero-page.rst and boot.rst.
-        assert_eq!(rd8(0x1e8), 4, "e820_entries");
+        assert_eq!(rd8(0x1e8), 5, "e820_entries");
+        let rsdp: u64 = mem.read_obj(GuestAddress(ZERO_PAGE_START + 0x070)).unwrap();
+        assert_eq!(rsdp, 0xe_0000, "acpi_rsdp_addr");
         assert_eq!(rd16(0x1fe), 0xaa55, "boot_flag");
         assert_eq!(rd32(0x202), 0x5372_6448, "header");
         assert_eq!(rd8(0x210), 0xff, "type_of_loader");

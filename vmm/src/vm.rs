@@ -142,6 +142,8 @@ fn write_boot_structures(
         }
         Boot::Linux64 { .. } => {
             arch::paging::write_identity_map(mem, false).map_err(|e| boot_err(&e))?;
+            let rsdp = arch::acpi::write_acpi_tables(mem, u32::from(config.cpus))
+                .map_err(|e| boot_err(&e))?;
             let hdr = loaded
                 .setup_header
                 .ok_or_else(|| LoadError::Boot("missing setup header".into()))?;
@@ -150,6 +152,7 @@ fn write_boot_structures(
                 cmdline_len: config.linux_cmdline().len(),
                 initrd,
                 mem_size: config.memory,
+                rsdp_addr: Some(rsdp),
             };
             let bp = arch::zero_page::build_boot_params(&hdr, &zp).map_err(|e| boot_err(&e))?;
             arch::zero_page::write_boot_params(
@@ -162,11 +165,14 @@ fn write_boot_structures(
         }
         Boot::Pvh { .. } => {
             arch::paging::write_identity_map(mem, false).map_err(|e| boot_err(&e))?;
+            let rsdp = arch::acpi::write_acpi_tables(mem, u32::from(config.cpus))
+                .map_err(|e| boot_err(&e))?;
             arch::pvh::write_start_info(
                 mem,
                 config.memory,
                 Some(GuestAddress(arch::layout::CMDLINE_START)),
                 initrd,
+                Some(rsdp),
             )
             .map_err(|e| boot_err(&e))?;
             arch::mptable::write_mptable(mem, u32::from(config.cpus)).map_err(|e| boot_err(&e))?;

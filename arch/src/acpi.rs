@@ -1,0 +1,781 @@
+//! Minimal ACPI tables (ACPI 6.3), so guests that only understand ACPI (the Debian cloud
+//! kernel is built without `CONFIG_X86_MPPARSE`) find every vCPU and the IOAPIC.
+//!
+//! One contiguous block at [`ACPI_START`] (0xe0000, in the BIOS area that Linux scans for
+//! the RSDP, reserved in the e820 map):
+//!
+//! ```text
+//! +0x00  RSDP  "RSD PTR " revision 2, RSDT address 0, XSDT address, both checksums
+//! +0x30  XSDT  -> FADT, MADT
+//! ....   FADT  revision 6.3, HW_REDUCED_ACPI (no PM timer, SCI, PM1/GPE blocks),
+//!              IAPC_BOOT_ARCH: legacy devices + 8042 present, no VGA; century = 0x32;
+//!              DSDT / X_DSDT -> DSDT
+//! ....   DSDT  \_SB.COM1 (PNP0501, 0x3f8, IRQ 4), \_SB.PS2K (PNP0303, 0x60/0x64, IRQ 1),
+//!              \_SB.RTC_ (PNP0B00, 0x70, IRQ 8): hardware-reduced Linux has no legacy PIC
+//!              and maps ISA IRQs only for devices ACPI describes
+//! ....   MADT  LAPIC address 0xfee00000, PCAT_COMPAT; one Processor Local APIC per vCPU
+//!              (processor UID = APIC id = index, enabled); one I/O APIC (id = number of
+//!              CPUs as in the MP table, 0xfec00000, GSI base 0); an interrupt source
+//!              override ISA IRQ 0 -> GSI 0; Local APIC NMI on LINT1 of every CPU
+//! ```
+//!
+//! Every table starts 16-byte aligned. The whole block is at most a few KiB (about 2.3 KiB
+//! for 254 CPUs) and is checked to fit `[ACPI_START, ACPI_END)`.
+//!
+//! The interrupt source override maps ISA IRQ 0 to GSI 0 (identity) rather than the GSI 2
+//! that PC firmware (and QEMU, which re-routes KVM's GSI 0 to IOAPIC pin 2) reports:
+//! vpmu-vmm keeps KVM's default routing, where the in-kernel PIT raises GSI 0 = IOAPIC
+//! pin 0, exactly what the MP table says (ISA IRQ n -> pin n). In hardware-reduced mode
+//! Linux does not use the PIT anyway (`acpi_generic_reduced_hw_init`).
+//!
+//! Linux learns the RSDP address from `boot_params.acpi_rsdp_addr` (bzImage,
+//! [`crate::zero_page::ZeroPageConfig::rsdp_addr`]) or `hvm_start_info.rsdp_paddr` (PVH);
+//! older kernels find it by scanning 0xe0000..0xfffff on 16-byte boundaries.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
+
+use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+
+/// Most CPUs described: APIC ids are 8 bits, 0xff is the broadcast id and the IOAPIC
+/// takes id N (same limit as [`crate::mptable::MAX_CPUS`]).
+pub const MAX_CPUS: u32 = 254;
+
+/// Guest-physical address of the RSDP.
+pub const RSDP_ADDR: u64 = ACPI_START;
+
+/// Size of the ACPI 2.0+ RSDP.
+pub const RSDP_SIZE: usize = 36;
+/// Size of the common system description table header.
+pub const HEADER_SIZE: usize = 36;
+/// Size of the ACPI 6.x FADT (up to and including the hypervisor vendor identity).
+pub const FADT_SIZE: usize = 276;
+/// Size of the MADT before its interrupt controller structures.
+pub const MADT_FIXED_SIZE: usize = HEADER_SIZE + 8;
+/// Processor Local APIC structure size.
+pub const MADT_LAPIC_SIZE: usize = 8;
+/// I/O APIC structure size.
+pub const MADT_IOAPIC_SIZE: usize = 12;
+/// Interrupt Source Override structure size.
+pub const MADT_ISO_SIZE: usize = 10;
+/// Local APIC NMI structure size.
+pub const MADT_LAPIC_NMI_SIZE: usize = 6;
+
+/// FADT flags: WBINVD works.
+pub const FADT_F_WBINVD: u32 = 1 << 0;
+/// FADT flags: power button is a control-method device or absent.
+pub const FADT_F_PWR_BUTTON: u32 = 1 << 4;
+/// FADT flags: sleep button is a control-method device or absent.
+pub const FADT_F_SLP_BUTTON: u32 = 1 << 5;
+/// FADT flags: hardware-reduced ACPI.
+pub const FADT_F_HW_REDUCED_ACPI: u32 = 1 << 20;
+/// IAPC_BOOT_ARCH: legacy (ISA) devices present (the UART, the i8042, the CMOS RTC).
+pub const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
+/// IAPC_BOOT_ARCH: an 8042 keyboard controller is present.
+pub const IAPC_8042: u16 = 1 << 1;
+/// IAPC_BOOT_ARCH: no VGA.
+pub const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+/// FADT CENTURY: the CMOS RAM index of the century byte.
+pub const CMOS_CENTURY_INDEX: u8 = 0x32;
+/// FADT major revision (header revision field): ACPI 6.
+pub const FADT_REVISION: u8 = 6;
+/// FADT minor revision: 6.3.
+pub const FADT_MINOR_REVISION: u8 = 3;
+/// MADT revision for ACPI 6.3.
+pub const MADT_REVISION: u8 = 5;
+/// DSDT revision: 2 (64-bit AML integers).
+pub const DSDT_REVISION: u8 = 2;
+/// XSDT revision.
+pub const XSDT_REVISION: u8 = 1;
+/// MADT flags: the system also has dual 8259 PICs (KVM's in-kernel PIC).
+pub const MADT_PCAT_COMPAT: u32 = 1;
+/// Processor Local APIC flags: enabled.
+pub const LAPIC_ENABLED: u32 = 1;
+
+const MADT_TYPE_LAPIC: u8 = 0;
+const MADT_TYPE_IOAPIC: u8 = 1;
+const MADT_TYPE_ISO: u8 = 2;
+const MADT_TYPE_LAPIC_NMI: u8 = 4;
+const OEM_ID: &[u8; 6] = b"VPMUVM";
+const OEM_REVISION: u32 = 1;
+const CREATOR_ID: &[u8; 4] = b"VPMU";
+const CREATOR_REVISION: u32 = 1;
+
+/// ACPI errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// Zero or too many CPUs.
+    #[error("cannot describe {0} CPUs in the ACPI MADT (1..={MAX_CPUS})")]
+    BadCpuCount(u32),
+    /// The tables do not fit the reserved region (cannot happen for valid CPU counts).
+    #[error("ACPI tables of {len} bytes do not fit the {max} bytes reserved at {ACPI_START:#x}")]
+    TooLarge {
+        /// Size of the tables.
+        len: usize,
+        /// Size of the region.
+        max: u64,
+    },
+    /// Guest memory write.
+    #[error("writing the ACPI tables at {addr:#x} ({len} bytes): {source}")]
+    Write {
+        /// Address.
+        addr: u64,
+        /// Length.
+        len: usize,
+        /// Underlying error.
+        source: GuestMemoryError,
+    },
+}
+
+/// The ACPI checksum byte for `bytes` (whose checksum field is still 0): the value that
+/// makes the byte sum 0 mod 256.
+pub fn checksum(bytes: &[u8]) -> u8 {
+    bytes
+        .iter()
+        .fold(0u8, |a, &b| a.wrapping_add(b))
+        .wrapping_neg()
+}
+
+/// A table under construction: header with length and checksum patched by [`finish`].
+fn header(signature: &[u8; 4], revision: u8, oem_table_id: &[u8; 8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(HEADER_SIZE);
+    t.extend_from_slice(signature);
+    t.extend_from_slice(&0u32.to_le_bytes()); // length, patched
+    t.push(revision);
+    t.push(0); // checksum, patched
+    t.extend_from_slice(OEM_ID);
+    t.extend_from_slice(oem_table_id);
+    t.extend_from_slice(&OEM_REVISION.to_le_bytes());
+    t.extend_from_slice(CREATOR_ID);
+    t.extend_from_slice(&CREATOR_REVISION.to_le_bytes());
+    debug_assert_eq!(t.len(), HEADER_SIZE);
+    t
+}
+
+fn finish(mut t: Vec<u8>) -> Vec<u8> {
+    let len = t.len() as u32;
+    t[4..8].copy_from_slice(&len.to_le_bytes());
+    t[9] = 0;
+    t[9] = checksum(&t);
+    t
+}
+
+/// Hand-assembled AML (ACPI 6.3 chapter 20) for the DSDT's few objects.
+mod aml {
+    const SCOPE_OP: u8 = 0x10;
+    const NAME_OP: u8 = 0x08;
+    const BUFFER_OP: u8 = 0x11;
+    const BYTE_PREFIX: u8 = 0x0a;
+    const WORD_PREFIX: u8 = 0x0b;
+    const DWORD_PREFIX: u8 = 0x0c;
+    const EXT_OP_PREFIX: u8 = 0x5b;
+    const DEVICE_OP: u8 = 0x82;
+    /// Small resource descriptors (6.4.2).
+    const IO_PORT_TAG: u8 = 0x47;
+    const IRQ_NO_FLAGS_TAG: u8 = 0x22;
+    const END_TAG: u8 = 0x79;
+
+    /// PkgLength (20.2.4) of a package whose contents after the PkgLength are `len`
+    /// bytes; the encoded length counts its own bytes.
+    pub fn pkg_length(len: usize) -> Vec<u8> {
+        let mut n = 1;
+        while n < 4 && len + n >= [1 << 6, 1 << 12, 1 << 20, 1 << 28][n - 1] {
+            n += 1;
+        }
+        let total = len + n;
+        if n == 1 {
+            return vec![total as u8];
+        }
+        let mut v = vec![(((n - 1) as u8) << 6) | (total & 0xf) as u8];
+        for i in 1..n {
+            v.push((total >> (4 + 8 * (i - 1))) as u8);
+        }
+        v
+    }
+
+    fn package(prefix: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut v = prefix.to_vec();
+        v.extend_from_slice(&pkg_length(body.len()));
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// `Scope(\NAME) { body }`.
+    pub fn root_scope(name: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut b = vec![b'\\'];
+        b.extend_from_slice(name);
+        b.extend_from_slice(body);
+        package(&[SCOPE_OP], &b)
+    }
+
+    /// `Device(NAME) { body }`.
+    pub fn device(name: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut b = name.to_vec();
+        b.extend_from_slice(body);
+        package(&[EXT_OP_PREFIX, DEVICE_OP], &b)
+    }
+
+    /// `Name(NAME, data)`.
+    pub fn name(name: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut v = vec![NAME_OP];
+        v.extend_from_slice(name);
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// The integer `EisaId("AAA####")` as a DWordConst: three 5-bit letters and four hex
+    /// digits, stored so that the bytes in memory read in that order.
+    pub fn eisa_id(id: &[u8; 7]) -> Vec<u8> {
+        let l = |c: u8| u32::from(c.wrapping_sub(0x40) & 0x1f);
+        let h = |c: u8| {
+            u32::from(match c {
+                b'0'..=b'9' => c - b'0',
+                b'A'..=b'F' => c - b'A' + 10,
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => 0,
+            })
+        };
+        let v = (l(id[0]) << 26)
+            | (l(id[1]) << 21)
+            | (l(id[2]) << 16)
+            | (h(id[3]) << 12)
+            | (h(id[4]) << 8)
+            | (h(id[5]) << 4)
+            | h(id[6]);
+        let mut out = vec![DWORD_PREFIX];
+        out.extend_from_slice(&v.to_be_bytes());
+        out
+    }
+
+    /// `IO(Decode16, base, base, 1, len)`.
+    pub fn io(base: u16, len: u8) -> Vec<u8> {
+        let [lo, hi] = base.to_le_bytes();
+        vec![IO_PORT_TAG, 0x01, lo, hi, lo, hi, 0x01, len]
+    }
+
+    /// `IRQNoFlags() {irq}` (edge, active high, exclusive).
+    pub fn irq(irq: u8) -> Vec<u8> {
+        let mask = (1u16 << (irq & 0xf)).to_le_bytes();
+        vec![IRQ_NO_FLAGS_TAG, mask[0], mask[1]]
+    }
+
+    /// `ResourceTemplate() { descriptors }`: a buffer ending with an end tag.
+    pub fn resource_template(descriptors: &[Vec<u8>]) -> Vec<u8> {
+        let mut data: Vec<u8> = descriptors.concat();
+        data.extend_from_slice(&[END_TAG, 0]);
+        let mut b = match u8::try_from(data.len()) {
+            Ok(n) => vec![BYTE_PREFIX, n],
+            Err(_) => {
+                let mut v = vec![WORD_PREFIX];
+                v.extend_from_slice(&(data.len() as u16).to_le_bytes());
+                v
+            }
+        };
+        b.extend_from_slice(&data);
+        package(&[BUFFER_OP], &b)
+    }
+}
+
+/// A legacy ISA device described in the DSDT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyDevice {
+    /// ACPI name segment under `\_SB`.
+    pub name: &'static [u8; 4],
+    /// `_HID` as an EISA id.
+    pub hid: &'static [u8; 7],
+    /// I/O port ranges `(base, length)`.
+    pub ports: &'static [(u16, u8)],
+    /// ISA IRQ.
+    pub irq: u8,
+}
+
+/// The legacy ISA devices the DSDT describes (vpmu-vmm's UART, i8042 and CMOS RTC).
+/// Hardware-reduced Linux installs no legacy PIC and maps ISA IRQs only for devices that
+/// ACPI describes; without these entries requesting IRQ 4 (the UART's THR-empty
+/// interrupt) or 8 fails (EINVAL) and user-space console output stalls.
+pub const LEGACY_DEVICES: [LegacyDevice; 3] = [
+    LegacyDevice {
+        name: b"COM1",
+        hid: b"PNP0501",
+        ports: &[(0x3f8, 8)],
+        irq: 4,
+    },
+    LegacyDevice {
+        name: b"PS2K",
+        hid: b"PNP0303",
+        ports: &[(0x60, 1), (0x64, 1)],
+        irq: 1,
+    },
+    LegacyDevice {
+        name: b"RTC_",
+        hid: b"PNP0B00",
+        ports: &[(0x70, 2)],
+        irq: 8,
+    },
+];
+
+/// The DSDT: `Scope(\_SB)` with one device per entry of [`LEGACY_DEVICES`]
+/// (`_HID`, `_UID`, `_CRS` with its I/O ports and IRQ).
+pub fn dsdt_bytes() -> Vec<u8> {
+    let mut sb = Vec::new();
+    for d in LEGACY_DEVICES {
+        let mut res: Vec<Vec<u8>> = d.ports.iter().map(|&(p, l)| aml::io(p, l)).collect();
+        res.push(aml::irq(d.irq));
+        let mut body = aml::name(b"_HID", &aml::eisa_id(d.hid));
+        body.extend_from_slice(&aml::name(b"_UID", &[0x00])); // ZeroOp
+        body.extend_from_slice(&aml::name(b"_CRS", &aml::resource_template(&res)));
+        sb.extend_from_slice(&aml::device(d.name, &body));
+    }
+    let mut t = header(b"DSDT", DSDT_REVISION, b"VPMUDSDT");
+    t.extend_from_slice(&aml::root_scope(b"_SB_", &sb));
+    finish(t)
+}
+
+/// The FADT (hardware-reduced) pointing at the DSDT at `dsdt_addr`.
+pub fn fadt_bytes(dsdt_addr: u64) -> Vec<u8> {
+    let mut t = header(b"FACP", FADT_REVISION, b"VPMUFACP");
+    t.resize(FADT_SIZE, 0);
+    // FIRMWARE_CTRL (36) = 0: no FACS (hardware-reduced).
+    // DSDT (40): 32-bit address; the tables live below 1 MiB.
+    t[40..44].copy_from_slice(&(dsdt_addr as u32).to_le_bytes());
+    // SCI_INT, SMI_CMD, ACPI_ENABLE/DISABLE, PM1/PM2/PM_TMR/GPE blocks: all 0
+    // (ignored in hardware-reduced mode).
+    t[108] = CMOS_CENTURY_INDEX;
+    let boot_arch = IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_VGA_NOT_PRESENT;
+    t[109..111].copy_from_slice(&boot_arch.to_le_bytes());
+    let flags = FADT_F_WBINVD | FADT_F_PWR_BUTTON | FADT_F_SLP_BUTTON | FADT_F_HW_REDUCED_ACPI;
+    t[112..116].copy_from_slice(&flags.to_le_bytes());
+    // RESET_REG (116..128) = 0: no reset register (RESET_REG_SUP clear).
+    t[131] = FADT_MINOR_REVISION;
+    // X_FIRMWARE_CTRL (132) = 0.
+    t[140..148].copy_from_slice(&dsdt_addr.to_le_bytes()); // X_DSDT
+                                                           // X_PM*/X_GPE*/SLEEP_* generic addresses (148..268) = 0.
+    t[268..276].copy_from_slice(b"VPMUVMM "); // hypervisor vendor identity
+    finish(t)
+}
+
+/// Size of the MADT for `num_cpus` CPUs.
+pub fn madt_size(num_cpus: u32) -> usize {
+    MADT_FIXED_SIZE
+        + num_cpus as usize * MADT_LAPIC_SIZE
+        + MADT_IOAPIC_SIZE
+        + MADT_ISO_SIZE
+        + MADT_LAPIC_NMI_SIZE
+}
+
+/// The MADT for `num_cpus` CPUs (1..=[`MAX_CPUS`]).
+pub fn madt_bytes(num_cpus: u32) -> Result<Vec<u8>, AcpiError> {
+    if num_cpus == 0 || num_cpus > MAX_CPUS {
+        return Err(AcpiError::BadCpuCount(num_cpus));
+    }
+    let mut t = header(b"APIC", MADT_REVISION, b"VPMUAPIC");
+    t.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
+    t.extend_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+    for cpu in 0..num_cpus {
+        let id = cpu as u8; // < MAX_CPUS
+        t.extend_from_slice(&[MADT_TYPE_LAPIC, MADT_LAPIC_SIZE as u8, id, id]);
+        t.extend_from_slice(&LAPIC_ENABLED.to_le_bytes());
+    }
+    let ioapic_id = num_cpus as u8;
+    t.extend_from_slice(&[MADT_TYPE_IOAPIC, MADT_IOAPIC_SIZE as u8, ioapic_id, 0]);
+    t.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    t.extend_from_slice(&0u32.to_le_bytes()); // GSI base
+
+    // ISA (bus 0) IRQ 0 -> GSI 0, flags 0: conforms to the bus (edge, active high).
+    t.extend_from_slice(&[MADT_TYPE_ISO, MADT_ISO_SIZE as u8, 0, 0]);
+    t.extend_from_slice(&0u32.to_le_bytes());
+    t.extend_from_slice(&0u16.to_le_bytes());
+    // NMI on LINT1 of all processors (UID 0xff), flags 0: conforms.
+    t.extend_from_slice(&[
+        MADT_TYPE_LAPIC_NMI,
+        MADT_LAPIC_NMI_SIZE as u8,
+        0xff,
+        0,
+        0,
+        1,
+    ]);
+    debug_assert_eq!(t.len(), madt_size(num_cpus));
+    Ok(finish(t))
+}
+
+/// The XSDT listing `entries` (64-bit table addresses).
+pub fn xsdt_bytes(entries: &[u64]) -> Vec<u8> {
+    let mut t = header(b"XSDT", XSDT_REVISION, b"VPMUXSDT");
+    for e in entries {
+        t.extend_from_slice(&e.to_le_bytes());
+    }
+    finish(t)
+}
+
+/// The ACPI 2.0+ RSDP pointing at the XSDT at `xsdt_addr` (no RSDT).
+pub fn rsdp_bytes(xsdt_addr: u64) -> [u8; RSDP_SIZE] {
+    let mut r = [0u8; RSDP_SIZE];
+    r[0..8].copy_from_slice(b"RSD PTR ");
+    r[9..15].copy_from_slice(OEM_ID);
+    r[15] = 2; // revision: ACPI 2.0+
+
+    // RsdtAddress (16..20) = 0.
+    r[20..24].copy_from_slice(&(RSDP_SIZE as u32).to_le_bytes());
+    r[24..32].copy_from_slice(&xsdt_addr.to_le_bytes());
+    r[8] = checksum(&r[0..20]);
+    r[32] = checksum(&r);
+    r
+}
+
+fn align16(v: &mut Vec<u8>) {
+    let n = v.len().next_multiple_of(16);
+    v.resize(n, 0);
+}
+
+/// Offsets of the tables inside the block returned by [`acpi_tables_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcpiLayout {
+    /// XSDT offset.
+    pub xsdt: usize,
+    /// FADT offset.
+    pub fadt: usize,
+    /// DSDT offset.
+    pub dsdt: usize,
+    /// MADT offset.
+    pub madt: usize,
+}
+
+/// All tables as one block to place at [`ACPI_START`] (the RSDP first), and where each
+/// table is inside it.
+pub fn acpi_tables_bytes(num_cpus: u32) -> Result<(Vec<u8>, AcpiLayout), AcpiError> {
+    let madt = madt_bytes(num_cpus)?;
+    let addr = |off: usize| ACPI_START + off as u64;
+    let mut b = vec![0u8; RSDP_SIZE];
+    align16(&mut b);
+    let xsdt_off = b.len();
+    let xsdt_len = HEADER_SIZE + 2 * 8;
+    let fadt_off = (xsdt_off + xsdt_len).next_multiple_of(16);
+    let dsdt_off = (fadt_off + FADT_SIZE).next_multiple_of(16);
+    let dsdt = dsdt_bytes();
+    let madt_off = (dsdt_off + dsdt.len()).next_multiple_of(16);
+    let xsdt = xsdt_bytes(&[addr(fadt_off), addr(madt_off)]);
+    debug_assert_eq!(xsdt.len(), xsdt_len);
+    b.extend_from_slice(&xsdt);
+    align16(&mut b);
+    b.extend_from_slice(&fadt_bytes(addr(dsdt_off)));
+    align16(&mut b);
+    b.extend_from_slice(&dsdt);
+    align16(&mut b);
+    b.extend_from_slice(&madt);
+    b[0..RSDP_SIZE].copy_from_slice(&rsdp_bytes(addr(xsdt_off)));
+    let max = ACPI_END - ACPI_START;
+    if b.len() as u64 > max {
+        return Err(AcpiError::TooLarge { len: b.len(), max });
+    }
+    Ok((
+        b,
+        AcpiLayout {
+            xsdt: xsdt_off,
+            fadt: fadt_off,
+            dsdt: dsdt_off,
+            madt: madt_off,
+        },
+    ))
+}
+
+/// Writes the tables for `num_cpus` CPUs at [`ACPI_START`]; returns the RSDP address.
+pub fn write_acpi_tables<M: GuestMemory + ?Sized>(
+    mem: &M,
+    num_cpus: u32,
+) -> Result<GuestAddress, AcpiError> {
+    let (b, _) = acpi_tables_bytes(num_cpus)?;
+    mem.write_slice(&b, GuestAddress(ACPI_START))
+        .map_err(|source| AcpiError::Write {
+            addr: ACPI_START,
+            len: b.len(),
+            source,
+        })?;
+    Ok(GuestAddress(RSDP_ADDR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, &x| a.wrapping_add(x))
+    }
+    fn u16_at(b: &[u8], o: usize) -> u16 {
+        u16::from_le_bytes([b[o], b[o + 1]])
+    }
+    fn u32_at(b: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], o: usize) -> u64 {
+        u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+    }
+
+    /// A table found through a guest-physical address: checks the common header
+    /// (signature, length, checksum, OEM fields) and returns its bytes.
+    fn table<'a>(block: &'a [u8], addr: u64, sig: &[u8; 4]) -> &'a [u8] {
+        assert!(addr >= ACPI_START, "{sig:?} below the block");
+        let off = (addr - ACPI_START) as usize;
+        assert_eq!(off % 16, 0, "{sig:?} 16-byte aligned");
+        let t = &block[off..];
+        assert_eq!(&t[0..4], sig);
+        let len = u32_at(t, 4) as usize;
+        assert!(len >= HEADER_SIZE && len <= t.len(), "{sig:?} length {len}");
+        let t = &t[..len];
+        assert_eq!(sum(t), 0, "{sig:?} checksum");
+        assert_eq!(&t[10..16], b"VPMUVM", "OEMID");
+        assert_eq!(&t[28..32], b"VPMU", "creator id");
+        t
+    }
+
+    /// Everything a guest would check, walking from the RSDP as Linux does.
+    fn check(n: u32) {
+        let (b, layout) = acpi_tables_bytes(n).unwrap();
+        assert!(ACPI_START + b.len() as u64 <= ACPI_END);
+        // RSDP (ACPI 6.3 table 5.27).
+        let r = &b[0..RSDP_SIZE];
+        assert_eq!(&r[0..8], b"RSD PTR ");
+        assert_eq!(sum(&r[0..20]), 0, "RSDP checksum (first 20 bytes)");
+        assert_eq!(sum(r), 0, "RSDP extended checksum");
+        assert_eq!(r[15], 2, "revision");
+        assert_eq!(u32_at(r, 16), 0, "no RSDT");
+        assert_eq!(u32_at(r, 20), 36, "length");
+        assert_eq!(RSDP_ADDR % 16, 0);
+        assert!(
+            (0xe0000..0x100000).contains(&RSDP_ADDR),
+            "found by the BIOS-area scan"
+        );
+        // XSDT.
+        let x = table(&b, u64_at(r, 24), b"XSDT");
+        assert_eq!(x.len(), 36 + 16);
+        assert_eq!(x[8], 1);
+        let fadt_addr = u64_at(x, 36);
+        let madt_addr = u64_at(x, 44);
+        assert_eq!(fadt_addr, ACPI_START + layout.fadt as u64);
+        assert_eq!(madt_addr, ACPI_START + layout.madt as u64);
+        // FADT (table 5.9 offsets).
+        let f = table(&b, fadt_addr, b"FACP");
+        assert_eq!(f.len(), 276);
+        assert_eq!(f[8], 6, "FADT major revision");
+        assert_eq!(f[131], 3, "FADT minor revision");
+        assert_eq!(u32_at(f, 36), 0, "FIRMWARE_CTRL");
+        let dsdt32 = u32_at(f, 40) as u64;
+        assert_eq!(u64_at(f, 140), dsdt32, "X_DSDT = DSDT");
+        assert_eq!(u64_at(f, 132), 0, "X_FIRMWARE_CTRL");
+        let flags = u32_at(f, 112);
+        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+        assert_eq!(flags & (1 << 10), 0, "no RESET_REG_SUP");
+        assert_eq!(u16_at(f, 46), 0, "no SCI");
+        assert_eq!(u32_at(f, 76), 0, "no PM timer");
+        assert_eq!(f[91], 0, "PM_TMR_LEN");
+        assert_eq!(u16_at(f, 109), 0b111, "legacy devices, 8042, no VGA");
+        assert_eq!(f[108], 0x32, "century");
+        assert!(f[148..268].iter().all(|&x| x == 0), "no X_ blocks");
+        assert_eq!(&f[268..276], b"VPMUVMM ");
+        // DSDT.
+        let d = table(&b, dsdt32, b"DSDT");
+        assert_eq!(d, &dsdt_bytes()[..]);
+        assert_eq!(d[8], 2);
+        // MADT (5.2.12).
+        let m = table(&b, madt_addr, b"APIC");
+        assert_eq!(m.len(), madt_size(n));
+        assert_eq!(m[8], 5);
+        assert_eq!(u32_at(m, 36), 0xfee0_0000);
+        assert_eq!(u32_at(m, 40), 1, "PCAT_COMPAT");
+        let mut off = 44;
+        let (mut lapics, mut ioapics, mut isos, mut nmis) = (0u32, 0, 0, 0);
+        while off < m.len() {
+            let (ty, len) = (m[off], m[off + 1] as usize);
+            let e = &m[off..off + len];
+            match ty {
+                0 => {
+                    assert_eq!(len, 8);
+                    assert_eq!(e[2] as u32, lapics, "processor UID = index");
+                    assert_eq!(e[3] as u32, lapics, "APIC id = index");
+                    assert_eq!(u32_at(e, 4), 1, "enabled");
+                    lapics += 1;
+                }
+                1 => {
+                    assert_eq!(len, 12);
+                    assert_eq!(e[2] as u32, n, "IOAPIC id = number of CPUs");
+                    assert_eq!(u32_at(e, 4), 0xfec0_0000);
+                    assert_eq!(u32_at(e, 8), 0, "GSI base");
+                    ioapics += 1;
+                }
+                2 => {
+                    assert_eq!(len, 10);
+                    assert_eq!((e[2], e[3]), (0, 0), "ISA IRQ 0");
+                    assert_eq!(u32_at(e, 4), 0, "GSI 0 (KVM's default routing)");
+                    assert_eq!(u16_at(e, 8), 0, "conforms");
+                    isos += 1;
+                }
+                4 => {
+                    assert_eq!(len, 6);
+                    assert_eq!(e[2], 0xff, "all processors");
+                    assert_eq!(e[5], 1, "LINT1");
+                    nmis += 1;
+                }
+                t => panic!("unexpected MADT entry type {t}"),
+            }
+            off += len;
+        }
+        assert_eq!(off, m.len());
+        assert_eq!((lapics, ioapics, isos, nmis), (n, 1, 1, 1));
+    }
+
+    #[test]
+    fn tables_for_various_cpu_counts() {
+        for n in [1, 2, 3, 32, 64, 128, 253, 254] {
+            check(n);
+        }
+    }
+
+    #[test]
+    fn bad_counts() {
+        for n in [0, 255, u32::MAX] {
+            assert!(matches!(acpi_tables_bytes(n), Err(AcpiError::BadCpuCount(x)) if x == n));
+        }
+    }
+
+    #[test]
+    fn checksum_of_known_bytes() {
+        assert_eq!(checksum(&[]), 0);
+        assert_eq!(checksum(&[1, 2, 3]), 0xfa);
+        assert_eq!(checksum(&[0x80, 0x80]), 0);
+    }
+
+    #[test]
+    fn linux_struct_sizes() {
+        // ACPICA: sizeof(struct acpi_table_rsdp) = 36, acpi_table_fadt = 276,
+        // acpi_table_header = 36, acpi_table_madt = 44.
+        assert_eq!(rsdp_bytes(0).len(), 36);
+        assert_eq!(fadt_bytes(0).len(), 276);
+        assert_eq!(madt_bytes(1).unwrap().len(), 44 + 8 + 12 + 10 + 6);
+    }
+
+    /// Decodes a PkgLength at `b[0..]`: (package length, bytes of the encoding).
+    fn read_pkg_length(b: &[u8]) -> (usize, usize) {
+        let n = usize::from(b[0] >> 6) + 1;
+        if n == 1 {
+            return (usize::from(b[0] & 0x3f), 1);
+        }
+        let len = b[1..n]
+            .iter()
+            .enumerate()
+            .fold(usize::from(b[0] & 0xf), |len, (i, &x)| {
+                len | usize::from(x) << (4 + 8 * i)
+            });
+        (len, n)
+    }
+
+    #[test]
+    fn aml_pkg_length_encoding() {
+        // Lengths count the PkgLength bytes themselves (ACPI 6.3 20.2.4).
+        assert_eq!(aml::pkg_length(0), vec![1]);
+        assert_eq!(aml::pkg_length(62), vec![63]);
+        assert_eq!(
+            aml::pkg_length(63),
+            vec![0x40 | 1, 4],
+            "65 = 0x41 in two bytes"
+        );
+        assert_eq!(aml::pkg_length(4093), vec![0x40 | 0xf, 0xff]);
+        assert_eq!(aml::pkg_length(4094), vec![0x81, 0, 1], "4097: three bytes");
+        for len in [0usize, 1, 61, 62, 63, 64, 200, 4093, 4094, 5000, 1 << 20] {
+            let e = aml::pkg_length(len);
+            assert_eq!(read_pkg_length(&e), (len + e.len(), e.len()), "len {len}");
+        }
+    }
+
+    #[test]
+    fn aml_eisa_id_and_resources() {
+        // iasl: EisaId("PNP0501") = 0x0105D041, stored little-endian as 41 d0 05 01.
+        assert_eq!(aml::eisa_id(b"PNP0501"), vec![0x0c, 0x41, 0xd0, 0x05, 0x01]);
+        assert_eq!(aml::eisa_id(b"PNP0B00"), vec![0x0c, 0x41, 0xd0, 0x0b, 0x00]);
+        assert_eq!(aml::io(0x3f8, 8), vec![0x47, 1, 0xf8, 3, 0xf8, 3, 1, 8]);
+        assert_eq!(aml::irq(4), vec![0x22, 0x10, 0x00]);
+        assert_eq!(aml::irq(8), vec![0x22, 0x00, 0x01]);
+        let rt = aml::resource_template(&[aml::io(0x70, 2), aml::irq(8)]);
+        // BufferOp, PkgLength, ByteConst size, descriptors, end tag.
+        assert_eq!(rt[0], 0x11);
+        let (len, n) = read_pkg_length(&rt[1..]);
+        assert_eq!(1 + len, rt.len());
+        assert_eq!(&rt[1 + n..1 + n + 2], &[0x0a, 8 + 3 + 2]);
+        assert_eq!(&rt[rt.len() - 2..], &[0x79, 0]);
+    }
+
+    #[test]
+    fn dsdt_describes_the_legacy_devices() {
+        let d = dsdt_bytes();
+        assert_eq!(&d[0..4], b"DSDT");
+        assert_eq!(u32_at(&d, 4) as usize, d.len());
+        assert_eq!(sum(&d), 0);
+        // One Scope(\_SB_) spanning the whole AML body.
+        let aml = &d[HEADER_SIZE..];
+        assert_eq!(aml[0], 0x10, "ScopeOp");
+        let (len, n) = read_pkg_length(&aml[1..]);
+        assert_eq!(1 + len, aml.len());
+        assert_eq!(&aml[1 + n..1 + n + 5], b"\\_SB_");
+        // Walk the devices: ExtOp DeviceOp PkgLength NameSeg.
+        let mut off = 1 + n + 5;
+        let mut names = Vec::new();
+        while off < aml.len() {
+            assert_eq!(&aml[off..off + 2], &[0x5b, 0x82], "DeviceOp at {off}");
+            let (len, n) = read_pkg_length(&aml[off + 2..]);
+            let dev = &aml[off + 2..off + 2 + len];
+            let name: [u8; 4] = dev[n..n + 4].try_into().unwrap();
+            names.push(name);
+            let has = |needle: &[u8]| dev.windows(needle.len()).any(|w| w == needle);
+            let d = LEGACY_DEVICES
+                .iter()
+                .find(|d| *d.name == name)
+                .expect("a listed device");
+            assert!(has(b"_HID") && has(&aml::eisa_id(d.hid)), "{name:?} _HID");
+            assert!(has(b"_UID") && has(b"_CRS"), "{name:?}");
+            for &(p, l) in d.ports {
+                assert!(has(&aml::io(p, l)), "{name:?} port {p:#x}");
+            }
+            assert!(has(&aml::irq(d.irq)), "{name:?} IRQ {}", d.irq);
+            assert_eq!(
+                &dev[dev.len() - 2..],
+                &[0x79, 0],
+                "{name:?} _CRS ends the device"
+            );
+            off += 2 + len;
+        }
+        assert_eq!(off, aml.len());
+        assert_eq!(names, vec![*b"COM1", *b"PS2K", *b"RTC_"]);
+    }
+
+    #[test]
+    fn written_to_memory() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let rsdp = write_acpi_tables(&mem, 4).unwrap();
+        assert_eq!(rsdp.0, RSDP_ADDR);
+        let mut sig = [0u8; 8];
+        mem.read_slice(&mut sig, rsdp).unwrap();
+        assert_eq!(&sig, b"RSD PTR ");
+        let (b, _) = acpi_tables_bytes(4).unwrap();
+        let mut back = vec![0u8; b.len()];
+        mem.read_slice(&mut back, rsdp).unwrap();
+        assert_eq!(back, b);
+        // Guest memory ending inside the block.
+        let small = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xe0010)]).unwrap();
+        assert!(matches!(
+            write_acpi_tables(&small, 1),
+            Err(AcpiError::Write { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn valid_for_1_to_32_cpus(n in 1u32..=32) {
+            check(n);
+        }
+
+        #[test]
+        fn never_panics_on_any_count(n in any::<u32>()) {
+            let r = acpi_tables_bytes(n);
+            prop_assert_eq!(r.is_ok(), (1..=MAX_CPUS).contains(&n));
+        }
+    }
+}
