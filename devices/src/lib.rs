@@ -7,6 +7,7 @@
 //!   working THR-empty interrupt, host input queue, capture writer for tests.
 //! - [`i8042`]: just enough keyboard controller for Linux to probe quickly and to reset.
 //! - [`debug_exit`]: QEMU `isa-debug-exit` at 0xf4.
+//! - [`cmos`]: CMOS RTC (host UTC time, BCD) and CMOS RAM with memory sizes at 0x70/0x71.
 //! - [`mmio`]: [`MmioBus`] maps guest-physical ranges to [`MmioDevice`]s; unmapped
 //!   addresses read as all ones and ignore writes.
 //! - [`virtio`]: the virtio-mmio transport (version 2) and a virtio-blk device backed
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod bus;
+pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
 pub mod mmio;
@@ -23,6 +25,7 @@ pub mod serial;
 pub mod virtio;
 
 pub use bus::{BusError, BusStats, DeviceAction, PioBus, PioDevice, VmExit};
+pub use cmos::{Cmos, CMOS_BASE, CMOS_LEN};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 pub use i8042::{I8042, I8042_BASE, I8042_LEN};
 pub use mmio::{MmioBus, MmioBusError, MmioDevice};

@@ -318,6 +318,16 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         Arc::new(Mutex::new(devices::I8042::new())),
     )
     .map_err(|e| Error::Device(e.to_string()))?;
+    let low_mem = arch::layout::low_mem_end(config.memory);
+    pio.insert(
+        devices::CMOS_BASE,
+        devices::CMOS_LEN,
+        Arc::new(Mutex::new(devices::Cmos::new(
+            low_mem,
+            config.memory.saturating_sub(low_mem),
+        ))),
+    )
+    .map_err(|e| Error::Device(e.to_string()))?;
     pio.insert(
         devices::DEBUG_EXIT_PORT,
         devices::DEBUG_EXIT_LEN,
