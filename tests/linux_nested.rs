@@ -145,6 +145,8 @@ struct Opts<'a> {
     l2_kernel: &'a str,
     l2_append: &'a str,
     vmm_args: &'a [&'a str],
+    /// Host files copied into L1 as /files/<name> (run.sh --file).
+    files: &'a [&'a Path],
 }
 
 impl Default for Opts<'_> {
@@ -156,6 +158,7 @@ impl Default for Opts<'_> {
             l2_kernel: "",
             l2_append: "",
             vmm_args: &["--memory", "512M"],
+            files: &[],
         }
     }
 }
@@ -174,6 +177,9 @@ fn run_guest(name: &str, o: &Opts) -> Run {
     ])
     .args(["--cpus", &o.l1_cpus.to_string(), "--log"])
     .arg(&log_path);
+    for f in o.files {
+        cmd.arg("--file").arg(f);
+    }
     if let Some(l1_cmd) = o.l1_cmd {
         cmd.args(["--l1-cmd", l1_cmd]);
     } else {
@@ -670,4 +676,62 @@ fn userspace_pmu_l2_linux_perf_stat_counts_are_plausible() {
     );
     r.expect_init(1);
     check_counting(&r);
+}
+
+/// The ELF vmlinux inside the cloud kernel's bzImage (an LZ4 legacy-frame payload),
+/// extracted next to it once; it carries the PVH ELF note (CONFIG_PVH=y).
+fn cloud_vmlinux() -> Result<PathBuf, String> {
+    let dir = Path::new(REPO).join("resources/out/linux");
+    let bz = dir.join("bzImage");
+    let vm = dir.join("vmlinux");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(v), Some(b)) = (mtime(&vm), mtime(&bz)) {
+        if v >= b {
+            return Ok(vm);
+        }
+    }
+    let data = std::fs::read(&bz).map_err(|e| format!("reading {}: {e}", bz.display()))?;
+    let magic = [0x02, 0x21, 0x4c, 0x18];
+    let at = data
+        .windows(4)
+        .position(|w| w == magic)
+        .ok_or("no LZ4 payload in the bzImage (is the kernel still CONFIG_KERNEL_LZ4?)")?;
+    let payload = dir.join("vmlinux.lz4");
+    std::fs::write(&payload, &data[at..]).map_err(|e| e.to_string())?;
+    let out = Command::new("lz4")
+        .arg("-dc")
+        .arg(&payload)
+        .output()
+        .map_err(|e| format!("running lz4 (apt-get install lz4): {e}"))?;
+    let _ = std::fs::remove_file(&payload);
+    // lz4 complains about the trailing bytes after the frame; the output is complete.
+    if out.stdout.len() < 1 << 20 || out.stdout[..4] != [0x7f, b'E', b'L', b'F'] {
+        return Err(format!(
+            "lz4 produced no ELF vmlinux: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    std::fs::write(&vm, &out.stdout).map_err(|e| e.to_string())?;
+    Ok(vm)
+}
+
+#[test]
+fn l2_linux_boots_via_pvh_from_elf_vmlinux() {
+    if !rig_ready("l2_linux_boots_via_pvh_from_elf_vmlinux") {
+        return;
+    }
+    let vm = cloud_vmlinux().unwrap_or_else(|e| panic!("cannot extract the vmlinux: {e}"));
+    let r = run_guest(
+        "pvh-vmlinux",
+        &Opts {
+            guest_cmd: "uname -r",
+            l2_kernel: "/files/vmlinux",
+            files: &[vm.as_path()],
+            ..Default::default()
+        },
+    );
+    // An ELF kernel boots only through the PVH entry (without the note vpmu-vmm would
+    // treat it as a freestanding guest and it could not reach /init).
+    r.expect_init(1);
+    r.expect_status(0);
 }
