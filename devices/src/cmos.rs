@@ -427,7 +427,10 @@ mod tests {
         assert_eq!(rd16(&mut c, 0x34), 0, "less than 16 MiB");
         // 3 GiB below the gap + 5 GiB above 4 GiB.
         let mut c = Cmos::new(3 << 30, 5 << 30);
-        assert_eq!(rd16(&mut c, 0x34), (((3u64 << 30) - (16 << 20)) >> 16) as u16);
+        assert_eq!(
+            rd16(&mut c, 0x34),
+            (((3u64 << 30) - (16 << 20)) >> 16) as u16
+        );
         let above = u32::from(rd(&mut c, 0x5b))
             | u32::from(rd(&mut c, 0x5c)) << 8
             | u32::from(rd(&mut c, 0x5d)) << 16;
