@@ -62,6 +62,41 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub no_progress: bool,
+    /// Linux-guest workloads instead of the freestanding matrix: `perf stat` / `perf
+    /// record` around /bin/vpmu-work in the Linux image of resources/ (linux.json,
+    /// linux.md); see docs/BENCHMARKS.md. The --linux-* flags need it.
+    #[arg(long)]
+    pub linux: bool,
+    /// How to run the Linux guest: native (this host's /dev/kvm), nested (the QEMU TCG
+    /// rig, resources/nested/run.sh; labelled TCG) or auto (nested when the host KVM is
+    /// PVM, i.e. /sys/module/kvm_pvm exists, or /dev/kvm is missing; else native).
+    #[arg(long, value_name = "HOW")]
+    pub linux_via: Option<String>,
+    /// CPU seconds of /bin/vpmu-work per run (default 1; 0.3 with --quick).
+    #[arg(long, value_name = "S")]
+    pub linux_seconds: Option<f64>,
+    /// Comma-separated guest activities: none, stat, record:HZ
+    /// (default none,stat,record:1000,record:10000; `none` is always included).
+    #[arg(long, value_name = "LIST")]
+    pub linux_activities: Option<String>,
+    /// perf events: auto (hardware events where the guest has a PMU, i.e. every mode but
+    /// off; software events in off), software (task-clock / cpu-clock), hardware
+    /// (cycles,instructions / cycles).
+    #[arg(long, value_name = "WHICH")]
+    pub linux_events: Option<String>,
+    /// Directory of the guest image (bzImage, initramfs.cpio.gz, cmdline) for native runs
+    /// (default resources/out/linux).
+    #[arg(long, value_name = "DIR")]
+    pub linux_image: Option<PathBuf>,
+    /// The nested rig's run.sh (default resources/nested/run.sh).
+    #[arg(long, value_name = "PATH")]
+    pub linux_rig: Option<PathBuf>,
+    /// Guest memory in MiB (default 512).
+    #[arg(long, value_name = "MIB")]
+    pub linux_memory: Option<u64>,
+    /// Whole-run limit in seconds (default: estimated from the plan).
+    #[arg(long, value_name = "S")]
+    pub linux_timeout: Option<u64>,
 }
 
 impl BenchArgs {
@@ -82,7 +117,35 @@ impl BenchArgs {
             tsc_khz: None,
             json_only: false,
             no_progress: false,
+            linux: false,
+            linux_via: None,
+            linux_seconds: None,
+            linux_activities: None,
+            linux_events: None,
+            linux_image: None,
+            linux_rig: None,
+            linux_memory: None,
+            linux_timeout: None,
         }
+    }
+
+    /// The --linux-* flags given without --linux.
+    pub fn stray_linux_flags(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if !self.linux {
+            let given = [
+                ("--linux-via", self.linux_via.is_some()),
+                ("--linux-seconds", self.linux_seconds.is_some()),
+                ("--linux-activities", self.linux_activities.is_some()),
+                ("--linux-events", self.linux_events.is_some()),
+                ("--linux-image", self.linux_image.is_some()),
+                ("--linux-rig", self.linux_rig.is_some()),
+                ("--linux-memory", self.linux_memory.is_some()),
+                ("--linux-timeout", self.linux_timeout.is_some()),
+            ];
+            v.extend(given.iter().filter(|g| g.1).map(|g| g.0));
+        }
+        v
     }
 
     /// Validated harness settings (the TSC frequency is filled in by the caller).

@@ -15,6 +15,7 @@ pub mod args;
 pub mod error;
 pub mod harness;
 pub mod host;
+pub mod linux;
 pub mod markdown;
 pub mod model;
 pub mod output;
@@ -61,6 +62,13 @@ impl ProgressLine {
 
 /// Runs the benchmark and writes its reports into `args.out`.
 pub fn run(args: BenchArgs) -> Result<(), Error> {
+    let stray = args.stray_linux_flags();
+    if !stray.is_empty() {
+        return Err(Error::Args(format!("{} need --linux", stray.join(", "))));
+    }
+    if args.linux {
+        return linux::run(&args);
+    }
     let started = Instant::now();
     let generated_at = host::now_rfc3339();
     let loadavg_start = host::loadavg();
