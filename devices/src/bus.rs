@@ -1,8 +1,8 @@
 //! Port-I/O bus: maps port ranges to devices and dispatches guest `in`/`out`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::range_map::{lock, RangeError, RangeMap};
 
 /// Why a VM should stop, as requested by a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,22 +93,17 @@ pub struct BusStats {
     pub unknown_writes: u64,
 }
 
-struct Entry {
-    len: u16,
-    dev: Arc<Mutex<dyn PioDevice>>,
-}
-
 /// Port-I/O bus. Shared by vCPU threads (`&self` dispatch; each device has its own lock).
-#[derive(Default)]
 pub struct PioBus {
-    devices: BTreeMap<u16, Entry>,
-    unknown_reads: AtomicU64,
-    unknown_writes: AtomicU64,
+    map: RangeMap<Arc<Mutex<dyn PioDevice>>>,
 }
 
-fn lock<'a>(dev: &'a Mutex<dyn PioDevice + 'static>) -> MutexGuard<'a, dyn PioDevice + 'static> {
-    // A device that panicked while locked is still used: the bus must never panic.
-    dev.lock().unwrap_or_else(|e| e.into_inner())
+impl Default for PioBus {
+    fn default() -> Self {
+        PioBus {
+            map: RangeMap::new(0xffff),
+        }
+    }
 }
 
 impl PioBus {
@@ -124,39 +119,30 @@ impl PioBus {
         len: u16,
         dev: Arc<Mutex<dyn PioDevice>>,
     ) -> Result<(), BusError> {
-        if len == 0 {
-            return Err(BusError::EmptyRange { base });
-        }
-        let end = u32::from(base) + u32::from(len);
-        if end > 0x1_0000 {
-            return Err(BusError::RangeOverflow { base, len });
-        }
-        // Only the closest range below `end` can overlap: ranges never overlap each other.
-        if let Some((&ob, e)) = self.devices.range(..=(end - 1) as u16).next_back() {
-            if u32::from(ob) + u32::from(e.len) > u32::from(base) {
-                return Err(BusError::Overlap {
+        self.map
+            .insert(u64::from(base), u64::from(len), dev)
+            .map_err(|e| match e {
+                RangeError::Empty => BusError::EmptyRange { base },
+                RangeError::Overflow => BusError::RangeOverflow { base, len },
+                // Both fit in u16: they were inserted as ports.
+                RangeError::Overlap {
+                    other_base,
+                    other_len,
+                } => BusError::Overlap {
                     base,
                     len,
-                    other_base: ob,
-                    other_len: e.len,
-                });
-            }
-        }
-        self.devices.insert(base, Entry { len, dev });
-        Ok(())
-    }
-
-    fn find(&self, port: u16) -> Option<(u16, &Entry)> {
-        let (&b, e) = self.devices.range(..=port).next_back()?;
-        (u32::from(port) < u32::from(b) + u32::from(e.len)).then_some((port - b, e))
+                    other_base: other_base as u16,
+                    other_len: other_len as u16,
+                },
+            })
     }
 
     /// Guest `in` from `port`: unmapped ports read as all ones.
     pub fn read(&self, port: u16, data: &mut [u8]) {
-        match self.find(port) {
-            Some((off, e)) => lock(&e.dev).read(off, data),
+        match self.map.find(u64::from(port)) {
+            Some((off, dev)) => lock(dev).read(off as u16, data),
             None => {
-                self.unknown_reads.fetch_add(1, Ordering::Relaxed);
+                self.map.stray(false);
                 data.fill(0xff);
             }
         }
@@ -164,10 +150,10 @@ impl PioBus {
 
     /// Guest `out` to `port`: unmapped ports ignore the write.
     pub fn write(&self, port: u16, data: &[u8]) -> DeviceAction {
-        match self.find(port) {
-            Some((off, e)) => lock(&e.dev).write(off, data),
+        match self.map.find(u64::from(port)) {
+            Some((off, dev)) => lock(dev).write(off as u16, data),
             None => {
-                self.unknown_writes.fetch_add(1, Ordering::Relaxed);
+                self.map.stray(true);
                 DeviceAction::None
             }
         }
@@ -175,9 +161,10 @@ impl PioBus {
 
     /// Unmapped-access counters.
     pub fn stats(&self) -> BusStats {
+        let (unknown_reads, unknown_writes) = self.map.strays();
         BusStats {
-            unknown_reads: self.unknown_reads.load(Ordering::Relaxed),
-            unknown_writes: self.unknown_writes.load(Ordering::Relaxed),
+            unknown_reads,
+            unknown_writes,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
 pub mod mmio;
+mod range_map;
 pub mod serial;
 pub mod virtio;
 

@@ -2,11 +2,10 @@
 //! `KVM_EXIT_MMIO` accesses KVM hands to userspace (everything outside guest RAM and the
 //! in-kernel IOAPIC/LAPIC).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::bus::BusStats;
+use crate::range_map::{lock, RangeError, RangeMap};
 
 /// A device on the MMIO bus.
 ///
@@ -53,22 +52,10 @@ pub enum MmioBusError {
     },
 }
 
-struct Entry {
-    len: u64,
-    dev: Arc<Mutex<dyn MmioDevice>>,
-}
-
 /// MMIO bus. Shared by vCPU threads (`&self` dispatch; each device has its own lock).
 #[derive(Default)]
 pub struct MmioBus {
-    devices: BTreeMap<u64, Entry>,
-    unknown_reads: AtomicU64,
-    unknown_writes: AtomicU64,
-}
-
-fn lock<'a>(dev: &'a Mutex<dyn MmioDevice + 'static>) -> MutexGuard<'a, dyn MmioDevice + 'static> {
-    // A device that panicked while locked is still used: the bus must never panic.
-    dev.lock().unwrap_or_else(|e| e.into_inner())
+    map: RangeMap<Arc<Mutex<dyn MmioDevice>>>,
 }
 
 impl MmioBus {
@@ -84,66 +71,51 @@ impl MmioBus {
         len: u64,
         dev: Arc<Mutex<dyn MmioDevice>>,
     ) -> Result<(), MmioBusError> {
-        if len == 0 {
-            return Err(MmioBusError::EmptyRange { base });
-        }
-        let last = base
-            .checked_add(len - 1)
-            .ok_or(MmioBusError::RangeOverflow { base, len })?;
-        // Only the closest range starting at or below `last` can overlap: ranges never
-        // overlap each other.
-        if let Some((&ob, e)) = self.devices.range(..=last).next_back() {
-            // ob + e.len - 1 cannot overflow: checked at its insertion.
-            if ob + (e.len - 1) >= base {
-                return Err(MmioBusError::Overlap {
-                    base,
-                    len,
-                    other_base: ob,
-                    other_len: e.len,
-                });
-            }
-        }
-        self.devices.insert(base, Entry { len, dev });
-        Ok(())
-    }
-
-    fn find(&self, addr: u64) -> Option<(u64, &Entry)> {
-        let (&b, e) = self.devices.range(..=addr).next_back()?;
-        let off = addr - b;
-        (off < e.len).then_some((off, e))
+        self.map.insert(base, len, dev).map_err(|e| match e {
+            RangeError::Empty => MmioBusError::EmptyRange { base },
+            RangeError::Overflow => MmioBusError::RangeOverflow { base, len },
+            RangeError::Overlap {
+                other_base,
+                other_len,
+            } => MmioBusError::Overlap {
+                base,
+                len,
+                other_base,
+                other_len,
+            },
+        })
     }
 
     /// Whether `addr` belongs to a device.
     pub fn contains(&self, addr: u64) -> bool {
-        self.find(addr).is_some()
+        self.map.find(addr).is_some()
     }
 
-    /// Guest load from `addr`: unmapped addresses read as all ones.
+    /// Guest read at `addr`: unmapped addresses read as all ones.
     pub fn read(&self, addr: u64, data: &mut [u8]) {
-        match self.find(addr) {
-            Some((off, e)) => lock(&e.dev).read(off, data),
+        match self.map.find(addr) {
+            Some((off, dev)) => lock(dev).read(off, data),
             None => {
-                self.unknown_reads.fetch_add(1, Ordering::Relaxed);
+                self.map.stray(false);
                 data.fill(0xff);
             }
         }
     }
 
-    /// Guest store to `addr`: unmapped addresses ignore the write.
+    /// Guest write at `addr`: unmapped addresses ignore the write.
     pub fn write(&self, addr: u64, data: &[u8]) {
-        match self.find(addr) {
-            Some((off, e)) => lock(&e.dev).write(off, data),
-            None => {
-                self.unknown_writes.fetch_add(1, Ordering::Relaxed);
-            }
+        match self.map.find(addr) {
+            Some((off, dev)) => lock(dev).write(off, data),
+            None => self.map.stray(true),
         }
     }
 
     /// Unmapped-access counters.
     pub fn stats(&self) -> BusStats {
+        let (unknown_reads, unknown_writes) = self.map.strays();
         BusStats {
-            unknown_reads: self.unknown_reads.load(Ordering::Relaxed),
-            unknown_writes: self.unknown_writes.load(Ordering::Relaxed),
+            unknown_reads,
+            unknown_writes,
         }
     }
 }
