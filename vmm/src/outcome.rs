@@ -91,7 +91,9 @@ impl Outcome {
     pub fn exit_status(&self) -> i32 {
         match self {
             Outcome::Reset | Outcome::PowerOff => 0,
-            Outcome::DebugExit { value } => ((value.wrapping_shl(1) | 1) & 0xff) as i32,
+            Outcome::DebugExit { value } => {
+                i32::from(devices::VmExit::DebugExit(*value).exit_status())
+            }
             Outcome::TripleFault { .. } => STATUS_TRIPLE_FAULT,
             Outcome::InternalError { .. } | Outcome::FailEntry { .. } => STATUS_KVM_ERROR,
             Outcome::Crash { .. } => STATUS_CRASH,
