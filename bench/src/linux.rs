@@ -381,7 +381,7 @@ pub fn guest_script(seconds: f64, reps: u32, activities: &[LinuxActivity], ev: &
         s.push_str(&format!("{i}){cmd};;\n"));
     }
     s.push_str(&format!(
-        "esac;x=$?;echo \"{GUEST_MARK} c=$c x=$x $(cat /tmp/t 2>/dev/null) msr=$(cat $m) perf: $(grep -v '^#' /tmp/e 2>/dev/null|tr '\\n' ' ')\";done\n"
+        "esac;x=$?;echo \"{GUEST_MARK} c=$c x=$x $(cat /tmp/t 2>/dev/null) msr=$(cat $m) perf: $(grep -v '^#' /tmp/e 2>/dev/null|tr '\\n' ';')\";done\n"
     ));
     s
 }
@@ -676,8 +676,29 @@ pub struct LinuxRun {
     /// `perf_event_max_sample_rate` after the run (reset before each run; lower = the
     /// guest kernel throttled sampling because its interrupt took too long).
     pub max_sample_rate_after: Option<u64>,
-    /// perf's output (stat: CSV, record: its stderr), newlines as spaces.
+    /// perf's output (stat: CSV, record: its stderr), lines joined with `;`.
     pub perf_output: String,
+    /// `perf stat -x,` counts: `[event, value]` (value as perf printed it, e.g.
+    /// `<not supported>`); empty for other activities.
+    pub stat_counts: Vec<(String, String)>,
+}
+
+/// Expected `perf record` samples of a run: the workload's own CPU time (vpmu-work's
+/// figure; the timed region when it is missing) x HZ.
+pub fn expected_samples(r: &LinuxRun, hz: u32) -> f64 {
+    r.cpu_s.unwrap_or(r.region_ns as f64 / 1e9) * f64::from(hz)
+}
+
+/// `perf stat -x,` records (`value,unit,event,run time,%,...`, records separated by `;`
+/// or newlines): `[event, value]`.
+pub fn stat_counts(perf: &str) -> Vec<(String, String)> {
+    perf.split([';', '\n'])
+        .filter_map(|rec| {
+            let f: Vec<&str> = rec.trim().split(',').collect();
+            let (v, ev) = (f.first()?.trim(), f.get(2)?.trim());
+            (!v.is_empty() && !ev.is_empty()).then(|| (ev.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// One (mode, activity).
@@ -706,7 +727,7 @@ pub struct LinuxSummary {
     /// the same pass (a different VM boot, run before or after), %.
     pub vs_off_pct: Option<Summary>,
     pub samples: Option<Summary>,
-    /// region seconds x HZ.
+    /// The workload's CPU seconds x HZ (see [`expected_samples`]).
     pub expected_samples: Option<Summary>,
     pub sample_accuracy_pct: Option<Summary>,
     /// Runs after which the guest had lowered perf_event_max_sample_rate below HZ.
@@ -740,6 +761,10 @@ pub fn mode_cells(
                         },
                         max_sample_rate_after: l.max_sample_rate,
                         perf_output: l.perf.clone(),
+                        stat_counts: match a {
+                            LinuxActivity::Stat => stat_counts(&l.perf),
+                            _ => Vec::new(),
+                        },
                     }),
                     _ => failures.push(format!(
                         "pass {}: exit {:?}, ns {:?}, rounds {:?}: {}",
@@ -847,17 +872,13 @@ pub fn summarise(cells: &mut [LinuxCell]) {
                 .iter()
                 .filter_map(|r| r.samples.map(|x| x as f64))
                 .collect();
-            let e: Vec<f64> = c
-                .runs
-                .iter()
-                .map(|r| r.region_ns as f64 / 1e9 * f64::from(hz))
-                .collect();
+            let e: Vec<f64> = c.runs.iter().map(|r| expected_samples(r, hz)).collect();
             let a: Vec<f64> = c
                 .runs
                 .iter()
                 .filter_map(|r| {
-                    let exp = r.region_ns as f64 / 1e9 * f64::from(hz);
-                    r.samples.map(|s| s as f64 / exp * 100.0)
+                    r.samples
+                        .map(|s| s as f64 / expected_samples(r, hz) * 100.0)
                 })
                 .collect();
             samples = Summary::of(&s);
@@ -1053,7 +1074,7 @@ pub fn render(r: &LinuxReport) -> String {
         .filter(|x| matches!(x.activity, LinuxActivity::Record(_)) && x.summary.is_some())
         .collect();
     if !rec.is_empty() {
-        md.push_str("#### perf record: samples written vs expected\n\nExpected = timed region x frequency (an upper bound: the sampled task is not on the CPU all of that time). Throttled = runs after which the guest kernel had lowered `perf_event_max_sample_rate` below the requested frequency (reset before every run).\n\n| mode | event | frequency | samples | expected | accuracy % | throttled runs |\n|---|---|---|---|---|---|---|\n");
+        md.push_str("#### perf record: samples written vs expected\n\nExpected = the workload's own CPU time (as vpmu-work reports it) x frequency. Throttled = runs after which the guest kernel had lowered `perf_event_max_sample_rate` below the requested frequency (reset before every run).\n\n| mode | event | frequency | samples | expected | accuracy % | throttled runs |\n|---|---|---|---|---|---|---|\n");
         for x in rec {
             let s = x.summary.as_ref().expect("filtered");
             let hz = match x.activity {
@@ -1084,6 +1105,60 @@ pub fn render(r: &LinuxReport) -> String {
         md.push('\n');
     }
 
+    // perf stat counts.
+    let stats: Vec<&LinuxCell> = r
+        .cells
+        .iter()
+        .filter(|x| {
+            x.activity == LinuxActivity::Stat && x.runs.iter().any(|r| !r.stat_counts.is_empty())
+        })
+        .collect();
+    if !stats.is_empty() {
+        md.push_str("#### perf stat counts\n\nWhat `perf stat -x,` printed in the guest, median [min..max] over the runs, and the median per second of the workload's CPU time (a sanity check: task-clock should give ~1000 ms/s, cycles a clock rate).\n\n| mode | event | count | per CPU second |\n|---|---|---|---|\n");
+        for x in stats {
+            let mut events: Vec<&str> = Vec::new();
+            for r in &x.runs {
+                for (e, _) in &r.stat_counts {
+                    if !events.contains(&e.as_str()) {
+                        events.push(e);
+                    }
+                }
+            }
+            for e in events {
+                let vals: Vec<(f64, Option<f64>)> = x
+                    .runs
+                    .iter()
+                    .filter_map(|r| {
+                        let v = r
+                            .stat_counts
+                            .iter()
+                            .find(|c| c.0 == e)?
+                            .1
+                            .parse::<f64>()
+                            .ok()?;
+                        Some((v, r.cpu_s.filter(|c| *c > 0.0).map(|c| v / c)))
+                    })
+                    .collect();
+                let count = Summary::of(&vals.iter().map(|v| v.0).collect::<Vec<_>>());
+                let rate = Summary::of(&vals.iter().filter_map(|v| v.1).collect::<Vec<_>>());
+                let raw = || {
+                    x.runs
+                        .iter()
+                        .find_map(|r| r.stat_counts.iter().find(|c| c.0 == e).map(|c| c.1.clone()))
+                        .unwrap_or_default()
+                };
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    x.mode,
+                    e,
+                    count.map(|c| fmt_count(&c)).unwrap_or_else(raw),
+                    rate.map(|c| fmt_big(c.median)).unwrap_or("—".into())
+                ));
+            }
+        }
+        md.push('\n');
+    }
+
     // Failures.
     let fails: Vec<String> = r
         .cells
@@ -1100,6 +1175,23 @@ pub fn render(r: &LinuxReport) -> String {
         md.push_str("\n\n");
     }
     md
+}
+
+fn fmt_big(x: f64) -> String {
+    if x.abs() >= 1e6 {
+        format!("{x:.3e}")
+    } else {
+        num(x)
+    }
+}
+
+fn fmt_count(s: &Summary) -> String {
+    format!(
+        "{} [{}..{}]",
+        fmt_big(s.median),
+        fmt_big(s.min),
+        fmt_big(s.max)
+    )
 }
 
 fn act_title(a: LinuxActivity) -> String {
@@ -1846,6 +1938,22 @@ mod tests {
             record_samples("[ perf record: Captured and wrote 0.1 MB x ]"),
             None
         );
+        assert_eq!(
+            stat_counts(" 5207287069147099,,cycles,429015992,100.00,,;5207287069147099,,instructions,429015992,100.00,1.00,insn per cycle;"),
+            vec![
+                ("cycles".to_string(), "5207287069147099".to_string()),
+                ("instructions".to_string(), "5207287069147099".to_string())
+            ]
+        );
+        assert_eq!(
+            stat_counts("384.65,msec,task-clock,384649642,100.00,0.970,CPUs utilized"),
+            vec![("task-clock".to_string(), "384.65".to_string())]
+        );
+        assert_eq!(
+            stat_counts("<not supported>,,cycles,0,100.00,,;"),
+            vec![("cycles".to_string(), "<not supported>".to_string())]
+        );
+        assert!(stat_counts("[ perf record: Woken up 1 times ];").is_empty());
     }
 
     #[test]
@@ -1887,7 +1995,13 @@ mod tests {
         for p in 1..=3u32 {
             // off: 1 ms/round; stat +10 %; record +p*10 %, 1000 Hz, 900 samples per second.
             off.push(line(p, 0, 1_000_000_000, 1000, ""));
-            off.push(line(p, 1, 1_100_000_000, 1000, "1,msec,task-clock"));
+            off.push(line(
+                p,
+                1,
+                1_100_000_000,
+                1000,
+                "1000.5,msec,task-clock,1,100.00;",
+            ));
             off.push(line(
                 p,
                 2,
@@ -2008,8 +2122,8 @@ mod tests {
                 && (o.max - 30.0).abs() < 1e-9
         );
         assert_eq!(s.samples.unwrap().median, 900.0);
-        assert!((s.expected_samples.unwrap().median - 1200.0).abs() < 1e-6);
-        assert!((s.sample_accuracy_pct.unwrap().median - 75.0).abs() < 1e-9);
+        assert!((s.expected_samples.unwrap().median - 1000.0).abs() < 1e-6);
+        assert!((s.sample_accuracy_pct.unwrap().median - 90.0).abs() < 1e-9);
         assert_eq!(s.throttled_runs, Some(0));
         // userspace: baseline vs off, and a partly failed cell.
         let ub = cell(Mode::Userspace, LinuxActivity::None)
@@ -2104,11 +2218,15 @@ mod tests {
         );
         assert!(md.contains("| userspace | +100% [+100..+100] |"), "{md}");
         assert!(
-            md.contains("| off | cpu-clock | 1000 Hz | 900 | 1200 | 75.0 [69.2..81.8] | 0/3 |"),
+            md.contains("| off | cpu-clock | 1000 Hz | 900 | 1000 | 90.0 [90.0..90.0] | 0/3 |"),
             "{md}"
         );
         assert!(
             md.contains("- userspace stat: pass 2: exit Some(1)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| off | task-clock | 1000 [1000..1000] | 1000 |"),
             "{md}"
         );
         assert!(md.contains("indicative"), "{md}");
