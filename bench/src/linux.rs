@@ -984,6 +984,23 @@ pub fn render(r: &LinuxReport) -> String {
         c.kernel, c.initrd, c.guest_memory_mib, c.vcpus, c.workload_cpu_s, c.workload_cpu_s, c.reps, c.order
     ));
     md.push_str(&format!("- metric: {}\n", c.metric));
+    if let Some(p) = &h.guest_env_probe {
+        let mods: Vec<&str> = p["host"]["kvm_modules"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        md.push_str(&format!(
+            "- `vpmu-vmm probe` where the guest ran{}: {}, KVM modules {}, hardware PMU: {}\n",
+            if tcg { " (inside L1)" } else { "" },
+            p["host"]["cpu_model"].as_str().unwrap_or("?"),
+            mods.join(", "),
+            match p["hardware_pmu"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            }
+        ));
+    }
     if let Some(e) = &h.guest_env_probe_error {
         md.push_str(&format!("- probe where the guest ran: failed: {e}\n"));
     }
@@ -2210,6 +2227,7 @@ mod tests {
         assert_eq!(v["cells"][2]["activity"], "record:1000");
         let md = render(&r);
         assert!(md.contains(TCG_LABEL), "{md}");
+        assert!(md.contains("- `vpmu-vmm probe` where the guest ran (inside L1): ?, KVM modules , hardware PMU: ?"), "{md}");
         assert!(md.contains("| mode | events (stat / record) | none (ms/round) | perf stat | perf record -F 1000 |"), "{md}");
         assert!(md.contains("| off | task-clock / cpu-clock | 1.00 [1.00..1.00] ms | +10.0% [+10.0..+10.0] | +20.0% [+10.0..+30.0] |"), "{md}");
         assert!(
