@@ -94,7 +94,8 @@ pub struct BenchArgs {
     /// Guest memory in MiB (default 512).
     #[arg(long, value_name = "MIB")]
     pub linux_memory: Option<u64>,
-    /// Whole-run limit in seconds (default: estimated from the plan).
+    /// Time limit in seconds: the whole L1 boot (nested), or split evenly over the modes'
+    /// VMs, at least 10 s each (native). Default: estimated from the plan.
     #[arg(long, value_name = "S")]
     pub linux_timeout: Option<u64>,
 }

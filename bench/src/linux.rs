@@ -1424,7 +1424,7 @@ fn gather_native(
     let mut on_line = progress_counter(progress, total);
     let mut modes = Vec::new();
     let mut console = String::new();
-    let per_mode = Duration::from_secs((s.timeout_s / s.modes.len().max(1) as u64).max(60));
+    let per_mode = Duration::from_secs((s.timeout_s / s.modes.len().max(1) as u64).max(10));
     for (m, script) in scripts {
         on_line(&format!("{L1_MARK} mode-begin {m}"));
         let mut cmd = Command::new(exe);
@@ -1438,8 +1438,9 @@ fn gather_native(
         let out = run_streaming(cmd, per_mode, &mut on_line)?;
         console.push_str(&format!("{L1_MARK} mode-begin {m}\n{}", out.stdout));
         console.push_str(&format!(
-            "{L1_MARK} mode-end {m} {:?}\n{}\n",
-            out.status, out.stderr
+            "{L1_MARK} mode-end {m} {}\n{}\n",
+            out.status.map_or("killed".to_string(), |c| c.to_string()),
+            out.stderr
         ));
         let mut sec = Section {
             lines: out.stdout.lines().map(String::from).collect(),
@@ -1515,8 +1516,9 @@ pub fn assemble(
             let why = match sec {
                 None => "no output for this mode (the run did not reach it)".to_string(),
                 Some(x) => format!(
-                    "vpmu-vmm exit {:?}, no result lines; last console line: {}",
-                    x.1.exit,
+                    "vpmu-vmm exit {}, no result lines; last console line: {}",
+                    x.1.exit
+                        .map_or("none (killed or L1 ended)".to_string(), |c| c.to_string()),
                     x.1.lines
                         .iter()
                         .rev()
