@@ -19,6 +19,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     pub out: PathBuf,
     /// VM runs per cell (default 5; 3 with --quick). Reported medians need at least 5.
+    /// With --linux: passes inside each mode's VM (default 5, also with --quick).
     #[arg(long, value_name = "N")]
     pub reps: Option<u32>,
     /// Comma-separated vPMU modes; unavailable ones are reported with the reason.
