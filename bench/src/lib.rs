@@ -64,7 +64,10 @@ impl ProgressLine {
 pub fn run(args: BenchArgs) -> Result<(), Error> {
     let stray = args.stray_linux_flags();
     if !stray.is_empty() {
-        return Err(Error::Args(format!("{} given without --linux", stray.join(", "))));
+        return Err(Error::Args(format!(
+            "{} given without --linux",
+            stray.join(", ")
+        )));
     }
     if args.linux {
         return linux::run(&args);
