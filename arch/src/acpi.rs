@@ -6,27 +6,38 @@
 //!
 //! ```text
 //! +0x00  RSDP  "RSD PTR " revision 2, RSDT address 0, XSDT address, both checksums
-//! +0x30  XSDT  -> FADT, MADT
-//! ....   FADT  revision 6.3, HW_REDUCED_ACPI (no PM timer, SCI, PM1/GPE blocks),
-//!              IAPC_BOOT_ARCH: legacy devices + 8042 present, no VGA; century = 0x32;
-//!              DSDT / X_DSDT -> DSDT
+//! +0x40  FACS  version 2 (64-byte aligned)
+//! +0x80  XSDT  -> FADT, MADT
+//! ....   FADT  revision 6.3, FIRMWARE_CTRL -> FACS, DSDT / X_DSDT -> DSDT; SCI on ISA
+//!              IRQ 3; no SMI_CMD (always in ACPI mode); PM1a event block at port 0x600,
+//!              PM1a control block at 0x604 (`devices::AcpiPm`); no PM timer, no GPEs;
+//!              IAPC_BOOT_ARCH: legacy devices + 8042 present, no VGA; century = 0x32
 //! ....   DSDT  \_SB.COM1 (PNP0501, 0x3f8, IRQ 4), \_SB.PS2K (PNP0303, 0x60/0x64, IRQ 1),
-//!              \_SB.RTC_ (PNP0B00, 0x70, IRQ 8): hardware-reduced Linux has no legacy PIC
-//!              and maps ISA IRQs only for devices ACPI describes
+//!              \_SB.RTC_ (PNP0B00, 0x70, IRQ 8)
 //! ....   MADT  LAPIC address 0xfee00000, PCAT_COMPAT; one Processor Local APIC per vCPU
 //!              (processor UID = APIC id = index, enabled); one I/O APIC (id = number of
-//!              CPUs as in the MP table, 0xfec00000, GSI base 0); an interrupt source
-//!              override ISA IRQ 0 -> GSI 0; Local APIC NMI on LINT1 of every CPU
+//!              CPUs as in the MP table, 0xfec00000, GSI base 0); interrupt source
+//!              overrides ISA IRQ 0 -> GSI 0 and the SCI (IRQ 3 -> GSI 3, level, active
+//!              high); Local APIC NMI on LINT1 of every CPU
 //! ```
 //!
-//! Every table starts 16-byte aligned. The whole block is at most a few KiB (about 2.3 KiB
-//! for 254 CPUs) and is checked to fit `[ACPI_START, ACPI_END)`.
+//! Tables start 16-byte aligned. The whole block is at most a few KiB (about 2.4 KiB for
+//! 254 CPUs) and is checked to fit `[ACPI_START, ACPI_END)`.
+//!
+//! **Not hardware-reduced.** A hardware-reduced FADT is smaller (no SCI, no PM1 blocks) but
+//! makes Linux drop the 8259 PIC (`acpi_generic_reduced_hw_init`): ISA IRQ numbers then
+//! exist only for devices the DSDT describes, and get other Linux numbers (ttyS0 "irq =
+//! 25"). Drivers using fixed ISA IRQs break: `i8042.nopnp` (IRQ 1) and, above all, the
+//! `virtio_mmio.device=4K@<base>:<irq>` disks (GSI 5, 6, ...; request_irq fails and no
+//! disk appears). With a full FADT Linux keeps the PIC and the 1:1 ISA IRQ numbering of
+//! the MP-table world. The SCI is never raised (no fixed or general-purpose events).
+//! Its IRQ is 3, not the usual 9, because GSI 9 is a virtio disk's (edge) interrupt and a
+//! level-triggered SCI cannot share it.
 //!
 //! The interrupt source override maps ISA IRQ 0 to GSI 0 (identity) rather than the GSI 2
 //! that PC firmware (and QEMU, which re-routes KVM's GSI 0 to IOAPIC pin 2) reports:
 //! vpmu-vmm keeps KVM's default routing, where the in-kernel PIT raises GSI 0 = IOAPIC
-//! pin 0, exactly what the MP table says (ISA IRQ n -> pin n). In hardware-reduced mode
-//! Linux does not use the PIT anyway (`acpi_generic_reduced_hw_init`).
+//! pin 0, exactly what the MP table says (ISA IRQ n -> pin n).
 //!
 //! Linux learns the RSDP address from `boot_params.acpi_rsdp_addr` (bzImage,
 //! [`crate::zero_page::ZeroPageConfig::rsdp_addr`]) or `hvm_start_info.rsdp_paddr` (PVH);
@@ -59,6 +70,8 @@ pub const MADT_IOAPIC_SIZE: usize = 12;
 pub const MADT_ISO_SIZE: usize = 10;
 /// Local APIC NMI structure size.
 pub const MADT_LAPIC_NMI_SIZE: usize = 6;
+/// Interrupt source overrides in the MADT (IRQ 0, the SCI).
+pub const MADT_ISO_COUNT: usize = 2;
 
 /// FADT flags: WBINVD works.
 pub const FADT_F_WBINVD: u32 = 1 << 0;
@@ -66,8 +79,24 @@ pub const FADT_F_WBINVD: u32 = 1 << 0;
 pub const FADT_F_PWR_BUTTON: u32 = 1 << 4;
 /// FADT flags: sleep button is a control-method device or absent.
 pub const FADT_F_SLP_BUTTON: u32 = 1 << 5;
-/// FADT flags: hardware-reduced ACPI.
+/// FADT flags: hardware-reduced ACPI (not set: see the module docs).
 pub const FADT_F_HW_REDUCED_ACPI: u32 = 1 << 20;
+/// I/O port of the PM1a event block (PM1_STS, PM1_EN; 2 bytes each), emulated by
+/// `devices::AcpiPm`.
+pub const PM1A_EVT_BLK: u16 = 0x600;
+/// Length of the PM1a event block.
+pub const PM1_EVT_LEN: u8 = 4;
+/// I/O port of the PM1a control block (PM1_CNT, 2 bytes).
+pub const PM1A_CNT_BLK: u16 = 0x604;
+/// Length of the PM1a control block.
+pub const PM1_CNT_LEN: u8 = 2;
+/// ISA IRQ (= GSI) of the SCI: level triggered, active high, never raised. Not the usual
+/// 9: vpmu-vmm gives GSI 9 (edge) to a virtio disk, and a level SCI cannot share it.
+pub const SCI_IRQ: u8 = 3;
+/// Size of the FACS.
+pub const FACS_SIZE: usize = 64;
+/// MPS INTI flags: active high (bits 1:0 = 01), level triggered (bits 3:2 = 11).
+pub const MPS_INTI_LEVEL_HIGH: u16 = 0x000d;
 /// IAPC_BOOT_ARCH: legacy (ISA) devices present (the UART, the i8042, the CMOS RTC).
 pub const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
 /// IAPC_BOOT_ARCH: an 8042 keyboard controller is present.
@@ -288,10 +317,10 @@ pub struct LegacyDevice {
     pub irq: u8,
 }
 
-/// The legacy ISA devices the DSDT describes (vpmu-vmm's UART, i8042 and CMOS RTC).
-/// Hardware-reduced Linux installs no legacy PIC and maps ISA IRQs only for devices that
-/// ACPI describes; without these entries requesting IRQ 4 (the UART's THR-empty
-/// interrupt) or 8 fails (EINVAL) and user-space console output stalls.
+/// The legacy ISA devices the DSDT describes (vpmu-vmm's UART, i8042 and CMOS RTC), so
+/// that Linux's PnP layer binds them (`rtc_cmos 00:02`, `00:00: ttyS0`). They would be
+/// essential in hardware-reduced mode, where Linux maps ISA IRQs only for devices ACPI
+/// describes.
 pub const LEGACY_DEVICES: [LegacyDevice; 3] = [
     LegacyDevice {
         name: b"COM1",
@@ -330,25 +359,44 @@ pub fn dsdt_bytes() -> Vec<u8> {
     finish(t)
 }
 
-/// The FADT (hardware-reduced) pointing at the DSDT at `dsdt_addr`.
-pub fn fadt_bytes(dsdt_addr: u64) -> Vec<u8> {
+/// The FACS: no waking vector, no global lock owner, version 2 (no checksum).
+pub fn facs_bytes() -> [u8; FACS_SIZE] {
+    let mut f = [0u8; FACS_SIZE];
+    f[0..4].copy_from_slice(b"FACS");
+    f[4..8].copy_from_slice(&(FACS_SIZE as u32).to_le_bytes());
+    f[32] = 2; // version
+    f
+}
+
+/// The FADT pointing at the FACS at `facs_addr` and the DSDT at `dsdt_addr` (both below
+/// 4 GiB: the block lives below 1 MiB).
+pub fn fadt_bytes(facs_addr: u64, dsdt_addr: u64) -> Vec<u8> {
     let mut t = header(b"FACP", FADT_REVISION, b"VPMUFACP");
     t.resize(FADT_SIZE, 0);
-    // FIRMWARE_CTRL (36) = 0: no FACS (hardware-reduced).
-    // DSDT (40): 32-bit address; the tables live below 1 MiB.
-    t[40..44].copy_from_slice(&(dsdt_addr as u32).to_le_bytes());
-    // SCI_INT, SMI_CMD, ACPI_ENABLE/DISABLE, PM1/PM2/PM_TMR/GPE blocks: all 0
-    // (ignored in hardware-reduced mode).
+    t[36..40].copy_from_slice(&(facs_addr as u32).to_le_bytes()); // FIRMWARE_CTRL
+    t[40..44].copy_from_slice(&(dsdt_addr as u32).to_le_bytes()); // DSDT
+    t[46..48].copy_from_slice(&u16::from(SCI_IRQ).to_le_bytes()); // SCI_INT
+                                                                  // SMI_CMD (48) = 0: no SMI command port, the system is always in ACPI mode.
+    t[56..60].copy_from_slice(&u32::from(PM1A_EVT_BLK).to_le_bytes());
+    t[64..68].copy_from_slice(&u32::from(PM1A_CNT_BLK).to_le_bytes());
+    // PM1b, PM2, PM_TMR, GPE0/1 blocks = 0: absent (Linux then uses no ACPI PM timer).
+    t[88] = PM1_EVT_LEN;
+    t[89] = PM1_CNT_LEN;
+    // P_LVL2_LAT / P_LVL3_LAT > 100 / 1000 us: C2 / C3 not supported.
+    t[96..98].copy_from_slice(&101u16.to_le_bytes());
+    t[98..100].copy_from_slice(&1001u16.to_le_bytes());
     t[108] = CMOS_CENTURY_INDEX;
     let boot_arch = IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_VGA_NOT_PRESENT;
     t[109..111].copy_from_slice(&boot_arch.to_le_bytes());
-    let flags = FADT_F_WBINVD | FADT_F_PWR_BUTTON | FADT_F_SLP_BUTTON | FADT_F_HW_REDUCED_ACPI;
+    let flags = FADT_F_WBINVD | FADT_F_PWR_BUTTON | FADT_F_SLP_BUTTON;
     t[112..116].copy_from_slice(&flags.to_le_bytes());
     // RESET_REG (116..128) = 0: no reset register (RESET_REG_SUP clear).
     t[131] = FADT_MINOR_REVISION;
-    // X_FIRMWARE_CTRL (132) = 0.
+    // X_FIRMWARE_CTRL (132) = 0: FIRMWARE_CTRL is used.
     t[140..148].copy_from_slice(&dsdt_addr.to_le_bytes()); // X_DSDT
-                                                           // X_PM*/X_GPE*/SLEEP_* generic addresses (148..268) = 0.
+
+    // X_PM*/X_GPE*/SLEEP_* generic addresses (148..268) = 0: ACPICA builds the X_PM1a
+    // blocks from the 32-bit fields.
     t[268..276].copy_from_slice(b"VPMUVMM "); // hypervisor vendor identity
     finish(t)
 }
@@ -358,7 +406,7 @@ pub fn madt_size(num_cpus: u32) -> usize {
     MADT_FIXED_SIZE
         + num_cpus as usize * MADT_LAPIC_SIZE
         + MADT_IOAPIC_SIZE
-        + MADT_ISO_SIZE
+        + MADT_ISO_COUNT * MADT_ISO_SIZE
         + MADT_LAPIC_NMI_SIZE
 }
 
@@ -384,6 +432,10 @@ pub fn madt_bytes(num_cpus: u32) -> Result<Vec<u8>, AcpiError> {
     t.extend_from_slice(&[MADT_TYPE_ISO, MADT_ISO_SIZE as u8, 0, 0]);
     t.extend_from_slice(&0u32.to_le_bytes());
     t.extend_from_slice(&0u16.to_le_bytes());
+    // The SCI: ISA IRQ SCI_IRQ -> the same GSI, level triggered, active high.
+    t.extend_from_slice(&[MADT_TYPE_ISO, MADT_ISO_SIZE as u8, 0, SCI_IRQ]);
+    t.extend_from_slice(&u32::from(SCI_IRQ).to_le_bytes());
+    t.extend_from_slice(&MPS_INTI_LEVEL_HIGH.to_le_bytes());
     // NMI on LINT1 of all processors (UID 0xff), flags 0: conforms.
     t.extend_from_slice(&[
         MADT_TYPE_LAPIC_NMI,
@@ -429,6 +481,8 @@ fn align16(v: &mut Vec<u8>) {
 /// Offsets of the tables inside the block returned by [`acpi_tables_bytes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcpiLayout {
+    /// FACS offset (64-byte aligned).
+    pub facs: usize,
     /// XSDT offset.
     pub xsdt: usize,
     /// FADT offset.
@@ -445,7 +499,9 @@ pub fn acpi_tables_bytes(num_cpus: u32) -> Result<(Vec<u8>, AcpiLayout), AcpiErr
     let madt = madt_bytes(num_cpus)?;
     let addr = |off: usize| ACPI_START + off as u64;
     let mut b = vec![0u8; RSDP_SIZE];
-    align16(&mut b);
+    let facs_off = RSDP_SIZE.next_multiple_of(64);
+    b.resize(facs_off, 0);
+    b.extend_from_slice(&facs_bytes());
     let xsdt_off = b.len();
     let xsdt_len = HEADER_SIZE + 2 * 8;
     let fadt_off = (xsdt_off + xsdt_len).next_multiple_of(16);
@@ -456,7 +512,7 @@ pub fn acpi_tables_bytes(num_cpus: u32) -> Result<(Vec<u8>, AcpiLayout), AcpiErr
     debug_assert_eq!(xsdt.len(), xsdt_len);
     b.extend_from_slice(&xsdt);
     align16(&mut b);
-    b.extend_from_slice(&fadt_bytes(addr(dsdt_off)));
+    b.extend_from_slice(&fadt_bytes(addr(facs_off), addr(dsdt_off)));
     align16(&mut b);
     b.extend_from_slice(&dsdt);
     align16(&mut b);
@@ -469,6 +525,7 @@ pub fn acpi_tables_bytes(num_cpus: u32) -> Result<(Vec<u8>, AcpiLayout), AcpiErr
     Ok((
         b,
         AcpiLayout {
+            facs: facs_off,
             xsdt: xsdt_off,
             fadt: fadt_off,
             dsdt: dsdt_off,
@@ -558,16 +615,30 @@ mod tests {
         assert_eq!(f.len(), 276);
         assert_eq!(f[8], 6, "FADT major revision");
         assert_eq!(f[131], 3, "FADT minor revision");
-        assert_eq!(u32_at(f, 36), 0, "FIRMWARE_CTRL");
+        let facs = u32_at(f, 36) as u64;
+        assert_eq!(facs, ACPI_START + layout.facs as u64, "FIRMWARE_CTRL");
+        assert_eq!(facs % 64, 0, "FACS 64-byte aligned");
+        let fc = &b[layout.facs..layout.facs + 64];
+        assert_eq!(&fc[0..4], b"FACS");
+        assert_eq!((u32_at(fc, 4), fc[32]), (64, 2), "FACS length, version");
         let dsdt32 = u32_at(f, 40) as u64;
         assert_eq!(u64_at(f, 140), dsdt32, "X_DSDT = DSDT");
         assert_eq!(u64_at(f, 132), 0, "X_FIRMWARE_CTRL");
         let flags = u32_at(f, 112);
-        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+        assert_eq!(
+            flags & (1 << 20),
+            0,
+            "not hardware-reduced: Linux keeps the 8259 PIC"
+        );
         assert_eq!(flags & (1 << 10), 0, "no RESET_REG_SUP");
-        assert_eq!(u16_at(f, 46), 0, "no SCI");
+        assert_eq!(u16_at(f, 46), 3, "SCI_INT");
+        assert_eq!(u32_at(f, 48), 0, "no SMI_CMD: always in ACPI mode");
+        assert_eq!((u32_at(f, 56), f[88]), (0x600, 4), "PM1a_EVT_BLK");
+        assert_eq!((u32_at(f, 64), f[89]), (0x604, 2), "PM1a_CNT_BLK");
+        assert_eq!((u32_at(f, 60), u32_at(f, 68)), (0, 0), "no PM1b");
         assert_eq!(u32_at(f, 76), 0, "no PM timer");
         assert_eq!(f[91], 0, "PM_TMR_LEN");
+        assert_eq!((u32_at(f, 80), f[92]), (0, 0), "no GPE0");
         assert_eq!(u16_at(f, 109), 0b111, "legacy devices, 8042, no VGA");
         assert_eq!(f[108], 0x32, "century");
         assert!(f[148..268].iter().all(|&x| x == 0), "no X_ blocks");
@@ -604,9 +675,16 @@ mod tests {
                 }
                 2 => {
                     assert_eq!(len, 10);
-                    assert_eq!((e[2], e[3]), (0, 0), "ISA IRQ 0");
-                    assert_eq!(u32_at(e, 4), 0, "GSI 0 (KVM's default routing)");
-                    assert_eq!(u16_at(e, 8), 0, "conforms");
+                    assert_eq!(e[2], 0, "ISA bus");
+                    if isos == 0 {
+                        assert_eq!(e[3], 0, "ISA IRQ 0");
+                        assert_eq!(u32_at(e, 4), 0, "GSI 0 (KVM's default routing)");
+                        assert_eq!(u16_at(e, 8), 0, "conforms");
+                    } else {
+                        assert_eq!(e[3], 3, "the SCI");
+                        assert_eq!(u32_at(e, 4), 3);
+                        assert_eq!(u16_at(e, 8), 0xd, "level, active high");
+                    }
                     isos += 1;
                 }
                 4 => {
@@ -620,7 +698,7 @@ mod tests {
             off += len;
         }
         assert_eq!(off, m.len());
-        assert_eq!((lapics, ioapics, isos, nmis), (n, 1, 1, 1));
+        assert_eq!((lapics, ioapics, isos, nmis), (n, 1, 2, 1));
     }
 
     #[test]
@@ -649,8 +727,9 @@ mod tests {
         // ACPICA: sizeof(struct acpi_table_rsdp) = 36, acpi_table_fadt = 276,
         // acpi_table_header = 36, acpi_table_madt = 44.
         assert_eq!(rsdp_bytes(0).len(), 36);
-        assert_eq!(fadt_bytes(0).len(), 276);
-        assert_eq!(madt_bytes(1).unwrap().len(), 44 + 8 + 12 + 10 + 6);
+        assert_eq!(fadt_bytes(0, 0).len(), 276);
+        assert_eq!(facs_bytes().len(), 64);
+        assert_eq!(madt_bytes(1).unwrap().len(), 44 + 8 + 12 + 2 * 10 + 6);
     }
 
     /// Decodes a PkgLength at `b[0..]`: (package length, bytes of the encoding).

@@ -8,6 +8,7 @@
 //! - [`i8042`]: just enough keyboard controller for Linux to probe quickly and to reset.
 //! - [`debug_exit`]: QEMU `isa-debug-exit` at 0xf4.
 //! - [`cmos`]: CMOS RTC (host UTC time, BCD) and CMOS RAM with memory sizes at 0x70/0x71.
+//! - [`acpi_pm`]: ACPI PM1a event/control registers at 0x600 (for the FADT in `arch::acpi`).
 //! - [`mmio`]: [`MmioBus`] maps guest-physical ranges to [`MmioDevice`]s; unmapped
 //!   addresses read as all ones and ignore writes.
 //! - [`virtio`]: the virtio-mmio transport (version 2) and a virtio-blk device backed
@@ -16,6 +17,7 @@
 //! No device panics on any offset, access size or value.
 #![deny(missing_docs)]
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
@@ -25,6 +27,7 @@ mod range_map;
 pub mod serial;
 pub mod virtio;
 
+pub use acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 pub use bus::{BusError, BusStats, DeviceAction, PioBus, PioDevice, VmExit};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_LEN};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};

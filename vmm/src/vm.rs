@@ -328,6 +328,14 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         ))),
     )
     .map_err(|e| Error::Device(e.to_string()))?;
+    // The ACPI PM1a registers the FADT (arch::acpi) points at.
+    const _: () = assert!(devices::ACPI_PM_BASE == arch::acpi::PM1A_EVT_BLK);
+    pio.insert(
+        devices::ACPI_PM_BASE,
+        devices::ACPI_PM_LEN,
+        Arc::new(Mutex::new(devices::AcpiPm::new())),
+    )
+    .map_err(|e| Error::Device(e.to_string()))?;
     pio.insert(
         devices::DEBUG_EXIT_PORT,
         devices::DEBUG_EXIT_LEN,
