@@ -136,8 +136,9 @@ pub struct UserspacePmu {
     vet_opts: VetOptions,
     audit: Option<Arc<AuditLog>>,
     tsc_khz: u64,
-    /// Counters currently fed by the clock (recomputed when `dirty`).
-    running: Vec<CounterId>,
+    /// Counters currently counting, with whether a host perf event feeds them (else the
+    /// clock); recomputed when `dirty`.
+    running: Vec<(CounterId, bool)>,
     feeds: Vec<(CounterId, Feed)>,
     dirty: bool,
     timer: Option<Timer>,
@@ -402,8 +403,10 @@ impl UserspacePmu {
     fn recompute_running(&mut self) {
         self.running.clear();
         for c in self.state.counters() {
-            if c.enabled && matches!(self.feed_of(c.id), Feed::Clock(_) | Feed::Perf) {
-                self.running.push(c.id);
+            match self.feed_of(c.id) {
+                Feed::Clock(_) if c.enabled => self.running.push((c.id, false)),
+                Feed::Perf if c.enabled => self.running.push((c.id, true)),
+                _ => {}
             }
         }
         self.dirty = false;
@@ -433,13 +436,13 @@ impl UserspacePmu {
         }
         let Some(timer) = &self.timer else { return };
         let mut nearest: Option<u64> = None;
-        for id in &self.running {
-            if self.feed_of(*id) == Feed::Perf {
+        for &(id, perf) in &self.running {
+            if perf {
                 continue; // host perf raises its own overflow signal
             }
-            if let Some(c) = self.state.counter(*id) {
+            if let Some(c) = self.state.counter(id) {
                 if c.pmi_on_overflow {
-                    if let Some(n) = self.state.counts_until_overflow(*id) {
+                    if let Some(n) = self.state.counts_until_overflow(id) {
                         nearest = Some(nearest.map_or(n, |m| m.min(n)));
                     }
                 }
@@ -489,13 +492,14 @@ impl VcpuPmu for UserspacePmu {
     fn after_run(&mut self, ran_tsc: u64, kicked: bool) -> bool {
         let mut pmi = false;
         for i in 0..self.running.len() {
-            let id = self.running[i];
-            let delta = match self.feed_of(id) {
-                Feed::Perf => match self.perf.iter_mut().find(|(c, _)| *c == id) {
+            let (id, perf) = self.running[i];
+            let delta = if perf {
+                match self.perf.iter_mut().find(|(c, _)| *c == id) {
                     Some((_, pc)) => pc.delta().unwrap_or(0),
                     None => 0,
-                },
-                _ => ran_tsc,
+                }
+            } else {
+                ran_tsc
             };
             if let Some(ovf) = self.state.add_count(id, delta) {
                 self.stats.overflows += 1;
