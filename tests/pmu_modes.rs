@@ -149,6 +149,34 @@ fn off_hides_the_pmu() {
     assert!(out(&o).contains("pmu: none"), "{}", out(&o));
 }
 
+/// `mov ecx, 0xc0010004; rdmsr; out 0xf4 <- 0x11`: with no IDT, a #GP on the RDMSR
+/// triple-faults; a read answered with 0 would reach the debug-exit instead.
+const READ_AMD_PERF_CTR0: &str = "b9040001c00f3266baf400b811000000eff4ebfd";
+
+#[test]
+fn off_makes_pmu_msrs_fault() {
+    need_kvm!("off_makes_pmu_msrs_fault");
+    let k = write_scratch(
+        "rd-perfctr0.elf",
+        &elf64(&hex(READ_AMD_PERF_CTR0), 0x20_0000),
+    );
+    let o = vmm(&["run", "--kernel", &k, "--pmu", "off", "--stats"]);
+    let e = err(&o);
+    if !e.contains("PMU MSRs #GP (MSR filter)") {
+        skip(
+            "off_makes_pmu_msrs_fault",
+            &format!("KVM lacks the MSR filter here: {e}"),
+        );
+        return;
+    }
+    assert_eq!(
+        status(&o),
+        4,
+        "RDMSR 0xc0010004 must #GP under --pmu off: {e}"
+    );
+    assert!(e.contains("triple fault"), "{e}");
+}
+
 #[test]
 fn demo_profile_in_userspace_mode() {
     need_kvm!("demo_profile_in_userspace_mode");

@@ -17,7 +17,9 @@ use kvm_bindings::{
     kvm_enable_cap, CpuId, KVM_CAP_PMU_CAPABILITY, KVM_CAP_X86_USER_SPACE_MSR,
     KVM_MSR_EXIT_REASON_FILTER,
 };
-use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
+use kvm_ioctls::{
+    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
+};
 use vpmu::discovery::{HostPmu, PmuMode};
 use vpmu::policy::{CompiledPolicy, Policy};
 use vpmu::PmuConfig;
@@ -40,6 +42,8 @@ pub struct PmuPlan {
     audit: Option<Arc<AuditLog>>,
     source: super::userspace::Source,
     kvm_pmu_disabled: bool,
+    /// `off` mode: PMU MSRs are routed to the VMM and #GP.
+    off_msrs_fault: bool,
 }
 
 fn kvm_pmu_disable(kvm: &Kvm, vm: &VmFd) -> Result<bool> {
@@ -165,9 +169,23 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         audit: None,
         source: super::userspace::Source::Clock,
         kvm_pmu_disabled: false,
+        off_msrs_fault: false,
     };
     if mode == PmuMode::Off {
         plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
+        // CPUID cannot hide AMD's legacy counters, and KVM answers some PMU MSRs with 0
+        // even with its vPMU off (e.g. AMD PERF_CTR0-3). Where KVM has the MSR filter,
+        // send every PMU MSR of the host's vendor to the VMM, which has no PMU to offer:
+        // each access #GPs, exactly as on a CPU without performance counters.
+        if kvm.check_extension(Cap::X86UserSpaceMsr) && kvm.check_extension(Cap::X86MsrFilter) {
+            let cpuid = kvm
+                .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+            if let Some(vendor) = vpmu::cpuid::vendor(cpuid.as_slice()) {
+                route_pmu_msrs_to_userspace(vm, vendor)?;
+                plan.off_msrs_fault = true;
+            }
+        }
         return Ok(plan);
     }
     let host = HostPmu::probe_system();
@@ -331,6 +349,9 @@ impl PmuPlan {
             } else {
                 ", KVM_PMU_CAP_DISABLE unavailable"
             });
+            if self.off_msrs_fault {
+                s.push_str(", PMU MSRs #GP (MSR filter)");
+            }
         }
         s
     }
