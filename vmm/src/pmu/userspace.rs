@@ -333,10 +333,9 @@ impl UserspacePmu {
             self.audit(msr, value, "gp", None, e.to_string());
             return false;
         }
-        let num_fixed = match self.state.config() {
-            PmuConfig::Intel(i) => i.num_fixed,
-            _ => 0,
-        };
+        // The model's count, clamped to what is modelled (<= 4): the raw layout's count
+        // could exceed 15 and shift a field past bit 63.
+        let num_fixed = self.state.model().num_fixed;
         for i in 0..num_fixed {
             let field = ((value >> (4 * u32::from(i))) & 0xf) as u8;
             let id = CounterId::Fixed(i);
@@ -568,5 +567,49 @@ impl VcpuPmu for UserspacePmu {
 
     fn summary_json(&self) -> serde_json::Value {
         serde_json::json!({ "vcpu": self.vcpu, "stats": self.stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vpmu::policy::Policy;
+    use vpmu::IntelPmu;
+
+    fn allow_all(vendor: Vendor, num_fixed: u8) -> Arc<CompiledPolicy> {
+        let src = "action = \"deny\"\n[[event]]\nname = \"instructions\"\n";
+        let p = Policy::from_toml(src).expect("policy");
+        Arc::new(p.compile(vendor, num_fixed).expect("compile"))
+    }
+
+    /// `PmuState` clamps an out-of-model layout (documented "never panics"); the vPMU built
+    /// on it must not index FIXED_CTR_CTRL fields by the unclamped fixed-counter count.
+    #[test]
+    fn fixed_ctrl_write_with_unclamped_layout_does_not_panic() {
+        let layout = PmuConfig::Intel(IntelPmu {
+            version: 5,
+            num_gp: 8,
+            gp_width: 48,
+            num_fixed: 20,
+            fixed_width: 48,
+            events_unavailable: 0,
+            events_len: 7,
+            perf_capabilities: None,
+        });
+        let mut pmu = UserspacePmu::new(
+            0,
+            Source::Clock,
+            &layout,
+            allow_all(Vendor::Intel, 4),
+            None,
+            1_000_000,
+        );
+        assert!(pmu.wrmsr(vpmu::model::intel::IA32_FIXED_CTR_CTRL, 0x2222));
+        assert_eq!(
+            pmu.rdmsr(vpmu::model::intel::IA32_FIXED_CTR_CTRL),
+            Some(0x2222)
+        );
+        pmu.before_run();
+        pmu.after_run(1000, false);
     }
 }
