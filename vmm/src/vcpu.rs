@@ -107,9 +107,36 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// Ends the VM if the vCPU thread unwinds from a panic (a VMM bug): without it the main
+/// thread would wait for a stop that never comes and the VMM would hang. Also forgets
+/// this thread's `kvm_run` pointer first, so a kick arriving after the vCPU fd is gone
+/// cannot write through it.
+struct EndOnPanic<'a> {
+    shared: &'a Shared,
+    vcpu: u8,
+}
+
+impl Drop for EndOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            kick::unregister_current();
+            self.shared.end(Outcome::VmmError {
+                vcpu: self.vcpu,
+                detail: "vCPU thread panicked (VMM bug)".into(),
+            });
+        }
+    }
+}
+
 impl Vcpu {
     /// Runs the vCPU until the VM stops. Call on the vCPU's own thread.
     pub fn run(mut self) -> (VcpuStats, Option<Box<dyn VcpuPmu>>) {
+        // Locals drop before `self`: on a panic the guard runs while the fd still exists.
+        let shared = self.shared.clone();
+        let _guard = EndOnPanic {
+            shared: &shared,
+            vcpu: self.index,
+        };
         kick::register_current(self.fd.get_kvm_run() as *mut _);
         if let Some(slot) = self.shared.tids.get(self.index as usize) {
             slot.store(kick::current_tid(), Ordering::SeqCst);
@@ -346,5 +373,49 @@ fn handle_exit(
             vcpu: index,
             detail: format!("unhandled VM exit {other:?}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panicking vCPU thread must end the VM (the main thread waits for that), not
+    /// leave the VMM hanging.
+    #[test]
+    fn vcpu_thread_panic_ends_the_vm() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            println!("SKIPPED vcpu_thread_panic_ends_the_vm: /dev/kvm unusable");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().expect("create_vm"));
+        let shared = Arc::new(Shared {
+            pio: PioBus::new(),
+            mmio: MmioBus::new(),
+            vm,
+            stopping: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            tids: Vec::new(),
+            stop_evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            started: Instant::now(),
+            first_entry_ns: std::sync::atomic::AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let r = std::thread::spawn(move || {
+            let _guard = EndOnPanic {
+                shared: &s,
+                vcpu: 3,
+            };
+            panic!("injected");
+        })
+        .join();
+        assert!(r.is_err());
+        assert!(shared.stopping.load(Ordering::SeqCst));
+        assert_eq!(shared.stop_evt.read().expect("stop signalled"), 1);
+        let outcome = shared.outcome.lock().expect("lock").clone();
+        assert!(
+            matches!(outcome, Some(Outcome::VmmError { vcpu: 3, .. })),
+            "{outcome:?}"
+        );
     }
 }
