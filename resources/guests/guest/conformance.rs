@@ -14,6 +14,8 @@ mod cmdline;
 mod fmt;
 #[path = "pure/layout.rs"]
 mod layout;
+#[path = "pure/lfsr.rs"]
+mod lfsr;
 mod pmu;
 mod rt;
 
@@ -149,6 +151,10 @@ pub fn guest_main(cpu: u32, cmd: &'static str, _ncpus: u32) -> ! {
         rt::halt_forever();
     }
     let cmd = Cmdline::new(cmd);
+    if let Some(n) = cmd.get_u64("fuzz") {
+        rt::set_nmi_hook(pmi);
+        fuzz(n, cmd.u64_or("seed", 1));
+    }
     let mut t = Tap {
         n: 0,
         pass: 0,
@@ -972,4 +978,191 @@ fn clear_status(lay: &Layout, bits: u64) {
         }
         _ => {}
     }
+}
+
+// ------------------------------------------------------------------- fuzz
+
+/// Every PMU MSR range of both vendors, `(base, count)`, as the VMM traps them.
+const FUZZ_RANGES: [(u32, u32); 10] = [
+    (0xc1, 8),           // Intel IA32_PMCx
+    (0x186, 8),          // Intel IA32_PERFEVTSELx
+    (0x309, 7),          // Intel IA32_FIXED_CTRx (0x309..=0x30f)
+    (0x329, 1),          // Intel MSR_PERF_METRICS
+    (0x345, 1),          // Intel IA32_PERF_CAPABILITIES
+    (0x38d, 6),          // Intel FIXED_CTR_CTRL, GLOBAL_STATUS/CTRL/OVF_CTRL/STATUS_SET/INUSE
+    (0x4c1, 8),          // Intel IA32_A_PMCx
+    (0xc001_0000, 8),    // AMD legacy PerfEvtSel0-3 / PerfCtr0-3
+    (0xc001_0200, 32),   // AMD PERF_CTL/CTR (core ext), and the trapped room beyond
+    (0xc000_0300, 4),    // AMD PerfMonV2 GLOBAL_STATUS/CTL/STATUS_CLR/STATUS_SET
+];
+
+/// Neighbours of the PMU ranges that no PMU has and KVM does not emulate (so writing
+/// garbage to them cannot hurt the guest itself): they must #GP or be ignored.
+const FUZZ_OUTSIDE: [u32; 17] = [
+    0xc0,
+    0xc9,
+    0x185,
+    0x18e,
+    0x308,
+    0x310,
+    0x344,
+    0x346,
+    0x38c,
+    0x393,
+    0x4c0,
+    0x4c9,
+    0xc001_0008,
+    0xc001_000f,
+    0xc001_0220,
+    0xc000_02ff,
+    0xc000_0304,
+];
+
+fn fuzz_msr(r: &mut lfsr::Rng) -> u32 {
+    if r.below(8) == 0 {
+        let i = r.below(FUZZ_OUTSIDE.len() as u64) as usize;
+        return FUZZ_OUTSIDE.get(i).copied().unwrap_or(0xc0);
+    }
+    let i = r.below(FUZZ_RANGES.len() as u64) as usize;
+    let (base, count) = FUZZ_RANGES.get(i).copied().unwrap_or((0xc1, 8));
+    base + r.below(count as u64) as u32
+}
+
+/// A 64-bit value biased toward the interesting ones: 0, all-ones, single bits and their
+/// complements, width masks, sign boundaries, reserved-bit patterns of selectors and
+/// control registers, plausible programmings, and plain random values.
+fn fuzz_value(r: &mut lfsr::Rng) -> u64 {
+    let x = r.next_u64();
+    let bit = 1u64 << (x & 63);
+    let ctl = EVTSEL_EN | EVTSEL_USR | EVTSEL_OS | EVTSEL_INT;
+    match r.below(13) {
+        0 => 0,
+        1 => u64::MAX,
+        2 => bit,
+        3 => !bit,
+        4 => bit.wrapping_sub(1), // width masks 2^k - 1
+        5 => match (x >> 8) & 7 {
+            // sign and width boundaries
+            0 => 0x7fff_ffff,
+            1 => 0x8000_0000,
+            2 => 0xffff_ffff,
+            3 => 1 << 32,
+            4 => i64::MAX as u64,
+            5 => 1 << 63,
+            6 => (1 << 48) - 1,
+            _ => 1 << 48,
+        },
+        6 => {
+            // An enabled selector with one reserved / restricted field set: bit 63,
+            // IN_TX/IN_TXCP or AMD EventSelect[11:8], AMD HG_ONLY, AnyThread, PC, 39:36.
+            let reserved = match (x >> 8) & 7 {
+                0 => 1 << 63,
+                1 => 3 << 32,
+                2 => 0xf << 32,
+                3 => 3 << 40,
+                4 => 1 << 21,
+                5 => 1 << 19,
+                6 => 0xf << 36,
+                _ => 1 << 42,
+            };
+            ctl | (x & 0xffff) | reserved
+        }
+        7 => {
+            // Plausible programming: a cycles / instructions event, or any event/umask,
+            // with random qualifier bits (edge, inv, cmask).
+            let ev = match (x >> 40) & 3 {
+                0 => 0x3c,
+                1 => 0x76,
+                2 => 0xc0,
+                _ => x & 0xffff,
+            };
+            let quals = if (x >> 44) & 3 == 0 { x & 0xff84_0000 } else { 0 };
+            ev | (ctl & x) | EVTSEL_EN | quals
+        }
+        10 => {
+            // Counter values just below a wrap (48-bit, and 32-bit sign-extended writes).
+            let d = x & 0xffff;
+            if (x >> 20) & 1 == 0 {
+                (1u64 << 48) - 1 - d
+            } else {
+                0xffff_ffff_ffff_ffff - d
+            }
+        }
+        8 => match (x >> 8) & 3 {
+            // FIXED_CTR_CTRL fields (with AnyThread / PMI, beyond the counters)
+            0 => x & 0xffff,
+            1 => 0xbbbb,
+            2 => 0x2222_2222,
+            _ => (x & 0xf) << ((x >> 16) & 60),
+        },
+        9 => match (x >> 8) & 3 {
+            // GLOBAL_CTRL / STATUS patterns: counter bits, fixed bits, OvfBuf, CondChgd
+            0 => x & 0x0000_000f_0000_00ff,
+            1 => 0xc000_0000_0000_0000 | (x & 0xff),
+            2 => 0x0000_000f_0000_00ff | bit,
+            _ => x & 0xffff_ffff,
+        },
+        _ => x,
+    }
+}
+
+/// `fuzz=N [seed=S]`: N pseudo-random RDMSR/WRMSR accesses to PMU MSRs of both vendors
+/// (and some neighbours), with a short CPL3 run every 64 accesses so the VMM charges
+/// whatever got programmed and delivers PMIs (LVTPC = NMI). Faults must be #GP and
+/// nothing else; the guest must survive. Exits V=0, or V=1 on any other exception.
+fn fuzz(n: u64, seed: u64) -> ! {
+    let lay = pmu::detect();
+    let mut l = Line::new();
+    l.s("# vpmu msr fuzz: pmu ");
+    pmu::describe(&lay, &mut l);
+    rt::println(&l);
+    rt::lapic_pmi_nmi();
+    let mut r = lfsr::Rng::new(seed ^ 0x5eed_f022_0000_0000);
+    let (mut gp, mut reads, mut writes, mut other) = (0u64, 0u64, 0u64, 0u64);
+    let nmi0 = PMI_COUNT.load(Ordering::SeqCst);
+    let mut i = 0u64;
+    while i < n {
+        let msr = fuzz_msr(&mut r);
+        let res = if r.next_u64() & 1 == 0 {
+            reads += 1;
+            rt::rdmsr_safe(msr).map(|_| ())
+        } else {
+            writes += 1;
+            rt::wrmsr_safe(msr, fuzz_value(&mut r))
+        };
+        match res {
+            Ok(()) => {}
+            Err(13) => gp += 1,
+            Err(v) => {
+                other += 1;
+                l.clear();
+                l.s("# fuzz: MSR ").x(msr as u64).s(" raised exception ").u(v);
+                rt::println(&l);
+            }
+        }
+        i += 1;
+        if i % 64 == 0 {
+            rt::run_user(busy, 2000);
+        }
+    }
+    l.clear();
+    l.s("# fuzz: ")
+        .u(reads)
+        .s(" reads, ")
+        .u(writes)
+        .s(" writes, ")
+        .u(PMI_COUNT.load(Ordering::SeqCst).wrapping_sub(nmi0))
+        .s(" PMIs, ")
+        .u(other)
+        .s(" other exceptions");
+    rt::println(&l);
+    l.clear();
+    l.s("fuzz: ")
+        .u(n)
+        .s(" accesses, ")
+        .u(gp)
+        .s(" #GP, seed ")
+        .u(seed);
+    rt::println(&l);
+    rt::exit(if other == 0 { 0 } else { 1 })
 }
