@@ -103,6 +103,11 @@ struct RunArgs {
     /// Print VM exit statistics and vPMU summaries to stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// Write the run report as JSON to FILE at the end: outcome, exits by reason per
+    /// vCPU, and for the userspace vPMU its statistics and every event the guest
+    /// programmed with its verdict (counting, denied, unsupported).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -237,6 +242,14 @@ fn main() -> ExitCode {
             };
             match vmm::run(config) {
                 Ok(report) => {
+                    if let Some(path) = &a.report {
+                        let written = serde_json::to_vec_pretty(&report)
+                            .map_err(|e| e.to_string())
+                            .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
+                        if let Err(e) = written {
+                            return fail(format!("cannot write report {}: {e}", path.display()));
+                        }
+                    }
                     let status = report.outcome.exit_status();
                     finish(report, a.stats, status)
                 }

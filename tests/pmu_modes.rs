@@ -109,6 +109,8 @@ umask_mask = 0xff
     );
     let audit = scratch("audit.jsonl");
     let audit_s = audit.to_string_lossy().into_owned();
+    let report = scratch("report.json");
+    let report_s = report.to_string_lossy().into_owned();
     assert_conformance_passes(&[
         "--pmu",
         "userspace",
@@ -118,9 +120,30 @@ umask_mask = 0xff
         &policy,
         "--pmu-audit",
         &audit_s,
+        "--report",
+        &report_s,
         "--cmdline",
         "denied=0x76:0x01",
     ]);
+    // The run report says what the guest programmed and what the vPMU did with it.
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
+            .expect("report is JSON");
+    let programmed = rep["pmu"][0]["programmed"]
+        .as_array()
+        .expect("programmed list")
+        .clone();
+    let has = |ev: &str, verdict: &str| {
+        programmed
+            .iter()
+            .any(|p| p["event"] == ev && p["verdict"] == verdict)
+    };
+    assert!(has("0x76/0x01", "denied"), "{programmed:?}");
+    assert!(has("0x76/0x00", "counting"), "{programmed:?}");
+    assert!(
+        rep["vcpus"][0]["msr_write"].as_u64().unwrap_or(0) > 0,
+        "{rep}"
+    );
     let log = std::fs::read_to_string(&audit).expect("audit log written");
     let denied: Vec<serde_json::Value> = log
         .lines()

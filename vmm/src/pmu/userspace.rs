@@ -60,6 +60,23 @@ pub struct Stats {
     pub timer_arms: u64,
 }
 
+/// One line of "what the guest programmed": an event and what the vPMU did with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Programmed {
+    /// `0x3c/0x00`-style event select / unit mask, or `fixed0`..`fixed3`.
+    pub event: String,
+    /// The event's perf name, when it is one of the named events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'static str>,
+    /// counting | denied | unsupported.
+    pub verdict: &'static str,
+    /// How many enabling programmings.
+    pub count: u64,
+}
+
+/// Distinct entries kept per vCPU; beyond this, programmings are tallied as `other`.
+const MAX_PROGRAMMED: usize = 64;
+
 /// Why a counter does not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Feed {
@@ -145,6 +162,7 @@ pub struct UserspacePmu {
     timer_dirty: bool,
     armed_deadline_tsc: Option<u64>,
     prev_fixed_ctrl: Option<u64>,
+    programmed: Vec<Programmed>,
     stats: Stats,
 }
 
@@ -183,6 +201,7 @@ impl UserspacePmu {
             timer_dirty: true,
             armed_deadline_tsc: None,
             prev_fixed_ctrl: None,
+            programmed: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -232,6 +251,44 @@ impl UserspacePmu {
             Some(slot) => slot.1 = feed,
             None => self.feeds.push((id, feed)),
         }
+    }
+
+    /// Tallies one enabling programming (bounded: a guest cannot grow this without limit).
+    fn record(&mut self, event: String, name: Option<&'static str>, feed: Feed) {
+        let verdict = match feed {
+            Feed::Clock(_) | Feed::Perf => "counting",
+            Feed::Denied => "denied",
+            Feed::Refused(_) => "unsupported",
+            Feed::Idle => return,
+        };
+        let full = self.programmed.len() >= MAX_PROGRAMMED;
+        let known = self
+            .programmed
+            .iter()
+            .any(|p| p.event == event && p.verdict == verdict);
+        let (event, name) = if full && !known {
+            ("other".to_string(), None)
+        } else {
+            (event, name)
+        };
+        match self
+            .programmed
+            .iter_mut()
+            .find(|p| p.event == event && p.verdict == verdict)
+        {
+            Some(p) => p.count += 1,
+            None => self.programmed.push(Programmed {
+                event,
+                name,
+                verdict,
+                count: 1,
+            }),
+        }
+    }
+
+    /// What the guest programmed so far.
+    pub fn programmed(&self) -> &[Programmed] {
+        &self.programmed
     }
 
     /// Vets and applies a GP event-selector write. `false` = #GP.
@@ -284,6 +341,13 @@ impl UserspacePmu {
                 }
             }
         };
+        if sel.en {
+            let name = vpmu::events::named_events(self.vendor)
+                .iter()
+                .find(|n| n.event == sel.event && n.umask == sel.umask)
+                .map(|n| n.name);
+            self.record(format!("{:#x}/{:#04x}", sel.event, sel.umask), name, feed);
+        }
         self.set_feed(id, feed);
         true
     }
@@ -394,6 +458,12 @@ impl UserspacePmu {
                     }
                 }
             };
+            if self.fixed_field(i) != Some(field) {
+                let name = ["instructions", "cycles", "ref-cycles", "slots"]
+                    .get(usize::from(i))
+                    .copied();
+                self.record(format!("fixed{i}"), name, feed);
+            }
             self.set_feed(id, feed);
         }
         true
@@ -559,14 +629,26 @@ impl VcpuPmu for UserspacePmu {
 
     fn summary(&self) -> String {
         let s = &self.stats;
-        format!(
+        let mut line = format!(
             "userspace vPMU: {} MSR reads, {} writes, {} #GP, {} denied, {} unsupported, {} overflows, {} PMIs",
             s.reads, s.writes, s.gp, s.denied, s.unsupported, s.overflows, s.pmis
-        )
+        );
+        if !self.programmed.is_empty() {
+            let items: Vec<String> = self
+                .programmed
+                .iter()
+                .map(|p| {
+                    let name = p.name.map(|n| format!(" {n}")).unwrap_or_default();
+                    format!("{}{name} {} x{}", p.event, p.verdict, p.count)
+                })
+                .collect();
+            line.push_str(&format!("; programmed: {}", items.join(", ")));
+        }
+        line
     }
 
     fn summary_json(&self) -> serde_json::Value {
-        serde_json::json!({ "vcpu": self.vcpu, "stats": self.stats })
+        serde_json::json!({ "vcpu": self.vcpu, "stats": self.stats, "programmed": self.programmed })
     }
 }
 
