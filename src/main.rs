@@ -60,9 +60,10 @@ enum Cmd {
 #[derive(Args, Clone)]
 struct PmuArgs {
     /// vPMU mode: off, emulated (KVM perf-based), passthrough (KVM mediated), userspace
-    /// (the VMM's own vPMU), or auto (the best one this host offers).
-    #[arg(long, default_value = "off")]
-    pmu: String,
+    /// (the VMM's own vPMU), or auto (passthrough, then emulated, then userspace, whichever
+    /// this host offers first). Default: off for `run`, auto for `demo`.
+    #[arg(long)]
+    pmu: Option<String>,
     /// Allowlist policy (TOML, see docs/POLICY.md); default: the built-in policy
     /// (architectural events only).
     #[arg(long, value_name = "FILE")]
@@ -74,6 +75,19 @@ struct PmuArgs {
     /// Write denied/faulting PMU programming attempts as JSON lines to FILE.
     #[arg(long, value_name = "FILE")]
     pmu_audit: Option<PathBuf>,
+}
+
+impl PmuArgs {
+    /// The VM's vPMU settings, with `--pmu` resolved (`default` when not given).
+    fn settings(self, default: &str) -> Result<PmuSettings, String> {
+        let mode = resolve_mode(self.pmu.as_deref().unwrap_or(default))?;
+        Ok(PmuSettings {
+            mode,
+            layout: self.pmu_layout,
+            policy: self.pmu_policy,
+            audit: self.pmu_audit,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -119,27 +133,15 @@ struct DemoArgs {
     #[arg(long, default_value = "")]
     cmdline: String,
     #[command(flatten)]
-    pmu: DemoPmuArgs,
+    pmu: PmuArgs,
     /// Print VM exit statistics and vPMU summaries to stderr at the end.
     #[arg(long)]
     stats: bool,
 }
 
-#[derive(Args, Clone)]
-struct DemoPmuArgs {
-    /// vPMU mode (default auto: passthrough, then emulated, then userspace, whichever this
-    /// host offers first).
-    #[arg(long, default_value = "auto")]
-    pmu: String,
-    /// Allowlist policy (TOML); default: the built-in policy.
-    #[arg(long, value_name = "FILE")]
-    pmu_policy: Option<PathBuf>,
-    /// Guest PMU layout (default: host).
-    #[arg(long, value_name = "SPEC", default_value = "host")]
-    pmu_layout: String,
-    /// JSON-lines audit log of denied/faulting PMU programming attempts.
-    #[arg(long, value_name = "FILE")]
-    pmu_audit: Option<PathBuf>,
+/// `--cpus` as the VMM's type (range-checked again by `VmConfig::validate`).
+fn cpu_count(n: u64) -> Result<u8, vmm::error::ConfigError> {
+    u8::try_from(n).map_err(|_| vmm::error::ConfigError::Cpus(n))
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -210,13 +212,13 @@ fn main() -> ExitCode {
                 Ok(m) => m,
                 Err(e) => return fail(e),
             };
-            let mode = match resolve_mode(&a.pmu.pmu) {
-                Ok(m) => m,
+            let pmu = match a.pmu.settings("off") {
+                Ok(p) => p,
                 Err(e) => return fail(e),
             };
-            let cpus = match u8::try_from(a.cpus) {
+            let cpus = match cpu_count(a.cpus) {
                 Ok(c) => c,
-                Err(_) => return fail(vmm::error::ConfigError::Cpus(a.cpus)),
+                Err(e) => return fail(e),
             };
             let mut disks = Vec::with_capacity(a.disk.len());
             for d in &a.disk {
@@ -231,12 +233,7 @@ fn main() -> ExitCode {
                 cmdline: a.cmdline,
                 cpus,
                 memory,
-                pmu: PmuSettings {
-                    mode,
-                    layout: a.pmu.pmu_layout,
-                    policy: a.pmu.pmu_policy,
-                    audit: a.pmu.pmu_audit,
-                },
+                pmu,
                 console: Console::Stdio,
                 disks,
             };
@@ -257,13 +254,13 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Demo(a) => {
-            let mode = match resolve_mode(&a.pmu.pmu) {
-                Ok(m) => m,
+            let pmu = match a.pmu.settings("auto") {
+                Ok(p) => p,
                 Err(e) => return fail(e),
             };
-            let cpus = match u8::try_from(a.cpus) {
+            let cpus = match cpu_count(a.cpus) {
                 Ok(c) => c,
-                Err(_) => return fail(vmm::error::ConfigError::Cpus(a.cpus)),
+                Err(e) => return fail(e),
             };
             let mut config = VmConfig::new(KernelImage::Builtin {
                 name: "demo".into(),
@@ -271,12 +268,7 @@ fn main() -> ExitCode {
             });
             config.cpus = cpus;
             config.cmdline = a.cmdline;
-            config.pmu = PmuSettings {
-                mode,
-                layout: a.pmu.pmu_layout,
-                policy: a.pmu.pmu_policy,
-                audit: a.pmu.pmu_audit,
-            };
+            config.pmu = pmu;
             match vmm::run(config) {
                 Ok(report) => {
                     // The demo reports its own code V through 0xf4; give V back as-is.
