@@ -110,8 +110,9 @@ struct RunArgs {
     #[command(flatten)]
     pmu: PmuArgs,
     /// A virtio-blk disk (virtio-mmio) backed by the raw image file PATH; `,ro` makes it
-    /// read-only. Repeatable: /dev/vda, /dev/vdb, ... (at most 8). For Linux guests
-    /// `virtio_mmio.device=4K@0xd0000000:5` (one per disk) is added to the command line.
+    /// read-only. Repeatable: /dev/vda, /dev/vdb, ... (at most 8). Linux guests find them
+    /// in the ACPI DSDT (_HID LNRO0005); only with `acpi=off` in --cmdline is
+    /// `virtio_mmio.device=4K@0xd0000000:5` (one per disk) added to the command line.
     #[arg(long, value_name = "PATH[,ro]")]
     disk: Vec<String>,
     /// Print VM exit statistics and vPMU summaries to stderr at the end.

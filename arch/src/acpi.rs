@@ -13,7 +13,9 @@
 //!              PM1a control block at 0x604 (`devices::AcpiPm`); no PM timer, no GPEs;
 //!              IAPC_BOOT_ARCH: legacy devices + 8042 present, no VGA; century = 0x32
 //! ....   DSDT  \_SB.COM1 (PNP0501, 0x3f8, IRQ 4), \_SB.PS2K (PNP0303, 0x60/0x64, IRQ 1),
-//!              \_SB.RTC_ (PNP0B00, 0x70, IRQ 8)
+//!              \_SB.RTC_ (PNP0B00, 0x70, IRQ 8); one \_SB.VRnn ("LNRO0005", _UID n,
+//!              Memory32Fixed + Extended Interrupt) per virtio-mmio device
+//!              ([`AcpiConfig::virtio_mmio`])
 //! ....   MADT  LAPIC address 0xfee00000, PCAT_COMPAT; one Processor Local APIC per vCPU
 //!              (processor UID = APIC id = index, enabled); one I/O APIC (id = number of
 //!              CPUs as in the MP table, 0xfec00000, GSI base 0); interrupt source
@@ -28,8 +30,8 @@
 //! makes Linux drop the 8259 PIC (`acpi_generic_reduced_hw_init`): ISA IRQ numbers then
 //! exist only for devices the DSDT describes, and get other Linux numbers (ttyS0 "irq =
 //! 25"). Drivers using fixed ISA IRQs break: `i8042.nopnp` (IRQ 1) and, above all, the
-//! `virtio_mmio.device=4K@<base>:<irq>` disks (GSI 5, 6, ...; request_irq fails and no
-//! disk appears). With a full FADT Linux keeps the PIC and the 1:1 ISA IRQ numbering of
+//! `virtio_mmio.device=4K@<base>:<irq>` disks (GSI 5, 6, ...; how vpmu-vmm announced them
+//! then, and still does with `acpi=off`): request_irq fails and no disk appears. With a full FADT Linux keeps the PIC and the 1:1 ISA IRQ numbering of
 //! the MP-table world. The SCI is never raised (no fixed or general-purpose events).
 //! Its IRQ is 3, not the usual 9, because GSI 9 is a virtio disk's (edge) interrupt and a
 //! level-triggered SCI cannot share it.
@@ -42,6 +44,26 @@
 //! Linux learns the RSDP address from `boot_params.acpi_rsdp_addr` (bzImage,
 //! [`crate::zero_page::ZeroPageConfig::rsdp_addr`]) or `hvm_start_info.rsdp_paddr` (PVH);
 //! older kernels find it by scanning 0xe0000..0xfffff on 16-byte boundaries.
+//!
+//! **virtio-mmio devices** are announced the way QEMU (microvm, arm virt), Firecracker and
+//! Cloud Hypervisor do, so that Linux's `virtio_mmio` driver binds through its ACPI match
+//! table (`virtio_mmio_acpi_match`: `{ "LNRO0005", }`) with no kernel command line
+//! parameter and without `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`:
+//!
+//! ```text
+//! Device (VR00) {
+//!     Name (_HID, "LNRO0005")        // a string: 8 characters, not an EISA id
+//!     Name (_UID, 0)
+//!     Name (_CRS, ResourceTemplate () {
+//!         Memory32Fixed (ReadWrite, 0xd0000000, 0x1000)
+//!         Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 5 }
+//!     })
+//! }
+//! ```
+//!
+//! Edge, active high, exclusive: the VMM raises the line with an irqfd on an IOAPIC pin
+//! (KVM's default routing, GSI n = pin n), a pulse, never held. Firecracker's x86 DSDT
+//! uses the same flags; QEMU microvm's level flags match its level-triggered lines.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
@@ -143,6 +165,20 @@ pub enum AcpiError {
         /// Size of the region.
         max: u64,
     },
+    /// A virtio-mmio device the DSDT cannot describe.
+    #[error("cannot describe virtio-mmio device {index} ({base:#x}, {size:#x} bytes, GSI {gsi}) in the DSDT: {why}")]
+    BadVirtioMmio {
+        /// Index in [`AcpiConfig::virtio_mmio`].
+        index: usize,
+        /// Base address.
+        base: u64,
+        /// Size.
+        size: u32,
+        /// Interrupt.
+        gsi: u32,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// Guest memory write.
     #[error("writing the ACPI tables at {addr:#x} ({len} bytes): {source}")]
     Write {
@@ -198,6 +234,18 @@ mod aml {
     const DWORD_PREFIX: u8 = 0x0c;
     const EXT_OP_PREFIX: u8 = 0x5b;
     const DEVICE_OP: u8 = 0x82;
+    const STRING_PREFIX: u8 = 0x0d;
+    const QWORD_PREFIX: u8 = 0x0e;
+    const ZERO_OP: u8 = 0x00;
+    const ONE_OP: u8 = 0x01;
+    /// Large resource descriptors (6.4.3).
+    const MEMORY32_FIXED_TAG: u8 = 0x86;
+    const EXTENDED_IRQ_TAG: u8 = 0x89;
+    /// Extended Interrupt flags (6.4.3.6): bit 0 consumer, bit 1 edge, bit 2 active low,
+    /// bit 3 shared, bit 4 wake capable.
+    pub const EXT_IRQ_CONSUMER: u8 = 1 << 0;
+    /// Edge triggered (clear: level).
+    pub const EXT_IRQ_EDGE: u8 = 1 << 1;
     /// Small resource descriptors (6.4.2).
     const IO_PORT_TAG: u8 = 0x47;
     const IRQ_NO_FLAGS_TAG: u8 = 0x22;
@@ -275,6 +323,42 @@ mod aml {
         out
     }
 
+    /// A string constant: `"text"` (ASCII, NUL-terminated).
+    pub fn string(text: &str) -> Vec<u8> {
+        let mut v = vec![STRING_PREFIX];
+        v.extend_from_slice(text.as_bytes());
+        v.push(0);
+        v
+    }
+
+    /// An integer constant in its shortest encoding (ZeroOp, OneOp, Byte/Word/DWord/QWord).
+    pub fn integer(n: u64) -> Vec<u8> {
+        match n {
+            0 => vec![ZERO_OP],
+            1 => vec![ONE_OP],
+            2..=0xff => vec![BYTE_PREFIX, n as u8],
+            0x100..=0xffff => [&[WORD_PREFIX][..], &(n as u16).to_le_bytes()].concat(),
+            0x1_0000..=0xffff_ffff => [&[DWORD_PREFIX][..], &(n as u32).to_le_bytes()].concat(),
+            _ => [&[QWORD_PREFIX][..], &n.to_le_bytes()].concat(),
+        }
+    }
+
+    /// `Memory32Fixed(ReadWrite, base, len)`.
+    pub fn memory32_fixed(base: u32, len: u32) -> Vec<u8> {
+        let mut v = vec![MEMORY32_FIXED_TAG, 9, 0, 0x01]; // length 9, read-write
+        v.extend_from_slice(&base.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        v
+    }
+
+    /// `Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }`.
+    pub fn extended_irq_edge(gsi: u32) -> Vec<u8> {
+        // Length 6: flags, table length (1), one 32-bit interrupt number.
+        let mut v = vec![EXTENDED_IRQ_TAG, 6, 0, EXT_IRQ_CONSUMER | EXT_IRQ_EDGE, 1];
+        v.extend_from_slice(&gsi.to_le_bytes());
+        v
+    }
+
     /// `IO(Decode16, base, base, 1, len)`.
     pub fn io(base: u16, len: u8) -> Vec<u8> {
         let [lo, hi] = base.to_le_bytes();
@@ -342,9 +426,82 @@ pub const LEGACY_DEVICES: [LegacyDevice; 3] = [
     },
 ];
 
+/// A virtio-mmio device (VIRTIO 1.2 4.2) to announce in the DSDT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmioDevice {
+    /// Guest-physical base of its register window (below 4 GiB: Memory32Fixed).
+    pub base: u64,
+    /// Size of the window.
+    pub size: u32,
+    /// Its interrupt (GSI = IOAPIC pin), raised edge-triggered, active high.
+    pub gsi: u32,
+}
+
+/// `_HID` of a virtio-mmio device: Linux's `virtio_mmio_acpi_match`.
+pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+
+/// Most virtio-mmio devices the DSDT describes (names `VR00`..`VRFF`).
+pub const MAX_VIRTIO_MMIO: usize = 256;
+
+/// What the ACPI tables describe beyond the fixed platform.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcpiConfig {
+    /// Number of vCPUs (1..=[`MAX_CPUS`]).
+    pub cpus: u32,
+    /// virtio-mmio devices, announced as `\_SB.VRnn` (n = index, hex) with `_UID` n.
+    pub virtio_mmio: Vec<VirtioMmioDevice>,
+}
+
+impl AcpiConfig {
+    /// `cpus` vCPUs and no virtio-mmio devices.
+    pub fn with_cpus(cpus: u32) -> Self {
+        AcpiConfig {
+            cpus,
+            virtio_mmio: Vec::new(),
+        }
+    }
+}
+
+/// ACPI name segment of virtio-mmio device `index` (< [`MAX_VIRTIO_MMIO`]): `VR00`, `VR01`,
+/// ..., `VR0A`, ... `VRFF`.
+pub fn virtio_mmio_name(index: usize) -> [u8; 4] {
+    let hex = b"0123456789ABCDEF";
+    [b'V', b'R', hex[(index >> 4) & 0xf], hex[index & 0xf]]
+}
+
+/// `Device(VRnn) { _HID "LNRO0005", _UID index, _CRS { Memory32Fixed, Interrupt } }`.
+fn virtio_mmio_device_aml(index: usize, d: &VirtioMmioDevice) -> Result<Vec<u8>, AcpiError> {
+    let bad = |why| AcpiError::BadVirtioMmio {
+        index,
+        base: d.base,
+        size: d.size,
+        gsi: d.gsi,
+        why,
+    };
+    if index >= MAX_VIRTIO_MMIO {
+        return Err(bad("too many devices"));
+    }
+    if d.size == 0 {
+        return Err(bad("empty window"));
+    }
+    let base = u32::try_from(d.base).map_err(|_| bad("base above 4 GiB"))?;
+    if u64::from(base) + u64::from(d.size) > 1 << 32 {
+        return Err(bad("window crosses 4 GiB"));
+    }
+    let mut body = aml::name(b"_HID", &aml::string(VIRTIO_MMIO_HID));
+    body.extend_from_slice(&aml::name(b"_UID", &aml::integer(index as u64)));
+    let crs = aml::resource_template(&[
+        aml::memory32_fixed(base, d.size),
+        aml::extended_irq_edge(d.gsi),
+    ]);
+    body.extend_from_slice(&aml::name(b"_CRS", &crs));
+    Ok(aml::device(&virtio_mmio_name(index), &body))
+}
+
 /// The DSDT: `Scope(\_SB)` with one device per entry of [`LEGACY_DEVICES`]
-/// (`_HID`, `_UID`, `_CRS` with its I/O ports and IRQ).
-pub fn dsdt_bytes() -> Vec<u8> {
+/// (`_HID`, `_UID`, `_CRS` with its I/O ports and IRQ), then one `LNRO0005` device per
+/// virtio-mmio device.
+pub fn dsdt_bytes(virtio_mmio: &[VirtioMmioDevice]) -> Result<Vec<u8>, AcpiError> {
     let mut sb = Vec::new();
     for d in LEGACY_DEVICES {
         let mut res: Vec<Vec<u8>> = d.ports.iter().map(|&(p, l)| aml::io(p, l)).collect();
@@ -354,9 +511,12 @@ pub fn dsdt_bytes() -> Vec<u8> {
         body.extend_from_slice(&aml::name(b"_CRS", &aml::resource_template(&res)));
         sb.extend_from_slice(&aml::device(d.name, &body));
     }
+    for (i, d) in virtio_mmio.iter().enumerate() {
+        sb.extend_from_slice(&virtio_mmio_device_aml(i, d)?);
+    }
     let mut t = header(b"DSDT", DSDT_REVISION, b"VPMUDSDT");
     t.extend_from_slice(&aml::root_scope(b"_SB_", &sb));
-    finish(t)
+    Ok(finish(t))
 }
 
 /// The FACS: no waking vector, no global lock owner, version 2 (no checksum).
@@ -495,8 +655,9 @@ pub struct AcpiLayout {
 
 /// All tables as one block to place at [`ACPI_START`] (the RSDP first), and where each
 /// table is inside it.
-pub fn acpi_tables_bytes(num_cpus: u32) -> Result<(Vec<u8>, AcpiLayout), AcpiError> {
-    let madt = madt_bytes(num_cpus)?;
+pub fn acpi_tables_bytes(config: &AcpiConfig) -> Result<(Vec<u8>, AcpiLayout), AcpiError> {
+    let madt = madt_bytes(config.cpus)?;
+    let dsdt = dsdt_bytes(&config.virtio_mmio)?;
     let addr = |off: usize| ACPI_START + off as u64;
     let mut b = vec![0u8; RSDP_SIZE];
     let facs_off = RSDP_SIZE.next_multiple_of(64);
@@ -506,7 +667,6 @@ pub fn acpi_tables_bytes(num_cpus: u32) -> Result<(Vec<u8>, AcpiLayout), AcpiErr
     let xsdt_len = HEADER_SIZE + 2 * 8;
     let fadt_off = (xsdt_off + xsdt_len).next_multiple_of(16);
     let dsdt_off = (fadt_off + FADT_SIZE).next_multiple_of(16);
-    let dsdt = dsdt_bytes();
     let madt_off = (dsdt_off + dsdt.len()).next_multiple_of(16);
     let xsdt = xsdt_bytes(&[addr(fadt_off), addr(madt_off)]);
     debug_assert_eq!(xsdt.len(), xsdt_len);
@@ -534,12 +694,12 @@ pub fn acpi_tables_bytes(num_cpus: u32) -> Result<(Vec<u8>, AcpiLayout), AcpiErr
     ))
 }
 
-/// Writes the tables for `num_cpus` CPUs at [`ACPI_START`]; returns the RSDP address.
+/// Writes the tables `config` describes at [`ACPI_START`]; returns the RSDP address.
 pub fn write_acpi_tables<M: GuestMemory + ?Sized>(
     mem: &M,
-    num_cpus: u32,
+    config: &AcpiConfig,
 ) -> Result<GuestAddress, AcpiError> {
-    let (b, _) = acpi_tables_bytes(num_cpus)?;
+    let (b, _) = acpi_tables_bytes(config)?;
     mem.write_slice(&b, GuestAddress(ACPI_START))
         .map_err(|source| AcpiError::Write {
             addr: ACPI_START,
@@ -585,9 +745,26 @@ mod tests {
         t
     }
 
+    /// The disks vpmu-vmm gives a VM with `n` of them.
+    fn disks(n: usize) -> Vec<VirtioMmioDevice> {
+        const GSIS: [u32; 8] = [5, 6, 7, 9, 10, 11, 14, 15];
+        (0..n)
+            .map(|i| VirtioMmioDevice {
+                base: 0xd000_0000 + i as u64 * 0x1000,
+                size: 0x1000,
+                gsi: GSIS[i],
+            })
+            .collect()
+    }
+
     /// Everything a guest would check, walking from the RSDP as Linux does.
     fn check(n: u32) {
-        let (b, layout) = acpi_tables_bytes(n).unwrap();
+        check_config(&AcpiConfig::with_cpus(n));
+    }
+
+    fn check_config(config: &AcpiConfig) {
+        let n = config.cpus;
+        let (b, layout) = acpi_tables_bytes(config).unwrap();
         assert!(ACPI_START + b.len() as u64 <= ACPI_END);
         // RSDP (ACPI 6.3 table 5.27).
         let r = &b[0..RSDP_SIZE];
@@ -645,7 +822,7 @@ mod tests {
         assert_eq!(&f[268..276], b"VPMUVMM ");
         // DSDT.
         let d = table(&b, dsdt32, b"DSDT");
-        assert_eq!(d, &dsdt_bytes()[..]);
+        assert_eq!(d, &dsdt_bytes(&config.virtio_mmio).unwrap()[..]);
         assert_eq!(d[8], 2);
         // MADT (5.2.12).
         let m = table(&b, madt_addr, b"APIC");
@@ -711,7 +888,10 @@ mod tests {
     #[test]
     fn bad_counts() {
         for n in [0, 255, u32::MAX] {
-            assert!(matches!(acpi_tables_bytes(n), Err(AcpiError::BadCpuCount(x)) if x == n));
+            assert!(matches!(
+                acpi_tables_bytes(&AcpiConfig::with_cpus(n)),
+                Err(AcpiError::BadCpuCount(x)) if x == n
+            ));
         }
     }
 
@@ -782,13 +962,12 @@ mod tests {
         assert_eq!(&rt[rt.len() - 2..], &[0x79, 0]);
     }
 
-    #[test]
-    fn dsdt_describes_the_legacy_devices() {
-        let d = dsdt_bytes();
+    /// Walks a DSDT: checks the header and the one `Scope(\\_SB_)`, returns each device's
+    /// (name, bytes after its PkgLength and name).
+    fn dsdt_devices(d: &[u8]) -> Vec<([u8; 4], Vec<u8>)> {
         assert_eq!(&d[0..4], b"DSDT");
-        assert_eq!(u32_at(&d, 4) as usize, d.len());
-        assert_eq!(sum(&d), 0);
-        // One Scope(\_SB_) spanning the whole AML body.
+        assert_eq!(u32_at(d, 4) as usize, d.len());
+        assert_eq!(sum(d), 0, "DSDT checksum");
         let aml = &d[HEADER_SIZE..];
         assert_eq!(aml[0], 0x10, "ScopeOp");
         let (len, n) = read_pkg_length(&aml[1..]);
@@ -796,17 +975,27 @@ mod tests {
         assert_eq!(&aml[1 + n..1 + n + 5], b"\\_SB_");
         // Walk the devices: ExtOp DeviceOp PkgLength NameSeg.
         let mut off = 1 + n + 5;
-        let mut names = Vec::new();
+        let mut devs = Vec::new();
         while off < aml.len() {
             assert_eq!(&aml[off..off + 2], &[0x5b, 0x82], "DeviceOp at {off}");
             let (len, n) = read_pkg_length(&aml[off + 2..]);
             let dev = &aml[off + 2..off + 2 + len];
             let name: [u8; 4] = dev[n..n + 4].try_into().unwrap();
-            names.push(name);
+            devs.push((name, dev[n + 4..].to_vec()));
+            off += 2 + len;
+        }
+        assert_eq!(off, aml.len());
+        devs
+    }
+
+    #[test]
+    fn dsdt_describes_the_legacy_devices() {
+        let devs = dsdt_devices(&dsdt_bytes(&[]).unwrap());
+        for (name, dev) in &devs {
             let has = |needle: &[u8]| dev.windows(needle.len()).any(|w| w == needle);
             let d = LEGACY_DEVICES
                 .iter()
-                .find(|d| *d.name == name)
+                .find(|d| d.name == name)
                 .expect("a listed device");
             assert!(has(b"_HID") && has(&aml::eisa_id(d.hid)), "{name:?} _HID");
             assert!(has(b"_UID") && has(b"_CRS"), "{name:?}");
@@ -819,28 +1008,163 @@ mod tests {
                 &[0x79, 0],
                 "{name:?} _CRS ends the device"
             );
-            off += 2 + len;
         }
-        assert_eq!(off, aml.len());
+        let names: Vec<_> = devs.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, vec![*b"COM1", *b"PS2K", *b"RTC_"]);
+    }
+
+    #[test]
+    fn aml_string_integer_and_large_resources() {
+        assert_eq!(aml::string("LNRO0005"), b"\x0dLNRO0005\0".to_vec());
+        assert_eq!(aml::integer(0), vec![0x00], "ZeroOp");
+        assert_eq!(aml::integer(1), vec![0x01], "OneOp");
+        assert_eq!(aml::integer(7), vec![0x0a, 7]);
+        assert_eq!(aml::integer(0xff), vec![0x0a, 0xff]);
+        assert_eq!(aml::integer(0x100), vec![0x0b, 0, 1]);
+        assert_eq!(aml::integer(0x1_0000), vec![0x0c, 0, 0, 1, 0]);
+        assert_eq!(aml::integer(1 << 32), vec![0x0e, 0, 0, 0, 0, 1, 0, 0, 0]);
+        // iasl: Memory32Fixed (ReadWrite, 0xD0000000, 0x00001000)
+        assert_eq!(
+            aml::memory32_fixed(0xd000_0000, 0x1000),
+            vec![0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00]
+        );
+        // iasl: Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,,) { 5 }
+        assert_eq!(
+            aml::extended_irq_edge(5),
+            vec![0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00]
+        );
+        assert_eq!(
+            &aml::extended_irq_edge(0x1234_5678)[5..],
+            &[0x78, 0x56, 0x34, 0x12]
+        );
+    }
+
+    #[test]
+    fn virtio_mmio_device_byte_exact() {
+        // What iasl makes of (ASL in the module docs):
+        //   Device (VR00) { Name (_HID, "LNRO0005")  Name (_UID, Zero)
+        //     Name (_CRS, ResourceTemplate () {
+        //       Memory32Fixed (ReadWrite, 0xD0000000, 0x00001000)
+        //       Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,,) { 5 } }) }
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &[0x5b, 0x82, 0x3a][..], b"VR00",              // Device, PkgLength 58
+            &[0x08], b"_HID", &[0x0d], b"LNRO0005", &[0x00], // Name, String
+            &[0x08], b"_UID", &[0x00],                      // Name, ZeroOp
+            &[0x08], b"_CRS", &[0x11, 0x1a, 0x0a, 0x17],    // Name, Buffer (PkgLength 26, 23 bytes)
+            &[0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00],
+            &[0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00],
+            &[0x79, 0x00],                                  // end tag, checksum 0 (valid)
+        ]
+        .concat();
+        assert_eq!(virtio_mmio_device_aml(0, &disks(1)[0]).unwrap(), want);
+        // Device 3: _UID 3 as a ByteConst, GSI 9, name VR03.
+        let d3 = virtio_mmio_device_aml(3, &disks(4)[3]).unwrap();
+        assert_eq!(&d3[3..7], b"VR03");
+        assert_eq!(&d3[22..29], &[0x08, b'_', b'U', b'I', b'D', 0x0a, 3]);
+        #[rustfmt::skip]
+        let tail = [
+            0x00, 0x30, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00, // base 0xd0003000, length 0x1000
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x09, 0x00, 0x00, 0x00, // GSI 9
+            0x79, 0x00,
+        ];
+        assert_eq!(&d3[d3.len() - tail.len()..], &tail[..]);
+        assert_eq!(virtio_mmio_name(10), *b"VR0A");
+        assert_eq!(virtio_mmio_name(255), *b"VRFF");
+    }
+
+    #[test]
+    fn dsdt_describes_the_virtio_mmio_devices() {
+        for n in 0..=8 {
+            let dsdt = dsdt_bytes(&disks(n)).unwrap();
+            let devs = dsdt_devices(&dsdt);
+            assert_eq!(devs.len(), 3 + n);
+            for (i, (name, dev)) in devs[3..].iter().enumerate() {
+                assert_eq!(*name, virtio_mmio_name(i));
+                let d = disks(n)[i];
+                let full = virtio_mmio_device_aml(i, &d).unwrap();
+                assert!(full.ends_with(dev), "{name:?} as built alone");
+                let has = |needle: &[u8]| dev.windows(needle.len()).any(|w| w == needle);
+                assert!(has(&aml::name(b"_HID", &aml::string("LNRO0005"))));
+                assert!(has(&aml::name(b"_UID", &aml::integer(i as u64))));
+                assert!(has(&aml::memory32_fixed(d.base as u32, 0x1000)));
+                assert!(has(&aml::extended_irq_edge(d.gsi)));
+                assert_eq!(&dev[dev.len() - 2..], &[0x79, 0], "end tag last");
+            }
+            check_config(&AcpiConfig {
+                cpus: 2,
+                virtio_mmio: disks(n),
+            });
+        }
+        // Many devices: the DSDT grows past 63 and 4095 bytes (multi-byte PkgLengths).
+        let many: Vec<_> = (0..MAX_VIRTIO_MMIO as u64)
+            .map(|i| VirtioMmioDevice {
+                base: 0xd000_0000 + i * 0x1000,
+                size: 0x1000,
+                gsi: 16 + i as u32,
+            })
+            .collect();
+        let devs = dsdt_devices(&dsdt_bytes(&many).unwrap());
+        assert_eq!(devs.len(), 3 + MAX_VIRTIO_MMIO);
+        check_config(&AcpiConfig {
+            cpus: MAX_CPUS,
+            virtio_mmio: many,
+        });
+    }
+
+    #[test]
+    fn bad_virtio_mmio_devices() {
+        let ok = VirtioMmioDevice {
+            base: 0xd000_0000,
+            size: 0x1000,
+            gsi: 5,
+        };
+        let bad = |d: VirtioMmioDevice| {
+            matches!(
+                dsdt_bytes(&[ok, d]),
+                Err(AcpiError::BadVirtioMmio { index: 1, .. })
+            )
+        };
+        assert!(bad(VirtioMmioDevice { size: 0, ..ok }));
+        assert!(bad(VirtioMmioDevice {
+            base: 1 << 32,
+            ..ok
+        }));
+        assert!(bad(VirtioMmioDevice {
+            base: 0xffff_f800,
+            ..ok
+        }));
+        assert!(!bad(VirtioMmioDevice {
+            base: 0xffff_f000,
+            ..ok
+        }));
+        let too_many = vec![ok; MAX_VIRTIO_MMIO + 1];
+        assert!(matches!(
+            dsdt_bytes(&too_many),
+            Err(AcpiError::BadVirtioMmio { index: 256, .. })
+        ));
     }
 
     #[test]
     fn written_to_memory() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
-        let rsdp = write_acpi_tables(&mem, 4).unwrap();
+        let config = AcpiConfig {
+            cpus: 4,
+            virtio_mmio: disks(2),
+        };
+        let rsdp = write_acpi_tables(&mem, &config).unwrap();
         assert_eq!(rsdp.0, RSDP_ADDR);
         let mut sig = [0u8; 8];
         mem.read_slice(&mut sig, rsdp).unwrap();
         assert_eq!(&sig, b"RSD PTR ");
-        let (b, _) = acpi_tables_bytes(4).unwrap();
+        let (b, _) = acpi_tables_bytes(&config).unwrap();
         let mut back = vec![0u8; b.len()];
         mem.read_slice(&mut back, rsdp).unwrap();
         assert_eq!(back, b);
         // Guest memory ending inside the block.
         let small = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xe0010)]).unwrap();
         assert!(matches!(
-            write_acpi_tables(&small, 1),
+            write_acpi_tables(&small, &AcpiConfig::with_cpus(1)),
             Err(AcpiError::Write { .. })
         ));
     }
@@ -853,7 +1177,7 @@ mod tests {
 
         #[test]
         fn never_panics_on_any_count(n in any::<u32>()) {
-            let r = acpi_tables_bytes(n);
+            let r = acpi_tables_bytes(&AcpiConfig::with_cpus(n));
             prop_assert_eq!(r.is_ok(), (1..=MAX_CPUS).contains(&n));
         }
     }

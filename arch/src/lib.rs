@@ -13,8 +13,9 @@
 //! - [`zero_page`]: Linux `boot_params` for the 64-bit boot protocol, with header checks.
 //! - [`pvh`]: PVH `hvm_start_info` + memory map writer.
 //! - [`mptable`]: Intel MP specification 1.4 tables (CPUs, ISA bus, IOAPIC, IRQ routing).
-//! - [`acpi`]: minimal ACPI 6.3 tables (RSDP, XSDT, hardware-reduced FADT, empty DSDT,
-//!   MADT) for guests that find CPUs only through ACPI.
+//! - [`acpi`]: minimal ACPI 6.3 tables (RSDP, XSDT, FADT, FACS, DSDT with the legacy
+//!   devices and the virtio-mmio disks, MADT) for guests that find CPUs and devices only
+//!   through ACPI.
 //! - [`cpuid`]: per-vCPU CPUID topology normalisation (APIC ids, core counts); leaves
 //!   describing the PMU are deliberately left to the `vpmu` crate.
 #![deny(missing_docs)]

@@ -124,10 +124,19 @@ impl DiskConfig {
         })
     }
 
+    /// Where disk `index` lives: (guest-physical base of its 4 KiB virtio-mmio window,
+    /// GSI); `None` past [`MAX_DISKS`].
+    pub fn mmio(index: usize) -> Option<(u64, u32)> {
+        let gsi = *DISK_GSIS.get(index)?;
+        Some((
+            VIRTIO_MMIO_BASE + index as u64 * devices::virtio::MMIO_REGION_SIZE,
+            gsi,
+        ))
+    }
+
     /// The Linux kernel parameter announcing disk `index` (`virtio_mmio.device=`).
     pub fn linux_cmdline_param(index: usize) -> Option<String> {
-        let gsi = DISK_GSIS.get(index)?;
-        let base = VIRTIO_MMIO_BASE + index as u64 * 0x1000;
+        let (base, gsi) = Self::mmio(index)?;
         Some(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"))
     }
 }
@@ -168,10 +177,27 @@ impl VmConfig {
         }
     }
 
-    /// The command line a Linux guest gets: `cmdline` plus one
-    /// `virtio_mmio.device=4K@<base>:<irq>` per disk, inserted before a ` -- ` (what
-    /// follows it belongs to init). Freestanding guests get `cmdline` unchanged.
+    /// Whether the Linux command line (before any ` -- `) has `acpi=off`: the kernel then
+    /// ignores the ACPI tables, so the disks' DSDT entries are not seen either.
+    pub fn linux_acpi_off(&self) -> bool {
+        let kernel_part = match self.cmdline.find(" -- ") {
+            Some(i) => &self.cmdline[..i],
+            None if self.cmdline == "--" || self.cmdline.starts_with("-- ") => "",
+            None => &self.cmdline,
+        };
+        kernel_part.split_whitespace().any(|w| w == "acpi=off")
+    }
+
+    /// The command line a Linux guest gets. The disks are announced in the ACPI DSDT
+    /// (`LNRO0005` devices, see `arch::acpi`), which is all a kernel with ACPI needs, so
+    /// `cmdline` is passed unchanged; only when it has `acpi=off` is one
+    /// `virtio_mmio.device=4K@<base>:<irq>` per disk inserted, before a ` -- ` (what
+    /// follows it belongs to init). Both at once would describe each disk twice (see
+    /// docs/DISKS.md). Freestanding guests get `cmdline` unchanged.
     pub fn linux_cmdline(&self) -> String {
+        if !self.linux_acpi_off() {
+            return self.cmdline.clone();
+        }
         let params: Vec<String> = (0..self.disks.len())
             .filter_map(DiskConfig::linux_cmdline_param)
             .collect();
@@ -282,6 +308,9 @@ mod tests {
             "virtio_mmio.device=4K@0xd0003000:9"
         );
         assert!(DiskConfig::linux_cmdline_param(MAX_DISKS).is_none());
+        assert_eq!(DiskConfig::mmio(0), Some((0xd000_0000, 5)));
+        assert_eq!(DiskConfig::mmio(7), Some((0xd000_7000, 15)));
+        assert_eq!(DiskConfig::mmio(MAX_DISKS), None);
         let mut c = VmConfig::new(KernelImage::File("x".into()));
         c.cmdline = "console=ttyS0 quiet".into();
         assert_eq!(c.linux_cmdline(), "console=ttyS0 quiet");
@@ -289,19 +318,34 @@ mod tests {
             DiskConfig::parse("a").unwrap(),
             DiskConfig::parse("b,ro").unwrap(),
         ];
+        // ACPI describes the disks: the command line stays as given.
+        for cmdline in [
+            "console=ttyS0 quiet",
+            "",
+            "-- acpi=off",
+            "console=ttyS0 -- echo acpi=off",
+            "xacpi=off acpi=offx",
+        ] {
+            c.cmdline = cmdline.into();
+            assert!(!c.linux_acpi_off(), "{cmdline}");
+            assert_eq!(c.linux_cmdline(), cmdline);
+        }
+        // acpi=off: the kernel sees no DSDT, so the disks go on the command line.
         let d = "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6";
-        assert_eq!(c.linux_cmdline(), format!("console=ttyS0 quiet {d}"));
-        c.cmdline = "console=ttyS0 -- perf record -o x -- ls".into();
+        c.cmdline = "console=ttyS0 acpi=off quiet".into();
         assert_eq!(
             c.linux_cmdline(),
-            format!("console=ttyS0 {d} -- perf record -o x -- ls")
+            format!("console=ttyS0 acpi=off quiet {d}")
         );
-        c.cmdline = "-- true".into();
-        assert_eq!(c.linux_cmdline(), format!("{d} -- true"));
-        c.cmdline = "quiet --".into();
-        assert_eq!(c.linux_cmdline(), format!("quiet {d} --"));
-        c.cmdline = String::new();
-        assert_eq!(c.linux_cmdline(), d);
+        c.cmdline = "acpi=off console=ttyS0 -- perf record -o x -- ls".into();
+        assert_eq!(
+            c.linux_cmdline(),
+            format!("acpi=off console=ttyS0 {d} -- perf record -o x -- ls")
+        );
+        c.cmdline = "acpi=off --".into();
+        assert_eq!(c.linux_cmdline(), format!("acpi=off {d} --"));
+        c.cmdline = "acpi=off".into();
+        assert_eq!(c.linux_cmdline(), format!("acpi=off {d}"));
         let mut c = VmConfig::new(KernelImage::File("x".into()));
         c.disks = vec![DiskConfig::parse("d").unwrap(); MAX_DISKS + 1];
         assert!(matches!(c.validate(), Err(ConfigError::Disk(_))));

@@ -10,7 +10,7 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{Console, VmConfig, DISK_GSIS, VIRTIO_MMIO_BASE};
+use crate::config::{Console, DiskConfig, VmConfig};
 use crate::error::{Error, LoadError, Result};
 use crate::loader::{self, Boot, Loaded};
 use crate::outcome::Outcome;
@@ -127,6 +127,23 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
     Ok(mem)
 }
 
+/// What the ACPI tables describe: the vCPUs and, as `LNRO0005` devices in the DSDT, the
+/// virtio-mmio disks (where [`run`] puts them), so Linux's virtio_mmio driver binds them
+/// without any kernel parameter.
+fn acpi_config(config: &VmConfig) -> arch::acpi::AcpiConfig {
+    arch::acpi::AcpiConfig {
+        cpus: u32::from(config.cpus),
+        virtio_mmio: (0..config.disks.len())
+            .filter_map(DiskConfig::mmio)
+            .map(|(base, gsi)| arch::acpi::VirtioMmioDevice {
+                base,
+                size: devices::virtio::MMIO_REGION_SIZE as u32,
+                gsi,
+            })
+            .collect(),
+    }
+}
+
 /// Writes the boot structures the entry protocol needs.
 fn write_boot_structures(
     mem: &GuestMemoryMmap,
@@ -142,7 +159,7 @@ fn write_boot_structures(
         }
         Boot::Linux64 { .. } => {
             arch::paging::write_identity_map(mem, false).map_err(|e| boot_err(&e))?;
-            let rsdp = arch::acpi::write_acpi_tables(mem, u32::from(config.cpus))
+            let rsdp = arch::acpi::write_acpi_tables(mem, &acpi_config(config))
                 .map_err(|e| boot_err(&e))?;
             let hdr = loaded
                 .setup_header
@@ -165,7 +182,7 @@ fn write_boot_structures(
         }
         Boot::Pvh { .. } => {
             arch::paging::write_identity_map(mem, false).map_err(|e| boot_err(&e))?;
-            let rsdp = arch::acpi::write_acpi_tables(mem, u32::from(config.cpus))
+            let rsdp = arch::acpi::write_acpi_tables(mem, &acpi_config(config))
                 .map_err(|e| boot_err(&e))?;
             arch::pvh::write_start_info(
                 mem,
@@ -344,13 +361,13 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     .map_err(|e| Error::Device(e.to_string()))?;
 
     // virtio-mmio disks: device i at VIRTIO_MMIO_BASE + i * 4 KiB, interrupt on
-    // DISK_GSIS[i] through an irqfd (edge). Linux finds them through the
-    // `virtio_mmio.device=` parameters `VmConfig::linux_cmdline` adds.
+    // DISK_GSIS[i] through an irqfd (edge) (`DiskConfig::mmio`). Linux finds them in the
+    // ACPI DSDT (`acpi_config`), or, with `acpi=off`, through the `virtio_mmio.device=`
+    // parameters `VmConfig::linux_cmdline` adds.
     let mut mmio = devices::MmioBus::new();
     let mut disk_devs = Vec::with_capacity(disks.len());
     for (i, blk) in disks.into_iter().enumerate() {
-        let gsi = *DISK_GSIS
-            .get(i)
+        let (base, gsi) = DiskConfig::mmio(i)
             .ok_or_else(|| Error::Device(format!("no interrupt line for disk {i}")))?;
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
             op: "eventfd".into(),
@@ -363,7 +380,6 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
             mem.clone(),
             evt,
         )));
-        let base = VIRTIO_MMIO_BASE + i as u64 * devices::virtio::MMIO_REGION_SIZE;
         mmio.insert(base, devices::virtio::MMIO_REGION_SIZE, dev.clone())
             .map_err(|e| Error::Device(e.to_string()))?;
         disk_devs.push(dev);
