@@ -2,8 +2,8 @@
 # Builds the Linux guest image for vpmu-vmm:
 #   OUT/bzImage            Debian cloud kernel (linux-image-cloud-amd64's dependency)
 #   OUT/initramfs.cpio.gz  busybox + perf (with its shared libraries) + /bin/vpmu-work + /init
-#                          + /lib/modules/vpmu/: the virtio-blk-on-virtio-mmio modules
-#                          (vpmu-vmm --disk) and vpmu-mmio.ko (built from vpmu-mmio.c)
+#                          + /lib/modules/vpmu/: the kernel package's virtio-blk-on-
+#                          virtio-mmio modules (vpmu-vmm --disk; found through ACPI)
 #   OUT/kernel-release     `uname -r` of the kernel;  OUT/config: its .config
 #   OUT/cmdline            the recommended kernel command line for vpmu-vmm
 #   OUT/bzImage-generic    with --generic-kernel: the generic Debian kernel
@@ -61,8 +61,6 @@ grep -q '^CONFIG_X86_IOPL_IOPERM=y' "$OUT/config" || log "warning: kernel lacks 
 CLOUD_PKG_VERSION=$KERNEL_PKG_VERSION
 CLOUD_KERNEL_DIR=$KERNEL_DIR
 CLOUD_RELEASE=$KERNEL_RELEASE
-# vpmu-mmio.ko is built against this kernel's headers (Debian package).
-ensure_pkgs make "linux-headers-$CLOUD_RELEASE"
 
 # 1b. Optionally the generic Debian kernel too: unlike the cloud kernel it has
 # CONFIG_X86_MPPARSE=y, so it finds SMP CPUs through an MP table alone (the cloud kernel
@@ -78,8 +76,8 @@ KERNEL_PKG_VERSION=$CLOUD_PKG_VERSION
 # 2. The initramfs: skipped when nothing it is made from has changed.
 stamp=$(
 	{
-		sha256sum "$HERE"/init.sh "$HERE"/vpmu-work.c "$HERE"/vpmu-outb.c "$HERE"/vpmu-mmio.c "$HERE"/lib.sh "$HERE"/build-image.sh "$BUSYBOX" "$PERF" | cut -d' ' -f1
-		dpkg-query -W busybox-static linux-perf gcc libc6-dev "linux-headers-$CLOUD_RELEASE"
+		sha256sum "$HERE"/init.sh "$HERE"/vpmu-work.c "$HERE"/vpmu-outb.c "$HERE"/lib.sh "$HERE"/build-image.sh "$BUSYBOX" "$PERF" | cut -d' ' -f1
+		dpkg-query -W busybox-static linux-perf gcc libc6-dev
 		echo "$KERNEL_PKG_VERSION"
 	} | sha256sum | cut -d' ' -f1
 )
@@ -108,11 +106,10 @@ gcc -O2 -static -s -o "$ROOT/bin/vpmu-outb" "$HERE/vpmu-outb.c" ||
 	die "gcc failed to build vpmu-outb"
 
 # virtio-blk on virtio-mmio (vpmu-vmm --disk): the Debian kernels build virtio,
-# virtio_ring, virtio_mmio and virtio_blk as modules, and without
-# CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, so virtio_mmio ignores the virtio_mmio.device=
-# parameters vpmu-vmm adds. /init loads these modules and vpmu-mmio.ko, which registers
-# the devices those parameters describe. Only for the cloud kernel (modules are
-# kernel-specific): the generic kernel boots without disks.
+# virtio_ring, virtio_mmio and virtio_blk as modules. vpmu-vmm announces each disk in the
+# ACPI DSDT (_HID "LNRO0005", virtio_mmio's ACPI match), so /init only loads these
+# modules and the driver binds. Only for the cloud kernel (modules are kernel-specific):
+# the generic kernel boots without disks.
 MODS=$ROOT/lib/modules/vpmu
 mkdir -p "$MODS"
 for m in virtio_ring virtio virtio_mmio virtio_blk; do
@@ -124,13 +121,6 @@ for m in virtio_ring virtio virtio_mmio virtio_blk; do
 		grep -q "^$cfg=y" "$OUT/config" || die "$m.ko not found in the kernel package and $cfg is not =y"
 	fi
 done
-log "building vpmu-mmio.ko for $CLOUD_RELEASE"
-mkdir -p "$WORK/mod"
-cp "$HERE/vpmu-mmio.c" "$WORK/mod/"
-echo 'obj-m := vpmu-mmio.o' >"$WORK/mod/Kbuild"
-make -s -C "/usr/src/linux-headers-$CLOUD_RELEASE" M="$WORK/mod" modules >"$WORK/mod/build.log" 2>&1 ||
-	die "building vpmu-mmio.ko failed: $(tail -n 20 "$WORK/mod/build.log")"
-cp "$WORK/mod/vpmu-mmio.ko" "$MODS/"
 
 cp "$HERE/init.sh" "$ROOT/init"
 chmod 755 "$ROOT/init"

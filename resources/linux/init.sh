@@ -15,17 +15,20 @@
 #   vpmu.exit=reboot    end with `reboot -f` (the kernel's reboot= decides how).
 #   vpmu.exit=poweroff  end with `poweroff -f` (without ACPI this just halts the CPUs).
 #   vpmu.exit=shell     start an interactive shell on the console instead (debugging).
-#   virtio_mmio.device=<size>@<base>:<irq>  (added by vpmu-vmm per --disk) load the
-#                       virtio-blk modules from /lib/modules/vpmu and register the devices
-#                       (vpmu-mmio.ko; the Debian kernels lack
-#                       CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES): /dev/vda, /dev/vdb, ...
+# Disks (vpmu-vmm --disk): vpmu-vmm announces each virtio-mmio disk in the ACPI DSDT
+# (_HID "LNRO0005"); when /sys/bus/acpi/devices has such a device, /init loads the
+# kernel package's virtio, virtio_ring, virtio_mmio and virtio_blk modules from
+# /lib/modules/vpmu and the driver binds through ACPI: /dev/vda, /dev/vdb, ...
+# (With acpi=off vpmu-vmm passes virtio_mmio.device=<size>@<base>:<irq> instead, which
+# only a kernel with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y understands; the modules are
+# loaded for those too.)
 # Without vpmu.cmd=, the text after " -- " on the kernel command line (/proc/cmdline) is
 # run with sh -c instead (shell quoting applies; the kernel limits the line to 2048 bytes).
 #
 # Marker lines (parsed by tests, keep stable):
 #   VPMU-GUEST: init reached <uname -r> cpus=<n>
 #   VPMU-GUEST: uptime <seconds since the guest kernel started>
-#   VPMU-GUEST: disks <vda ...>      (only with virtio_mmio.device=; or "error: ...")
+#   VPMU-GUEST: disks <vda ...>      (only when disks are announced; or "error: ...")
 #   VPMU-GUEST: command exit <status>
 #   VPMU-GUEST: end via <mode>
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -48,26 +51,30 @@ drain_console() {
 }
 
 
-# virtio-mmio disks described on the command line (see the header).
+# virtio-mmio disks announced in ACPI or on the command line (see the header).
 load_disks() {
-	devs='' n=0
-	# shellcheck disable=SC2013 # words, not lines, on purpose
-	for arg in $(cat /proc/cmdline); do
-		case "$arg" in
-		virtio_mmio.device=*) devs="$devs${devs:+,}${arg#virtio_mmio.device=}" n=$((n + 1)) ;;
-		esac
+	n=0 where=''
+	set +f # /init runs with globbing off
+	for d in /sys/bus/acpi/devices/LNRO0005:*; do
+		[ -e "$d" ] && n=$((n + 1)) where="ACPI ${d##*/}${where:+, $where}"
 	done
-	[ -n "$devs" ] || return 0
+	set -f
+	if [ "$n" = 0 ]; then
+		# shellcheck disable=SC2013 # words, not lines, on purpose
+		for arg in $(cat /proc/cmdline); do
+			case "$arg" in
+			virtio_mmio.device=*) n=$((n + 1)) where="${where:+$where, }$arg" ;;
+			esac
+		done
+	fi
+	[ "$n" -gt 0 ] || return 0
 	for m in virtio_ring virtio virtio_mmio virtio_blk; do
 		[ -f "/lib/modules/vpmu/$m.ko" ] && insmod "/lib/modules/vpmu/$m.ko"
 	done
-	if [ ! -e /sys/module/virtio_mmio/parameters/device ] && [ -f /lib/modules/vpmu/vpmu-mmio.ko ]; then
-		insmod /lib/modules/vpmu/vpmu-mmio.ko device="$devs"
-	fi
 	i=0
 	while :; do
 		found=''
-		set +f # /init runs with globbing off
+		set +f
 		for d in /sys/block/vd*; do
 			[ -e "$d" ] && found="$found${found:+ }${d#/sys/block/}"
 		done
@@ -79,7 +86,7 @@ load_disks() {
 	if [ -n "$found" ]; then
 		echo "VPMU-GUEST: disks $found"
 	else
-		echo "VPMU-GUEST: error: no virtio disk appeared for $devs (see dmesg)"
+		echo "VPMU-GUEST: error: no virtio disk appeared for $where (see dmesg)"
 	fi
 }
 
