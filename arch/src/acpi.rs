@@ -15,7 +15,7 @@
 //! ....   DSDT  \_SB.COM1 (PNP0501, 0x3f8, IRQ 4), \_SB.PS2K (PNP0303, 0x60/0x64, IRQ 1),
 //!              \_SB.RTC_ (PNP0B00, 0x70, IRQ 8); one \_SB.VRnn ("LNRO0005", _UID n,
 //!              Memory32Fixed + Extended Interrupt) per virtio-mmio device
-//!              ([`AcpiConfig::virtio_mmio`])
+//!              ([`AcpiConfig::virtio_mmio`]); \_S5 (soft-off, SLP_TYP 5: `poweroff`)
 //! ....   MADT  LAPIC address 0xfee00000, PCAT_COMPAT; one Processor Local APIC per vCPU
 //!              (processor UID = APIC id = index, enabled); one I/O APIC (id = number of
 //!              CPUs as in the MP table, 0xfec00000, GSI base 0); interrupt source
@@ -40,6 +40,11 @@
 //! that PC firmware (and QEMU, which re-routes KVM's GSI 0 to IOAPIC pin 2) reports:
 //! vpmu-vmm keeps KVM's default routing, where the in-kernel PIT raises GSI 0 = IOAPIC
 //! pin 0, exactly what the MP table says (ISA IRQ n -> pin n).
+//!
+//! **Soft-off (S5).** The DSDT's `Name (_S5, Package (0x04) { 0x05, 0x05, Zero, Zero })`
+//! is the only sleep state offered (no `\_S1`..`\_S4`), so Linux registers
+//! `acpi_power_off` and `poweroff` writes PM1a_CNT = SLP_TYP 5 | SLP_EN, which
+//! `devices::AcpiPm` turns into the end of the VM ("guest powered off", status 0).
 //!
 //! Linux learns the RSDP address from `boot_params.acpi_rsdp_addr` (bzImage,
 //! [`crate::zero_page::ZeroPageConfig::rsdp_addr`]) or `hvm_start_info.rsdp_paddr` (PVH);
@@ -112,6 +117,10 @@ pub const PM1_EVT_LEN: u8 = 4;
 pub const PM1A_CNT_BLK: u16 = 0x604;
 /// Length of the PM1a control block.
 pub const PM1_CNT_LEN: u8 = 2;
+/// SLP_TYP of the S5 (soft-off) state, in the DSDT's `\_S5` package and decoded by
+/// `devices::AcpiPm` (bits 12:10 of PM1_CNT). Any value 0-7 works (it is ours to choose);
+/// 5 matches the state's number, as in Cloud Hypervisor and Firecracker.
+pub const SLP_TYP_S5: u8 = 5;
 /// ISA IRQ (= GSI) of the SCI: level triggered, active high, never raised. Not the usual
 /// 9: vpmu-vmm gives GSI 9 (edge) to a virtio disk, and a level SCI cannot share it.
 pub const SCI_IRQ: u8 = 3;
@@ -229,6 +238,7 @@ mod aml {
     const SCOPE_OP: u8 = 0x10;
     const NAME_OP: u8 = 0x08;
     const BUFFER_OP: u8 = 0x11;
+    const PACKAGE_OP: u8 = 0x12;
     const BYTE_PREFIX: u8 = 0x0a;
     const WORD_PREFIX: u8 = 0x0b;
     const DWORD_PREFIX: u8 = 0x0c;
@@ -341,6 +351,16 @@ mod aml {
             0x1_0000..=0xffff_ffff => [&[DWORD_PREFIX][..], &(n as u32).to_le_bytes()].concat(),
             _ => [&[QWORD_PREFIX][..], &n.to_le_bytes()].concat(),
         }
+    }
+
+    /// `Package (n) { elements }` (n = the number of elements, at most 255; each element
+    /// already encoded, e.g. by [`integer`]).
+    pub fn package_of(elements: &[Vec<u8>]) -> Vec<u8> {
+        let mut b = vec![elements.len().min(0xff) as u8]; // NumElements
+        for e in elements.iter().take(0xff) {
+            b.extend_from_slice(e);
+        }
+        package(&[PACKAGE_OP], &b)
     }
 
     /// `Memory32Fixed(ReadWrite, base, len)`.
@@ -498,9 +518,20 @@ fn virtio_mmio_device_aml(index: usize, d: &VirtioMmioDevice) -> Result<Vec<u8>,
     Ok(aml::device(&virtio_mmio_name(index), &body))
 }
 
+/// `Name (_S5, Package (0x04) { SLP_TYP_S5, SLP_TYP_S5, Zero, Zero })` at the root: the
+/// soft-off state's SLP_TYPa (PM1a_CNT), SLP_TYPb (PM1b_CNT, absent here) and two
+/// reserved elements (ACPI 6.3 7.4.2).
+pub fn s5_aml() -> Vec<u8> {
+    let slp_typ = aml::integer(u64::from(SLP_TYP_S5));
+    aml::name(
+        b"_S5_",
+        &aml::package_of(&[slp_typ.clone(), slp_typ, aml::integer(0), aml::integer(0)]),
+    )
+}
+
 /// The DSDT: `Scope(\_SB)` with one device per entry of [`LEGACY_DEVICES`]
 /// (`_HID`, `_UID`, `_CRS` with its I/O ports and IRQ), then one `LNRO0005` device per
-/// virtio-mmio device.
+/// virtio-mmio device; then `\_S5` ([`s5_aml`]).
 pub fn dsdt_bytes(virtio_mmio: &[VirtioMmioDevice]) -> Result<Vec<u8>, AcpiError> {
     let mut sb = Vec::new();
     for d in LEGACY_DEVICES {
@@ -516,6 +547,7 @@ pub fn dsdt_bytes(virtio_mmio: &[VirtioMmioDevice]) -> Result<Vec<u8>, AcpiError
     }
     let mut t = header(b"DSDT", DSDT_REVISION, b"VPMUDSDT");
     t.extend_from_slice(&aml::root_scope(b"_SB_", &sb));
+    t.extend_from_slice(&s5_aml());
     Ok(finish(t))
 }
 
@@ -962,8 +994,8 @@ mod tests {
         assert_eq!(&rt[rt.len() - 2..], &[0x79, 0]);
     }
 
-    /// Walks a DSDT: checks the header and the one `Scope(\\_SB_)`, returns each device's
-    /// (name, bytes after its PkgLength and name).
+    /// Walks a DSDT: checks the header, the one `Scope(\\_SB_)` and the `\\_S5` after it,
+    /// returns each device's (name, bytes after its PkgLength and name).
     fn dsdt_devices(d: &[u8]) -> Vec<([u8; 4], Vec<u8>)> {
         assert_eq!(&d[0..4], b"DSDT");
         assert_eq!(u32_at(d, 4) as usize, d.len());
@@ -971,7 +1003,12 @@ mod tests {
         let aml = &d[HEADER_SIZE..];
         assert_eq!(aml[0], 0x10, "ScopeOp");
         let (len, n) = read_pkg_length(&aml[1..]);
-        assert_eq!(1 + len, aml.len());
+        assert_eq!(
+            &aml[1 + len..],
+            &s5_aml()[..],
+            "\\_S5 after the scope, last"
+        );
+        let aml = &aml[..1 + len];
         assert_eq!(&aml[1 + n..1 + n + 5], b"\\_SB_");
         // Walk the devices: ExtOp DeviceOp PkgLength NameSeg.
         let mut off = 1 + n + 5;
@@ -1011,6 +1048,38 @@ mod tests {
         }
         let names: Vec<_> = devs.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, vec![*b"COM1", *b"PS2K", *b"RTC_"]);
+    }
+
+    #[test]
+    fn s5_package_byte_exact() {
+        // iasl 20200925 compiles
+        //   DefinitionBlock ("", "DSDT", 2, "VPMUVM", "VPMUDSDT", 1)
+        //   { Name (_S5, Package (0x04) { 0x05, 0x05, Zero, Zero }) }
+        // (or `Name (\_S5, Package () { 5, 5, 0, 0 })`: the same bytes, iasl drops the
+        // root prefix at the root) to this AML after the 36-byte header:
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &[0x08][..], b"_S5_",                 // NameOp, NameSeg
+            &[0x12, 0x08, 0x04],                  // PackageOp, PkgLength 8, NumElements 4
+            &[0x0a, 0x05, 0x0a, 0x05],            // ByteConst 5 (SLP_TYPa), 5 (SLP_TYPb)
+            &[0x00, 0x00],                        // Zero, Zero (reserved)
+        ]
+        .concat();
+        assert_eq!(SLP_TYP_S5, 5);
+        assert_eq!(s5_aml(), want);
+        assert_eq!(
+            aml::package_of(&[]),
+            vec![0x12, 0x02, 0x00],
+            "Package () {{}}"
+        );
+        // The DSDT ends with it, once, and its checksum covers it.
+        for n in [0, 1, 3] {
+            let d = dsdt_bytes(&disks(n)).unwrap();
+            assert!(d.ends_with(&want), "{n} disks");
+            assert_eq!(d.windows(4).filter(|w| w == b"_S5_").count(), 1);
+            assert_eq!(sum(&d), 0, "DSDT checksum with {n} disks");
+            assert_eq!(u32_at(&d, 4) as usize, d.len());
+        }
     }
 
     #[test]
