@@ -9,6 +9,9 @@ use crate::range_map::{lock, RangeError, RangeMap};
 pub enum VmExit {
     /// The guest asked for a reset (i8042 command 0xfe). Process status 0.
     Reset,
+    /// The guest entered ACPI S5, soft-off (PM1a_CNT: SLP_EN with the `\_S5` SLP_TYP;
+    /// `poweroff` in Linux). Process status 0.
+    PowerOff,
     /// The guest wrote `V` to the debug-exit port (QEMU `isa-debug-exit` semantics).
     DebugExit(u32),
 }
@@ -16,14 +19,14 @@ pub enum VmExit {
 impl VmExit {
     /// Process exit status for this exit.
     ///
-    /// `Reset` is 0. `DebugExit(V)` is `((V << 1) | 1) & 0xff`, what QEMU's
+    /// `Reset` and `PowerOff` are 0. `DebugExit(V)` is `((V << 1) | 1) & 0xff`, what QEMU's
     /// `isa-debug-exit` produces: QEMU calls `exit((V << 1) | 1)` and the kernel keeps
     /// only the low 8 bits of an exit status. So only V's low 7 bits matter:
     /// V=0 -> 1, V=1 -> 3, V=0x7f -> 0xff, V=0x80 -> 1, V=0xffff_ffff -> 0xff.
     /// The result is always odd, so it never collides with `Reset`'s 0.
     pub fn exit_status(&self) -> u8 {
         match *self {
-            VmExit::Reset => 0,
+            VmExit::Reset | VmExit::PowerOff => 0,
             VmExit::DebugExit(v) => ((v << 1) | 1) as u8,
         }
     }
@@ -251,6 +254,7 @@ mod tests {
     #[test]
     fn exit_status_mapping() {
         assert_eq!(VmExit::Reset.exit_status(), 0);
+        assert_eq!(VmExit::PowerOff.exit_status(), 0);
         assert_eq!(VmExit::DebugExit(0).exit_status(), 1);
         assert_eq!(VmExit::DebugExit(1).exit_status(), 3);
         assert_eq!(VmExit::DebugExit(0x7f).exit_status(), 0xff);

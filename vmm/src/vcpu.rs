@@ -302,6 +302,7 @@ fn handle_exit(
             match shared.pio.write(port, data) {
                 DeviceAction::None => None,
                 DeviceAction::Exit(VmExit::Reset) => Some(Outcome::Reset),
+                DeviceAction::Exit(VmExit::PowerOff) => Some(Outcome::PowerOff),
                 DeviceAction::Exit(VmExit::DebugExit(value)) => Some(Outcome::DebugExit { value }),
             }
         }

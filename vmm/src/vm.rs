@@ -49,8 +49,9 @@ impl RunReport {
     /// Statistics as text (for `--stats`).
     pub fn stats_text(&self) -> String {
         let mut s = format!(
-            "vpmu-vmm: {} | start to first guest entry {:.2} ms | wall {:.1} ms | stray port accesses {}\n",
+            "vpmu-vmm: {} | {} | start to first guest entry {:.2} ms | wall {:.1} ms | stray port accesses {}\n",
             self.pmu_mode,
+            self.outcome,
             self.start_to_first_entry_ns as f64 / 1e6,
             self.wall_ns as f64 / 1e6,
             self.unhandled_pio
@@ -347,6 +348,9 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     .map_err(|e| Error::Device(e.to_string()))?;
     // The ACPI PM1a registers the FADT (arch::acpi) points at.
     const _: () = assert!(devices::ACPI_PM_BASE == arch::acpi::PM1A_EVT_BLK);
+    const _: () = assert!(devices::ACPI_PM_BASE + 4 == arch::acpi::PM1A_CNT_BLK);
+    // The soft-off SLP_TYP the DSDT's \_S5 announces is the one the device decodes.
+    const _: () = assert!(devices::acpi_pm::SLP_TYP_S5 == arch::acpi::SLP_TYP_S5);
     pio.insert(
         devices::ACPI_PM_BASE,
         devices::ACPI_PM_LEN,
