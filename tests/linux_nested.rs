@@ -423,6 +423,56 @@ fn l2_reboot_ends_vmm_with_status_0() {
 }
 
 #[test]
+fn l2_poweroff_ends_the_vm_with_status_0() {
+    if !rig_ready("l2_poweroff_ends_the_vm_with_status_0") {
+        return;
+    }
+    // ACPI S5: the DSDT's \_S5 makes Linux register acpi_power_off, which writes
+    // PM1a_CNT = SLP_TYP 5 | SLP_EN; vpmu-vmm ends the VM ("guest powered off", status 0).
+    // Without it the kernel turns `poweroff` into a halt ("reboot: System halted") and the
+    // VM never ends. The command prints L2's ACPI boot messages first, then powers off.
+    let r = run_guest(
+        "poweroff",
+        &Opts {
+            guest_cmd: "dmesg | grep -i acpi; echo about to power off; poweroff -f",
+            vmm_args: &["--memory", "512M", "--stats"],
+            ..Default::default()
+        },
+    );
+    r.expect_init(1);
+    r.check(
+        r.has("ACPI: PM: (supports S0 S5)"),
+        "L2's ACPI should find \\_S5 ('ACPI: PM: (supports S0 S5)' in dmesg)",
+    );
+    for bad in [
+        "ACPI Error",
+        "ACPI BIOS Error",
+        "ACPI Exception",
+        "ACPI Warning",
+    ] {
+        r.check(!r.has(bad), &format!("L2's dmesg has an '{bad}' line"));
+    }
+    r.check(r.has("about to power off"), "the command should have run");
+    r.check(
+        !r.has("VPMU-GUEST: command exit") && !r.has("VPMU-GUEST: end via"),
+        "poweroff -f should end the VM before the command returns (not /init's own ending)",
+    );
+    // L2's "reboot: Power down" comes before vpmu-vmm's --stats line (L1 prints its own
+    // "reboot: Power down" later, when it powers off in turn).
+    let power_down = r.log.find("reboot: Power down");
+    let powered_off = r.log.find("| guest powered off |");
+    r.check(
+        powered_off.is_some(),
+        "vpmu-vmm --stats should say 'guest powered off'",
+    );
+    r.check(
+        power_down.is_some_and(|p| Some(p) < powered_off),
+        "L2 should say 'reboot: Power down' before vpmu-vmm ends",
+    );
+    r.expect_status(0);
+}
+
+#[test]
 fn l2_panic_ends_vmm_with_nonzero_status() {
     if !rig_ready("l2_panic_ends_vmm_with_nonzero_status") {
         return;
