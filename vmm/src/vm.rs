@@ -154,48 +154,40 @@ fn write_boot_structures(
 ) -> std::result::Result<(), LoadError> {
     let boot_err = |e: &dyn std::fmt::Display| LoadError::Boot(e.to_string());
     arch::gdt::write_boot_gdt(mem).map_err(|e| boot_err(&e))?;
-    match loaded.boot {
-        Boot::Freestanding { .. } => {
-            arch::paging::write_identity_map(mem, true).map_err(|e| boot_err(&e))?;
-        }
-        Boot::Linux64 { .. } => {
-            arch::paging::write_identity_map(mem, false).map_err(|e| boot_err(&e))?;
-            let rsdp = arch::acpi::write_acpi_tables(mem, &acpi_config(config))
-                .map_err(|e| boot_err(&e))?;
-            let hdr = loaded
-                .setup_header
-                .ok_or_else(|| LoadError::Boot("missing setup header".into()))?;
-            let zp = arch::zero_page::ZeroPageConfig {
-                cmdline_addr: GuestAddress(arch::layout::CMDLINE_START),
-                cmdline_len: config.linux_cmdline().len(),
-                initrd,
-                mem_size: config.memory,
-                rsdp_addr: Some(rsdp),
-            };
-            let bp = arch::zero_page::build_boot_params(&hdr, &zp).map_err(|e| boot_err(&e))?;
-            arch::zero_page::write_boot_params(
-                mem,
-                &bp,
-                GuestAddress(arch::layout::ZERO_PAGE_START),
-            )
-            .map_err(|e| boot_err(&e))?;
-            arch::mptable::write_mptable(mem, u32::from(config.cpus)).map_err(|e| boot_err(&e))?;
-        }
-        Boot::Pvh { .. } => {
-            arch::paging::write_identity_map(mem, false).map_err(|e| boot_err(&e))?;
-            let rsdp = arch::acpi::write_acpi_tables(mem, &acpi_config(config))
-                .map_err(|e| boot_err(&e))?;
-            arch::pvh::write_start_info(
-                mem,
-                config.memory,
-                Some(GuestAddress(arch::layout::CMDLINE_START)),
-                initrd,
-                Some(rsdp),
-            )
-            .map_err(|e| boot_err(&e))?;
-            arch::mptable::write_mptable(mem, u32::from(config.cpus)).map_err(|e| boot_err(&e))?;
-        }
+    if let Boot::Freestanding { .. } = loaded.boot {
+        arch::paging::write_identity_map(mem, true).map_err(|e| boot_err(&e))?;
+        return Ok(());
     }
+    // Linux, by either protocol: page tables, ACPI tables and the MP table, then the boot
+    // information the protocol hands over (zero page or PVH start info).
+    arch::paging::write_identity_map(mem, false).map_err(|e| boot_err(&e))?;
+    let rsdp =
+        arch::acpi::write_acpi_tables(mem, &acpi_config(config)).map_err(|e| boot_err(&e))?;
+    arch::mptable::write_mptable(mem, u32::from(config.cpus)).map_err(|e| boot_err(&e))?;
+    if let Boot::Pvh { .. } = loaded.boot {
+        arch::pvh::write_start_info(
+            mem,
+            config.memory,
+            Some(GuestAddress(arch::layout::CMDLINE_START)),
+            initrd,
+            Some(rsdp),
+        )
+        .map_err(|e| boot_err(&e))?;
+        return Ok(());
+    }
+    let hdr = loaded
+        .setup_header
+        .ok_or_else(|| LoadError::Boot("missing setup header".into()))?;
+    let zp = arch::zero_page::ZeroPageConfig {
+        cmdline_addr: GuestAddress(arch::layout::CMDLINE_START),
+        cmdline_len: config.linux_cmdline().len(),
+        initrd,
+        mem_size: config.memory,
+        rsdp_addr: Some(rsdp),
+    };
+    let bp = arch::zero_page::build_boot_params(&hdr, &zp).map_err(|e| boot_err(&e))?;
+    arch::zero_page::write_boot_params(mem, &bp, GuestAddress(arch::layout::ZERO_PAGE_START))
+        .map_err(|e| boot_err(&e))?;
     Ok(())
 }
 
