@@ -52,9 +52,42 @@ fn mode_available(mode: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `vendor`'s ("intel"/"amd") PMU model can run end to end here: the userspace
+/// vPMU models the host's vendor, or either vendor on a host without a hardware PMU (the
+/// guest's CPUID vendor string is rewritten to match). Otherwise the test says so by name.
+fn model_runs_here(test: &str, vendor: &str) -> bool {
+    let o = vmm(&["probe", "--json"]);
+    assert_eq!(status(&o), 0, "{}", err(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("probe --json is JSON");
+    let host = v["host"]["vendor"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
+    if host == vendor || v["hardware_pmu"] == false {
+        return true;
+    }
+    skip(
+        test,
+        &format!(
+            "the {vendor} PMU model needs a {vendor} host or a host without a hardware PMU; \
+             this host is {host} with a hardware PMU"
+        ),
+    );
+    false
+}
+
+macro_rules! need_model {
+    ($name:expr, $vendor:expr) => {
+        need_kvm!($name);
+        if !model_runs_here($name, $vendor) {
+            return;
+        }
+    };
+}
+
 #[test]
 fn userspace_amd_layout_passes_conformance() {
-    need_kvm!("userspace_amd_layout_passes_conformance");
+    need_model!("userspace_amd_layout_passes_conformance", "amd");
     let s = assert_conformance_passes(&[
         "--pmu",
         "userspace",
@@ -68,7 +101,7 @@ fn userspace_amd_layout_passes_conformance() {
 
 #[test]
 fn userspace_intel_layout_passes_conformance() {
-    need_kvm!("userspace_intel_layout_passes_conformance");
+    need_model!("userspace_intel_layout_passes_conformance", "intel");
     assert_conformance_passes(&[
         "--pmu",
         "userspace",
@@ -81,7 +114,7 @@ fn userspace_intel_layout_passes_conformance() {
 
 #[test]
 fn userspace_intel_v2_layout_passes_conformance() {
-    need_kvm!("userspace_intel_v2_layout_passes_conformance");
+    need_model!("userspace_intel_v2_layout_passes_conformance", "intel");
     assert_conformance_passes(&[
         "--pmu",
         "userspace",
@@ -94,7 +127,7 @@ fn userspace_intel_v2_layout_passes_conformance() {
 
 #[test]
 fn userspace_denied_event_never_counts_and_is_audited() {
-    need_kvm!("userspace_denied_event_never_counts_and_is_audited");
+    need_model!("userspace_denied_event_never_counts_and_is_audited", "amd");
     // Allow AMD cycles (0x76) only with unit mask 0; the guest programs 0x76 with unit mask
     // 1, which the clock model *would* count if the policy let it.
     let policy = write_scratch(
@@ -172,32 +205,89 @@ fn off_hides_the_pmu() {
     assert!(out(&o).contains("pmu: none"), "{}", out(&o));
 }
 
-/// `mov ecx, 0xc0010004; rdmsr; out 0xf4 <- 0x11`: with no IDT, a #GP on the RDMSR
-/// triple-faults; a read answered with 0 would reach the debug-exit instead.
-const READ_AMD_PERF_CTR0: &str = "b9040001c00f3266baf400b811000000eff4ebfd";
+/// `mov ecx, MSR; rdmsr; out 0xf4 <- 0x11`: with no IDT, a #GP on the RDMSR triple-faults;
+/// a read answered with 0 would reach the debug-exit instead.
+fn read_msr_guest(msr: u32) -> Vec<u8> {
+    let mut code = vec![0xb9];
+    code.extend_from_slice(&msr.to_le_bytes());
+    code.extend_from_slice(&hex("0f3266baf400b811000000eff4ebfd"));
+    elf64(&code, 0x20_0000)
+}
 
 #[test]
 fn off_makes_pmu_msrs_fault() {
     need_kvm!("off_makes_pmu_msrs_fault");
-    let k = write_scratch(
-        "rd-perfctr0.elf",
-        &elf64(&hex(READ_AMD_PERF_CTR0), 0x20_0000),
-    );
-    let o = vmm(&["run", "--kernel", &k, "--pmu", "off", "--stats"]);
-    let e = err(&o);
-    if !e.contains("PMU MSRs #GP (MSR filter)") {
-        skip(
-            "off_makes_pmu_msrs_fault",
-            &format!("KVM lacks the MSR filter here: {e}"),
+    // Both vendors' PMU MSRs, whatever the host: AMD K7 PERF_CTR0, AMD core-ext PERF_CTL0,
+    // PerfMonV2 GLOBAL_CTL, Intel IA32_PMC0, IA32_PERFEVTSEL0, IA32_FIXED_CTR0,
+    // IA32_PERF_CAPABILITIES, IA32_PERF_GLOBAL_CTRL.
+    for msr in [
+        0xc001_0004u32,
+        0xc001_0200,
+        0xc000_0301,
+        0xc1,
+        0x186,
+        0x309,
+        0x345,
+        0x38f,
+    ] {
+        let k = write_scratch(&format!("rd-{msr:x}.elf"), &read_msr_guest(msr));
+        let o = vmm(&["run", "--kernel", &k, "--pmu", "off", "--stats"]);
+        let e = err(&o);
+        if !e.contains("PMU MSRs #GP (MSR filter)") {
+            skip(
+                "off_makes_pmu_msrs_fault",
+                &format!("KVM lacks the MSR filter here: {e}"),
+            );
+            return;
+        }
+        assert_eq!(
+            status(&o),
+            4,
+            "RDMSR {msr:#x} must #GP under --pmu off: {e}"
         );
-        return;
+        assert!(e.contains("triple fault"), "{e}");
     }
-    assert_eq!(
-        status(&o),
-        4,
-        "RDMSR 0xc0010004 must #GP under --pmu off: {e}"
-    );
-    assert!(e.contains("triple fault"), "{e}");
+}
+
+#[test]
+fn userspace_cross_vendor_layout_says_what_the_guest_sees() {
+    need_kvm!("userspace_cross_vendor_layout_says_what_the_guest_sees");
+    let o = vmm(&["probe", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("probe --json is JSON");
+    let (other, layout) = match v["host"]["vendor"].as_str() {
+        Some("intel") => ("AuthenticAMD", "amd:gp=6,core-ext,perfmon-v2"),
+        Some("amd") => ("GenuineIntel", "intel:version=2,gp=2,fixed=3"),
+        h => {
+            skip(
+                "userspace_cross_vendor_layout_says_what_the_guest_sees",
+                &format!("host vendor {h:?} is neither intel nor amd"),
+            );
+            return;
+        }
+    };
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:conformance",
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        layout,
+        "--stats",
+    ]);
+    let e = err(&o);
+    if v["hardware_pmu"] == true {
+        // The guest's PMU must be the host CPU's: one clear line naming the host vendor.
+        assert_eq!(status(&o), 2, "{e}");
+        assert!(e.contains("but the host CPU is"), "{e}");
+    } else {
+        assert!(
+            e.contains(&format!("guest CPUID vendor {other}")),
+            "the cross-vendor layout must be announced: {e}"
+        );
+        let (_, failed, _) = conformance_counts(&out(&o)).expect("conformance summary");
+        assert_eq!(failed, 0, "{}", out(&o));
+    }
 }
 
 #[test]

@@ -58,6 +58,26 @@ pub fn vendor_string(entries: &[kvm_cpuid_entry2]) -> String {
         .unwrap_or_default()
 }
 
+/// The leaf-0 vendor string a guest of `vendor`'s PMU architecture is shown.
+pub fn vendor_id(vendor: Vendor) -> &'static str {
+    match vendor {
+        Vendor::Intel => "GenuineIntel",
+        Vendor::Amd => "AuthenticAMD",
+    }
+}
+
+/// Rewrites leaf 0's vendor string (EBX, EDX, ECX) to `vendor`'s.
+fn set_vendor(entries: &mut [kvm_cpuid_entry2], vendor: Vendor) {
+    let b = vendor_id(vendor).as_bytes();
+    let reg = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    if let Some(e) = entries
+        .iter_mut()
+        .find(|e| e.function == LEAF_VENDOR && e.index == 0)
+    {
+        (e.ebx, e.edx, e.ecx) = (reg(0), reg(4), reg(8));
+    }
+}
+
 /// The PMU architecture family of the CPU described by `entries` (Hygon counts as AMD).
 pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Option<Vendor> {
     match vendor_string(entries).as_str() {
@@ -277,7 +297,17 @@ pub fn intel_leaf_0a(p: &IntelPmu) -> (u32, u32, u32, u32) {
 /// ECX.PDCM iff IA32_PERF_CAPABILITIES is offered, 0x80000001.ECX\[23\] PerfCtrExtCore and
 /// leaf 0x80000022 (added if missing, with the max extended leaf raised to reach it).
 /// Leaves the guest's layout does not use are zeroed, never left describing the host.
+///
+/// A layout of the other vendor than `entries` describes (only ever allowed for the
+/// userspace vPMU on a host without a hardware PMU, see [`resolve_with_vendor`]) also
+/// rewrites the leaf-0 vendor string, so the guest discovers the PMU it is given: a guest
+/// reading `GenuineIntel` never looks for AMD's counters. Hygon stays Hygon for AMD layouts.
 pub fn apply(cfg: &PmuConfig, entries: &mut Vec<kvm_cpuid_entry2>) {
+    if let Some(want) = cfg.vendor() {
+        if vendor(entries).is_some_and(|have| have != want) {
+            set_vendor(entries, want);
+        }
+    }
     match cfg {
         PmuConfig::Intel(p) => {
             let (a, b, c, d) = intel_leaf_0a(p);
@@ -528,7 +558,7 @@ pub enum LayoutError {
         value: String,
     },
     /// Requested a vendor other than the host's.
-    #[error("a {requested:?} PMU layout was requested but the host CPU is {host:?}; the guest's PMU must match the CPU vendor")]
+    #[error("a {requested:?} PMU layout was requested but the host CPU is {host:?} with a PMU KVM can use; the guest's PMU must match the host's vendor here (another vendor's layout is emulated only by --pmu userspace on a host without a hardware PMU)")]
     VendorMismatch {
         /// Asked for.
         requested: Vendor,

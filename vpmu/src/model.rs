@@ -283,6 +283,16 @@ pub fn pmu_msr_ranges(vendor: Vendor) -> Vec<(u32, u32)> {
     }
 }
 
+/// Every PMU MSR range of both vendors' architectures. A VMM that must make "every PMU
+/// MSR #GPs unless the layout has it" true on any host routes all of them: KVM answers some
+/// of the other vendor's PMU MSRs with 0 (e.g. AMD's K7 PERF_CTL/CTR on an Intel host),
+/// where a real CPU of the guest's vendor would #GP. The ranges never overlap.
+pub fn pmu_msr_ranges_all() -> Vec<(u32, u32)> {
+    let mut all = pmu_msr_ranges(Vendor::Intel);
+    all.extend(pmu_msr_ranges(Vendor::Amd));
+    all
+}
+
 /// Why a [`PmuConfig`] cannot be modelled.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {

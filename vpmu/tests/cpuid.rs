@@ -8,7 +8,7 @@ use common::{genoa, leaf, spr};
 use proptest::prelude::*;
 use vpmu::cpuid::{
     apply, brand_string, default_emulated_layout, host_layout, host_layout_with, resolve,
-    resolve_with_vendor, vendor, HostFacts, LayoutError, LayoutRequest,
+    resolve_with_vendor, vendor, vendor_string, HostFacts, LayoutError, LayoutRequest,
 };
 use vpmu::model::{intel, ConfigError};
 use vpmu::{AmdPmu, IntelPmu, PmuConfig, Vendor};
@@ -478,4 +478,44 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn apply_cross_vendor_layout_rewrites_the_vendor_string() {
+    // AMD layout on an Intel CPUID (userspace vPMU, host without a PMU): the guest must
+    // read AuthenticAMD, or it never looks for the AMD counters it is given.
+    let amd = PmuConfig::Amd(AmdPmu {
+        core_ext: true,
+        perfmon_v2: true,
+        num_counters: 6,
+        width: 48,
+    });
+    let mut e = spr();
+    apply(&amd, &mut e);
+    assert_eq!(vendor_string(&e), "AuthenticAMD");
+    assert_eq!(host_layout(&e), amd);
+    // And back: an Intel layout on an AMD CPUID.
+    let intel_cfg = default_emulated_layout(Vendor::Intel);
+    let mut g = genoa();
+    apply(&intel_cfg, &mut g);
+    assert_eq!(vendor_string(&g), "GenuineIntel");
+    assert_eq!(vendor(&g), Some(Vendor::Intel));
+    // Same vendor, and no PMU at all: the vendor string is left alone.
+    let mut s = spr();
+    apply(&default_emulated_layout(Vendor::Intel), &mut s);
+    assert_eq!(vendor_string(&s), "GenuineIntel");
+    let mut n = genoa();
+    apply(&PmuConfig::None, &mut n);
+    assert_eq!(vendor_string(&n), "AuthenticAMD");
+}
+
+#[test]
+fn apply_keeps_hygon_for_amd_layouts() {
+    let mut e = genoa();
+    let hygon = b"HygonGenuine";
+    let reg = |i: usize| u32::from_le_bytes([hygon[i], hygon[i + 1], hygon[i + 2], hygon[i + 3]]);
+    let v = e.iter_mut().find(|x| x.function == 0).unwrap();
+    (v.ebx, v.edx, v.ecx) = (reg(0), reg(4), reg(8));
+    apply(&default_emulated_layout(Vendor::Amd), &mut e);
+    assert_eq!(vendor_string(&e), "HygonGenuine");
 }

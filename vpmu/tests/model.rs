@@ -313,3 +313,20 @@ fn validate_rejects_what_is_not_modelled() {
         Err(ConfigError::Width { width: 31, .. })
     ));
 }
+
+#[test]
+fn both_vendors_msr_ranges_are_disjoint_and_fit_one_kvm_filter() {
+    let mut r = vpmu::model::pmu_msr_ranges_all();
+    // KVM_MSR_FILTER_MAX_RANGES is 16.
+    assert!(r.len() <= 16, "{r:x?}");
+    r.sort_unstable();
+    for w in r.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "overlap: {w:x?}");
+    }
+    // Each vendor's ranges are all in there.
+    for v in [vpmu::Vendor::Intel, vpmu::Vendor::Amd] {
+        for x in vpmu::model::pmu_msr_ranges(v) {
+            assert!(r.contains(&x), "{x:x?}");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //!   compiled into KVM_SET_PMU_EVENT_FILTER. `passthrough` needs KVM's mediated PMU
 //!   (kvm_{intel,amd}.enable_mediated_pmu=1): without it the VM is refused with the probe's
 //!   reason, never silently downgraded.
-//! - `userspace`: KVM's vPMU is disabled, every PMU MSR of the vendor's architecture is
+//! - `userspace`: KVM's vPMU is disabled, every PMU MSR of both vendors' architectures is
 //!   routed to the VMM by the MSR filter (KVM_EXIT_X86_RDMSR/WRMSR), and each vCPU gets a
 //!   [`super::userspace::UserspacePmu`].
 
@@ -44,6 +44,9 @@ pub struct PmuPlan {
     kvm_pmu_disabled: bool,
     /// `off` mode: PMU MSRs are routed to the VMM and #GP.
     off_msrs_fault: bool,
+    /// `(guest, host)` CPU vendors when the guest's CPUID vendor string is rewritten to
+    /// match a cross-vendor layout (userspace vPMU on a host without a PMU).
+    vendor_rewrite: Option<(vpmu::Vendor, vpmu::Vendor)>,
 }
 
 fn kvm_pmu_disable(kvm: &Kvm, vm: &VmFd) -> Result<bool> {
@@ -113,7 +116,17 @@ fn set_pmu_event_filter(vm: &VmFd, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn route_pmu_msrs_to_userspace(vm: &VmFd, vendor: vpmu::Vendor) -> Result<()> {
+/// Bytes of a KVM MSR filter bitmap for `msr_count` MSRs: KVM copies
+/// `BITS_TO_LONGS(msr_count) * sizeof(long)` bytes (`kvm_add_msr_filter`, arch/x86/kvm/x86.c),
+/// so the buffer is rounded up to whole 64-bit words, never to bytes.
+pub(crate) fn msr_filter_bitmap_len(msr_count: u32) -> usize {
+    (msr_count as usize).div_ceil(64) * 8
+}
+
+/// Routes every PMU MSR of both vendors' architectures to the VMM (KVM_EXIT_X86_RDMSR/
+/// WRMSR): the userspace vPMU answers those its layout has and #GPs the rest; `off` #GPs
+/// them all. Both vendors', so a guest never sees KVM's 0 for the other vendor's MSRs.
+fn route_pmu_msrs_to_userspace(vm: &VmFd) -> Result<()> {
     let mut cap = kvm_enable_cap {
         cap: KVM_CAP_X86_USER_SPACE_MSR,
         ..Default::default()
@@ -121,12 +134,12 @@ fn route_pmu_msrs_to_userspace(vm: &VmFd, vendor: vpmu::Vendor) -> Result<()> {
     cap.args[0] = u64::from(KVM_MSR_EXIT_REASON_FILTER);
     vm.enable_cap(&cap)
         .map_err(Error::kvm("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)"))?;
-    let ranges = vpmu::model::pmu_msr_ranges(vendor);
+    let ranges = vpmu::model::pmu_msr_ranges_all();
     // A clear bit denies the access, which with KVM_MSR_EXIT_REASON_FILTER means "exit to
     // userspace". Bitmaps stay alive until set_msr_filter returns (KVM copies them).
     let bitmaps: Vec<Vec<u8>> = ranges
         .iter()
-        .map(|(_, n)| vec![0u8; (*n as usize).div_ceil(8)])
+        .map(|(_, n)| vec![0u8; msr_filter_bitmap_len(*n)])
         .collect();
     let filter: Vec<MsrFilterRange<'_>> = ranges
         .iter()
@@ -170,21 +183,17 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         source: super::userspace::Source::Clock,
         kvm_pmu_disabled: false,
         off_msrs_fault: false,
+        vendor_rewrite: None,
     };
     if mode == PmuMode::Off {
         plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
         // CPUID cannot hide AMD's legacy counters, and KVM answers some PMU MSRs with 0
-        // even with its vPMU off (e.g. AMD PERF_CTR0-3). Where KVM has the MSR filter,
-        // send every PMU MSR of the host's vendor to the VMM, which has no PMU to offer:
+        // even with its vPMU off (e.g. AMD PERF_CTR0-3, on Intel hosts too). Where KVM has
+        // the MSR filter, send every PMU MSR of both vendors to the VMM, which has no PMU to offer:
         // each access #GPs, exactly as on a CPU without performance counters.
         if kvm.check_extension(Cap::X86UserSpaceMsr) && kvm.check_extension(Cap::X86MsrFilter) {
-            let cpuid = kvm
-                .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-                .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-            if let Some(vendor) = vpmu::cpuid::vendor(cpuid.as_slice()) {
-                route_pmu_msrs_to_userspace(vm, vendor)?;
-                plan.off_msrs_fault = true;
-            }
+            route_pmu_msrs_to_userspace(vm)?;
+            plan.off_msrs_fault = true;
         }
         return Ok(plan);
     }
@@ -212,6 +221,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         .layout
         .vendor()
         .ok_or_else(|| Error::PmuConfig(format!("--pmu {mode} with an empty PMU layout")))?;
+    plan.vendor_rewrite = host.vendor.filter(|h| *h != vendor).map(|h| (vendor, h));
     let (compiled, name) = load_policy(config, vendor, &plan.layout)?;
     plan.policy_name = name;
     if let Some(path) = &config.pmu.audit {
@@ -231,7 +241,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         }
         PmuMode::Userspace => {
             plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
-            route_pmu_msrs_to_userspace(vm, vendor)?;
+            route_pmu_msrs_to_userspace(vm)?;
             plan.source = match host.userspace_counter_source() {
                 vpmu::discovery::CounterSource::HostPerf { .. } => {
                     super::userspace::Source::HostPerf
@@ -334,6 +344,13 @@ impl PmuPlan {
             ),
         };
         let mut s = format!("pmu {} ({layout})", self.mode);
+        if let Some((guest, host)) = self.vendor_rewrite {
+            s.push_str(&format!(
+                ", guest CPUID vendor {} (host {})",
+                vpmu::cpuid::vendor_id(guest),
+                vpmu::cpuid::vendor_id(host)
+            ));
+        }
         if self.mode == PmuMode::Userspace {
             s.push_str(match self.source {
                 super::userspace::Source::Clock => ", counters: TSC clock model",
@@ -354,5 +371,20 @@ impl PmuPlan {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::msr_filter_bitmap_len;
+
+    #[test]
+    fn msr_filter_bitmaps_are_whole_longs() {
+        // kvm_add_msr_filter copies BITS_TO_LONGS(nmsrs) * sizeof(long) bytes.
+        assert_eq!(msr_filter_bitmap_len(1), 8);
+        assert_eq!(msr_filter_bitmap_len(6), 8);
+        assert_eq!(msr_filter_bitmap_len(64), 8);
+        assert_eq!(msr_filter_bitmap_len(65), 16);
+        assert_eq!(msr_filter_bitmap_len(0x600 * 8), 0x600);
     }
 }
