@@ -205,7 +205,12 @@ pub fn boot_fpu() -> kvm_fpu {
 /// STAR = [`BOOT_STAR`] (selectors of the boot GDT, so a freestanding guest can `sysretq`
 /// to CPL3 after setting only LSTAR; Linux rewrites it); fast strings on; MTRRs enabled
 /// with default type write-back. TSC and all PMU MSRs are left alone.
-pub fn boot_msrs() -> Vec<kvm_msr_entry> {
+///
+/// `misc_enable_at_reset` is the vCPU's IA32_MISC_ENABLE as KVM set it at vCPU reset
+/// (`kvm_vcpu_reset`: BTS_UNAVAIL | PEBS_UNAVAIL): fast strings are added to it, never
+/// written over it, because KVM accepts a host-initiated write as-is and a guest told BTS
+/// and PEBS are available would try to use them.
+pub fn boot_msrs(misc_enable_at_reset: u64) -> Vec<kvm_msr_entry> {
     let e = |index, data| kvm_msr_entry {
         index,
         data,
@@ -220,7 +225,10 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         e(msr::CSTAR, 0),
         e(msr::SYSCALL_MASK, 0),
         e(msr::KERNEL_GS_BASE, 0),
-        e(msr::MISC_ENABLE, msr::MISC_ENABLE_FAST_STRING),
+        e(
+            msr::MISC_ENABLE,
+            misc_enable_at_reset | msr::MISC_ENABLE_FAST_STRING,
+        ),
         e(msr::MTRR_DEF_TYPE, msr::MTRR_DEF_TYPE_ENABLE_WB),
     ]
 }
@@ -285,9 +293,15 @@ mod tests {
     fn fpu_and_msrs() {
         let f = boot_fpu();
         assert_eq!((f.fcw, f.mxcsr), (0x37f, 0x1f80));
-        let m = boot_msrs();
+        let m = boot_msrs(0);
         let get = |i| m.iter().find(|e| e.index == i).map(|e| e.data);
         assert_eq!(get(0x1a0), Some(1));
+        // KVM's reset value (BTS_UNAVAIL | PEBS_UNAVAIL) survives.
+        let kept = boot_msrs(0x1800);
+        assert_eq!(
+            kept.iter().find(|e| e.index == 0x1a0).map(|e| e.data),
+            Some(0x1801)
+        );
         assert_eq!(get(0x2ff), Some(0x806));
         assert_eq!(get(0xc000_0082), Some(0));
         assert_eq!(get(0xc000_0081), Some(0x0028_0008_0000_0000));
