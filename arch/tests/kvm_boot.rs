@@ -62,8 +62,8 @@ fn run(code: &[u8], user_code: &[u8], user_pages: bool, rdi: u64) -> Option<Outc
     setup_long_mode_sregs(&mut sregs, cr3);
     vcpu.set_sregs(&sregs).unwrap();
     vcpu.set_fpu(&boot_fpu()).unwrap();
-    let msrs = Msrs::from_entries(&boot_msrs()).unwrap();
-    assert_eq!(vcpu.set_msrs(&msrs).unwrap(), boot_msrs().len());
+    let msrs = Msrs::from_entries(&boot_msrs(0)).unwrap();
+    assert_eq!(vcpu.set_msrs(&msrs).unwrap(), boot_msrs(0).len());
     vcpu.set_regs(&long_mode_regs(ENTRY, BOOT_STACK_POINTER, [rdi, 0, 0]))
         .unwrap();
 
