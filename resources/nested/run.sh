@@ -267,7 +267,7 @@ fi
 start=$(date +%s.%N)
 set +e
 timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run_dir/qemu.err" |
-	sed -u 's/\r$//' | tee "$console" | { if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; }
+	sed -u 's/\r*$//' | tee "$console" | { if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; }
 qemu_status=${PIPESTATUS[0]}
 set -e
 end=$(date +%s.%N)
