@@ -14,7 +14,7 @@
 # usage: scripts/setup-arm64.sh [--check]     --check: only report what is missing (exit 1 if any)
 set -euo pipefail
 
-PKGS=(qemu-system-arm cpio kmod gzip file binutils
+PKGS=(qemu-system-arm cpio gzip binutils
 	gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 	rustc-web cargo-web libstd-rust-web-dev:arm64
 	shellcheck)

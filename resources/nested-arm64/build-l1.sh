@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--work) WORK=$2; shift 2 ;;
 	--with-qemu) WITH_QEMU=1; shift ;;
-	-h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,23p' "$0"; exit 0 ;;
 	*) die "unknown argument: $1 (see --help)" ;;
 	esac
 done

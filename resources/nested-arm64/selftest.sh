@@ -13,7 +13,7 @@
 # Prints "ARM64-RIG: ok <check> (<s> s)", "ARM64-RIG: FAIL <check>: <why>" (and the log),
 # "SKIPPED: <check>: <why>". Exit status: 0 all ran checks passed, 1 a check failed,
 # 104 prerequisites missing. VPMU_SKIP_NESTED=<reason> skips everything (exit 0), like the
-# x86 nested tests. Takes ~45-60 s of QEMU TCG on a 2-core machine (+ a first build).
+# x86 nested tests. Takes ~25-60 s of QEMU TCG on a 2-core machine (+ a first build).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--no-build) build=0; shift ;;
 	--keep-logs) keep=$2; shift 2 ;;
-	-h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,16p' "$0"; exit 0 ;;
 	*) echo "ARM64-RIG: error: unknown argument $1" >&2; exit 104 ;;
 	esac
 done
