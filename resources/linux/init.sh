@@ -1,10 +1,11 @@
 #!/bin/sh
-# /init of the vpmu-vmm Linux guest image (built by resources/linux/build-image.sh).
+# /init of the vpmu-vmm Linux guest image (built by resources/linux/build-image.sh), for
+# x86-64 and (build-image.sh --arch arm64) aarch64 guests.
 #
 # Kernel command line parameters understood here (read from /proc/cmdline):
 #   vpmu.cmd=<base64>   shell command to run (base64 of the command text, `base64 -w0`);
 #                       runs as `sh -c "<decoded>"`. Robust against any quoting.
-#   vpmu.exit=reset     (default) end with an i8042 reset whatever reboot= the kernel was
+#   vpmu.exit=reset     (default on x86) end with an i8042 reset whatever reboot= the kernel was
 #                       given: `echo kbd > /sys/kernel/reboot/type; reboot -f`
 #                       (vpmu-vmm exits 0). A kernel panic with panic=-1 still reboots the
 #                       way reboot= says (reboot=t: triple fault, a non-zero vpmu-vmm exit).
@@ -14,6 +15,9 @@
 #                       (QEMU TCG's nested SVM raises #GP there), falls back to reset.
 #   vpmu.exit=reboot    end with `reboot -f` (the kernel's reboot= decides how).
 #   vpmu.exit=poweroff  end with `poweroff -f` (without ACPI this just halts the CPUs).
+#                       The default on aarch64: PSCI SYSTEM_OFF, while a panic (panic=-1)
+#                       is a PSCI SYSTEM_RESET, so a VMM can tell them apart. There `reset`
+#                       is `reboot -f` (PSCI SYSTEM_RESET) and `port` falls back to poweroff.
 #   vpmu.exit=shell     start an interactive shell on the console instead (debugging).
 # Disks (vpmu-vmm --disk): vpmu-vmm announces each virtio-mmio disk in the ACPI DSDT
 # (_HID "LNRO0005"); when /sys/bus/acpi/devices has such a device, /init loads the
@@ -21,7 +25,8 @@
 # /lib/modules/vpmu and the driver binds through ACPI: /dev/vda, /dev/vdb, ...
 # (With acpi=off vpmu-vmm passes virtio_mmio.device=<size>@<base>:<irq> instead, which
 # only a kernel with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y understands; the modules are
-# loaded for those too.)
+# loaded for those too.) With a device tree (aarch64), "virtio_mmio@..." nodes make /init
+# load the modules; it then waits for as many vd* disks as virtio block devices appeared.
 # Without vpmu.cmd=, the text after " -- " on the kernel command line (/proc/cmdline) is
 # run with sh -c instead (shell quoting applies; the kernel limits the line to 2048 bytes).
 #
@@ -35,6 +40,9 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM=dumb
 umask 022
 set -f
+# The arm64 image ships only /bin/busybox and /bin/sh (the build host cannot list the
+# applets of a foreign busybox): make the applet links now.
+[ -e /bin/mount ] || /bin/busybox --install -s /bin
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -67,10 +75,29 @@ load_disks() {
 			esac
 		done
 	fi
-	[ "$n" -gt 0 ] || return 0
+	dt=0
+	if [ "$n" = 0 ]; then
+		set +f
+		for d in /sys/firmware/devicetree/base/virtio_mmio@*; do
+			[ -e "$d" ] && dt=$((dt + 1))
+		done
+		set -f
+	fi
+	[ "$n" -gt 0 ] || [ "$dt" -gt 0 ] || return 0
 	for m in virtio_ring virtio virtio_mmio virtio_blk; do
 		[ -f "/lib/modules/vpmu/$m.ko" ] && insmod "/lib/modules/vpmu/$m.ko"
 	done
+	if [ "$dt" -gt 0 ]; then
+		# Device tree transports may be empty (QEMU's virt machine has 32): count the
+		# virtio block devices (id 2) the transports found instead.
+		set +f
+		for d in /sys/bus/virtio/devices/*; do
+			[ "$(cat "$d/device" 2>/dev/null)" = 0x0002 ] && n=$((n + 1))
+		done
+		set -f
+		where="device tree ($dt virtio_mmio nodes)"
+		[ "$n" -gt 0 ] || return 0
+	fi
 	i=0
 	while :; do
 		found=''
@@ -96,7 +123,8 @@ echo "VPMU-GUEST: uptime $(cut -d' ' -f1 /proc/uptime)"
 load_disks
 
 cmd=
-exit_mode=reset
+arch=$(uname -m)
+if [ "$arch" = aarch64 ]; then exit_mode=poweroff; else exit_mode=reset; fi
 # shellcheck disable=SC2013 # words, not lines, on purpose
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
@@ -127,8 +155,14 @@ else
 fi
 echo "VPMU-GUEST: command exit $status"
 
+# aarch64 has no port I/O: vpmu.exit=port means the default there.
+[ "$arch" != aarch64 ] || [ "$exit_mode" != port ] || exit_mode=poweroff
 echo "VPMU-GUEST: end via $exit_mode"
 reset_kbd() {
+	if [ "$arch" = aarch64 ]; then
+		reboot -f # PSCI SYSTEM_RESET
+		sleep 2
+	fi
 	if [ -w /sys/kernel/reboot/type ] && echo kbd >/sys/kernel/reboot/type; then
 		reboot -f
 		sleep 2

@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
 # Runs vpmu-vmm inside an L1 Linux guest that QEMU emulates (TCG) with nested SVM, so that
 # vpmu-vmm gets a real /dev/kvm even where the host's KVM cannot run a Linux guest.
+# With --arch arm64 (what resources/nested-arm64/run.sh passes): an aarch64 vpmu-vmm inside
+# an arm64 L1 (qemu-system-aarch64 -M virt,virtualization=on: EL2, KVM in VHE mode, PMUv3).
 #
 # usage: resources/nested/run.sh [options] -- <vpmu-vmm args...>
 #        resources/nested/run.sh [options] --guest-cmd CMD [-- <extra vpmu-vmm args...>]
 #        resources/nested/run.sh [options] --l1-cmd SHELL-CMD
 # options:
+#   --arch ARCH         x86_64 (default) or arm64: which rig (arm64: built by
+#                       resources/nested-arm64/build-l1.sh into resources/nested-arm64/work,
+#                       or $VPMU_NESTED_ARM64_WORK)
 #   --vmm PATH          vpmu-vmm binary to run in L1 (default: $VPMU_VMM, else the newest of
-#                       target-h5/release, target/release, target/debug)
+#                       target-h5/release, target/release, target/debug; arm64:
+#                       $VPMU_VMM_ARM64, else target-aarch64/aarch64-unknown-linux-gnu/
+#                       {release,debug}/vpmu-vmm from scripts/cross-aarch64.sh)
 #   --guest-cmd CMD     boot the L2 Linux image and run CMD in it: the vpmu-vmm args become
 #                       run --kernel /l2/bzImage --initrd /l2/initramfs.cpio.gz
 #                           --cmdline "<L2 cmdline> vpmu.cmd=<base64 CMD>"  <extra args>
+#                       (arm64: --kernel /l2/Image)
+#   --l2-vmm qemu       arm64 only, L1 built with --with-qemu: --guest-cmd boots L2 with
+#                       QEMU-KVM in L1 instead of vpmu-vmm (a stand-in to check the rig):
+#                         qemu-system-aarch64 -M virt,gic-version=3 -cpu host -accel kvm
+#                           -m 512M -smp 1 ... -kernel /l2/Image -initrd ... -append
+#                           "<l2-cmdline-qemu> vpmu.cmd=..."  <extra args>
 #   --l2-cmdline STR    L2 kernel command line for --guest-cmd (default: /l2/cmdline, i.e.
 #                       resources/out/linux/cmdline)
 #   --l2-append STR     appended to the L2 kernel command line (e.g. "reboot=k")
@@ -24,13 +37,15 @@
 #                       /l2/disk.img (--disk-size MB, default 16) before vpmu-vmm runs
 #                       (--guest-cmd adds "--disk /l2/disk.img" itself; with -- pass it),
 #                       then prints it gzip+base64 on its console; the image lands in FILE
-#   --cpus N            L1 vCPUs (QEMU -smp; default 1)
-#   --qemu-cpu MODEL    QEMU CPU model (default EPYC; also works: qemu64,+svm,+npt and max)
+#   --cpus N            L1 vCPUs (QEMU -smp; default 1, arm64: 2)
+#   --qemu-cpu MODEL    QEMU CPU model (default EPYC; also works: qemu64,+svm,+npt and max;
+#                       arm64: max,pauth-impdef=on)
 #   --memory MB         L1 memory in MiB (default 2048)
 #   --timeout S         whole-run limit in seconds (default 300)
 #   --log FILE          also write the console log (CR stripped) to FILE
 #   --quiet             do not stream the console to stdout
-# In L1, vpmu-vmm runs in /l2 with the L2 image at /l2/bzImage, /l2/initramfs.cpio.gz.
+# In L1, vpmu-vmm runs in /l2 with the L2 image at /l2/bzImage (arm64: /l2/Image),
+# /l2/initramfs.cpio.gz.
 # Exit status: vpmu-vmm's (or --l1-cmd's) exit status, taken from the line
 # "NESTED: vpmu-vmm exit <n>"; else 100 = L1 ended without reporting one, 102 = timeout,
 # 104 = usage or prerequisite error (with a "nested-rig: error:" message on stderr).
@@ -39,23 +54,24 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-WORK=${VPMU_NESTED_WORK:-$HERE/work}
 
 usage_error() {
 	echo "nested-rig: error: $*" >&2
 	exit 104
 }
 
-vmm=${VPMU_VMM:-}
+arch=x86_64
+vmm=
 guest_cmd=
 guest_mode=0
 l2_cmdline=
-l2_kernel=/l2/bzImage
+l2_kernel=
 l2_append=
+l2_vmm=vpmu-vmm
 l1_cmd=
 files=()
-cpus=1
-qemu_cpu=EPYC
+cpus=
+qemu_cpu=
 memory=2048
 timeout_s=300
 log=
@@ -64,11 +80,13 @@ disk_size=16
 quiet=0
 while [ $# -gt 0 ]; do
 	case "$1" in
+	--arch) arch=$2; shift 2 ;;
 	--vmm) vmm=$2; shift 2 ;;
 	--guest-cmd) guest_cmd=$2; guest_mode=1; shift 2 ;;
 	--l2-cmdline) l2_cmdline=$2; shift 2 ;;
 	--l2-kernel) l2_kernel=$2; shift 2 ;;
 	--l2-append) l2_append=$2; shift 2 ;;
+	--l2-vmm) l2_vmm=$2; shift 2 ;;
 	--l1-cmd) l1_cmd=$2; shift 2 ;;
 	--file) files+=("$2"); shift 2 ;;
 	--cpus) cpus=$2; shift 2 ;;
@@ -79,7 +97,7 @@ while [ $# -gt 0 ]; do
 	--quiet) quiet=1; shift ;;
 	--disk-out) disk_out=$2; shift 2 ;;
 	--disk-size) disk_size=$2; shift 2 ;;
-	-h | --help) sed -n '2,36p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,51p' "$0"; exit 0 ;;
 	--) shift; break ;;
 	*) usage_error "unknown argument: $1 (see --help)" ;;
 	esac
@@ -88,19 +106,62 @@ vmm_args=("$@")
 if [ -z "$l1_cmd" ] && [ "$guest_mode" = 0 ] && [ "${#vmm_args[@]}" -eq 0 ]; then
 	usage_error "nothing to run: give -- <vpmu-vmm args>, --guest-cmd CMD or --l1-cmd CMD"
 fi
-command -v qemu-system-x86_64 >/dev/null ||
-	usage_error "qemu-system-x86_64 not found (apt-get install qemu-system-x86, or run resources/nested/build-l1.sh)"
-for f in "$WORK/l1/vmlinuz" "$WORK/l1/base.cpio" "$WORK/l1/l2-cmdline"; do
-	[ -f "$f" ] || usage_error "$f missing: run resources/nested/build-l1.sh first"
+# What differs between the rigs.
+case "$arch" in
+x86_64 | amd64)
+	arch=x86_64
+	WORK=${VPMU_NESTED_WORK:-$HERE/work}
+	build_l1=resources/nested/build-l1.sh
+	qemu_bin="qemu-system-x86_64"
+	qemu_pkg="qemu-system-x86"
+	l1_kernel=$WORK/l1/vmlinuz
+	: "${l2_kernel:=/l2/bzImage}" "${cpus:=1}" "${qemu_cpu:=EPYC}" "${vmm:=${VPMU_VMM:-}}"
+	vmm_candidates=("$REPO/target-h5/release/vpmu-vmm" "$REPO/target/release/vpmu-vmm" "$REPO/target/debug/vpmu-vmm")
+	vmm_build="cargo build --release"
+	elf_machine='Advanced Micro Devices X86-64'
+	;;
+arm64 | aarch64)
+	arch=arm64
+	WORK=${VPMU_NESTED_ARM64_WORK:-$REPO/resources/nested-arm64/work}
+	build_l1=resources/nested-arm64/build-l1.sh
+	qemu_bin="qemu-system-aarch64"
+	qemu_pkg="qemu-system-arm"
+	l1_kernel=$WORK/l1/Image
+	: "${l2_kernel:=/l2/Image}" "${cpus:=2}" "${qemu_cpu:=max,pauth-impdef=on}" "${vmm:=${VPMU_VMM_ARM64:-}}"
+	vmm_candidates=("$REPO/target-aarch64/aarch64-unknown-linux-gnu/release/vpmu-vmm"
+		"$REPO/target-aarch64/aarch64-unknown-linux-gnu/debug/vpmu-vmm")
+	vmm_build="scripts/cross-aarch64.sh"
+	elf_machine=AArch64
+	;;
+*) usage_error "--arch $arch: x86_64 or arm64" ;;
+esac
+case "$l2_vmm" in
+vpmu-vmm) ;;
+qemu)
+	[ "$arch" = arm64 ] || usage_error "--l2-vmm qemu is for --arch arm64 only"
+	[ "$guest_mode" = 1 ] || usage_error "--l2-vmm qemu goes with --guest-cmd"
+	;;
+*) usage_error "--l2-vmm $l2_vmm: vpmu-vmm or qemu" ;;
+esac
+command -v "$qemu_bin" >/dev/null ||
+	usage_error "$qemu_bin not found (apt-get install $qemu_pkg, or run $build_l1)"
+for f in "$l1_kernel" "$WORK/l1/base.cpio" "$WORK/l1/l2-cmdline"; do
+	[ -f "$f" ] || usage_error "$f missing: run $build_l1 first"
 done
 if [ -z "$vmm" ]; then
-	for c in "$REPO/target-h5/release/vpmu-vmm" "$REPO/target/release/vpmu-vmm" "$REPO/target/debug/vpmu-vmm"; do
+	for c in "${vmm_candidates[@]}"; do
 		if [ -x "$c" ] && { [ -z "$vmm" ] || [ "$c" -nt "$vmm" ]; }; then vmm=$c; fi
 	done
 fi
-if [ -z "$l1_cmd" ] || [ -n "$vmm" ]; then
-	[ -n "$vmm" ] || usage_error "no vpmu-vmm binary (build it: cargo build --release, or pass --vmm PATH)"
+if { [ -z "$l1_cmd" ] && [ "$l2_vmm" = vpmu-vmm ]; } || [ -n "$vmm" ]; then
+	[ -n "$vmm" ] || usage_error "no vpmu-vmm binary (build it: $vmm_build, or pass --vmm PATH)"
 	[ -x "$vmm" ] || usage_error "$vmm is not an executable file"
+	if [ "$arch" = arm64 ]; then
+		# the L1 CPU cannot run another architecture's binary: say so before booting L1
+		machine=$(LC_ALL=C readelf -h "$vmm" 2>/dev/null | sed -n 's/^ *Machine: *//p')
+		[ "$machine" = "$elf_machine" ] ||
+			usage_error "$vmm is not an $elf_machine ELF binary (${machine:-not ELF}): build it with $vmm_build"
+	fi
 fi
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/vpmu-nested-run.XXXXXX")
@@ -122,14 +183,32 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 		printf 'sh -c %s\n' "$(q "$l1_cmd")"
 	else
 		args=()
+		line='/bin/vpmu-vmm'
 		if [ "$guest_mode" = 1 ]; then
-			[ -n "$l2_cmdline" ] || l2_cmdline=$(cat "$WORK/l1/l2-cmdline")
+			if [ -z "$l2_cmdline" ]; then
+				if [ "$l2_vmm" = qemu ]; then
+					[ -f "$WORK/l1/l2-cmdline-qemu" ] || usage_error "$WORK/l1/l2-cmdline-qemu missing: run $build_l1"
+					l2_cmdline=$(cat "$WORK/l1/l2-cmdline-qemu")
+				else
+					l2_cmdline=$(cat "$WORK/l1/l2-cmdline")
+				fi
+			fi
 			l2_full="$l2_cmdline${l2_append:+ $l2_append} vpmu.cmd=$(printf '%s' "$guest_cmd" | base64 -w0)"
 			printf 'echo %s\n' "$(q "NESTED: L2 kernel command line: $l2_full")"
-			args=(run --kernel "$l2_kernel" --initrd /l2/initramfs.cpio.gz --cmdline "$l2_full")
-			[ -z "$disk_out" ] || args+=(--disk /l2/disk.img)
+			if [ "$l2_vmm" = qemu ]; then
+				# QEMU-KVM in L1 stands in for vpmu-vmm (build-l1.sh --with-qemu)
+				line='qemu-system-aarch64'
+				# shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
+				args=(-M virt,gic-version=3 -cpu host -accel kvm -m 512M -smp 1 -nodefaults -no-user-config
+					-display none -no-reboot -serial stdio
+					-kernel "$l2_kernel" -initrd /l2/initramfs.cpio.gz -append "$l2_full")
+				# shellcheck disable=SC2054
+				[ -z "$disk_out" ] || args+=(-drive file=/l2/disk.img,format=raw,if=none,id=d0 -device virtio-blk-device,drive=d0)
+			else
+				args=(run --kernel "$l2_kernel" --initrd /l2/initramfs.cpio.gz --cmdline "$l2_full")
+				[ -z "$disk_out" ] || args+=(--disk /l2/disk.img)
+			fi
 		fi
-		line='/bin/vpmu-vmm'
 		for a in "${args[@]}" "${vmm_args[@]}"; do line+=" $(q "$a")"; done
 		printf 'echo %s\n' "$(q "NESTED: running $line")"
 		printf '%s\n' "$line"
@@ -148,7 +227,15 @@ if [ -n "$vmm" ]; then
 	VPMU_LOG_PREFIX=nested-rig
 	# shellcheck source=../linux/lib.sh
 	. "$REPO/resources/linux/lib.sh"
-	copy_elf_with_libs "$vmm" "$root" /bin/vpmu-vmm
+	if [ "$arch" = arm64 ]; then
+		# a foreign binary: its libraries come from the arm64 root build-l1.sh unpacked
+		stage=$(cat "$WORK/l1/stage" 2>/dev/null) || stage=
+		{ [ -n "$stage" ] && [ -d "$stage" ]; } || usage_error "the arm64 root ${stage:-(unknown)} is missing: run $build_l1"
+		copy_file "$vmm" "$root" /bin/vpmu-vmm
+		copy_needed_libs "$stage" "$root" "$vmm"
+	else
+		copy_elf_with_libs "$vmm" "$root" /bin/vpmu-vmm
+	fi
 fi
 for f in "${files[@]}"; do
 	[ -f "$f" ] || usage_error "--file $f: no such file"
@@ -158,16 +245,29 @@ done
 cat "$WORK/l1/base.cpio" "$run_dir/run.cpio" >"$run_dir/initrd"
 
 console=$run_dir/console.log
-# shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
-qemu=(qemu-system-x86_64 -accel tcg -cpu "$qemu_cpu" -m "$memory" -smp "$cpus"
-	-machine pc -nodefaults -no-user-config -display none -no-reboot
-	-chardev stdio,id=con,signal=off -serial chardev:con
-	-kernel "$WORK/l1/vmlinuz" -initrd "$run_dir/initrd"
-	-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off")
+if [ "$arch" = arm64 ]; then
+	# EL2 (virtualization=on) for KVM in L1, GICv3 for its vGIC; pauth-impdef=on is 4-5x
+	# faster than QEMU's default pointer authentication; -icount shift=0 makes the PMUv3
+	# count instructions (1 instruction = 1 ns, cycles == instructions) and is single-threaded.
+	# shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
+	qemu=(qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu "$qemu_cpu"
+		-icount shift=0 -accel tcg -m "$memory" -smp "$cpus"
+		-nodefaults -no-user-config -display none -no-reboot
+		-chardev stdio,id=con,signal=off -serial chardev:con
+		-kernel "$l1_kernel" -initrd "$run_dir/initrd"
+		-append "console=ttyAMA0 panic=-1 quiet loglevel=4")
+else
+	# shellcheck disable=SC2054 # the commas belong to QEMU's option syntax
+	qemu=(qemu-system-x86_64 -accel tcg -cpu "$qemu_cpu" -m "$memory" -smp "$cpus"
+		-machine pc -nodefaults -no-user-config -display none -no-reboot
+		-chardev stdio,id=con,signal=off -serial chardev:con
+		-kernel "$l1_kernel" -initrd "$run_dir/initrd"
+		-append "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off")
+fi
 start=$(date +%s.%N)
 set +e
 timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run_dir/qemu.err" |
-	sed -u 's/\r$//' | tee "$console" | { if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; }
+	sed -u 's/\r*$//' | tee "$console" | { if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; }
 qemu_status=${PIPESTATUS[0]}
 set -e
 end=$(date +%s.%N)
