@@ -343,3 +343,24 @@ fn in_kernel_modes_run_or_refuse_with_the_probe_reason() {
         }
     }
 }
+
+#[test]
+fn policy_compile_warnings_reach_the_operator() {
+    need_model!("policy_compile_warnings_reach_the_operator", "intel");
+    let policy = write_scratch(
+        "fixed3.toml",
+        b"action = \"allow\"\nfixed_counters = [0, 1, 2, 3]\n[[event]]\nname = \"cycles\"\n",
+    );
+    let (_, _, e) = conformance(&[
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        "intel:version=2,gp=2,fixed=3",
+        "--pmu-policy",
+        &policy,
+    ]);
+    assert!(
+        e.contains("warning: policy") && e.contains("fixed counter 3 listed but the guest has 3"),
+        "{e}"
+    );
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod kick;
 pub mod lapic;
 pub mod loader;
+mod msrs;
 pub mod outcome;
 pub mod pmu;
 pub mod vcpu;

@@ -210,19 +210,11 @@ fn setup_vcpu(
     plan.apply_cpuid(&mut cpuid)?;
     vcpu.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
-    plan.verify_vcpu(&vcpu)?;
+    plan.setup_vcpu(&vcpu)?;
 
     // IA32_MISC_ENABLE as KVM set it at vCPU reset (BTS/PEBS unavailable): boot MSRs add
     // to it rather than overwrite it.
-    let mut misc = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-        index: arch::regs::msr::MISC_ENABLE,
-        ..Default::default()
-    }])
-    .map_err(|e| Error::Device(format!("boot MSRs: {e:?}")))?;
-    let misc_enable = match vcpu.get_msrs(&mut misc) {
-        Ok(1) => misc.as_slice()[0].data,
-        _ => 0,
-    };
+    let misc_enable = crate::msrs::get_msr(&vcpu, arch::regs::msr::MISC_ENABLE)?.unwrap_or(0);
     let msrs = kvm_bindings::Msrs::from_entries(&arch::regs::boot_msrs(misc_enable))
         .map_err(|e| Error::Device(format!("boot MSRs: {e:?}")))?;
     vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;

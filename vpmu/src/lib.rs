@@ -5,6 +5,7 @@
 //! - `state`: the guest PMU register file ([`state::PmuState`]) and context-switch order.
 //! - `cpuid`: CPUID synthesis for a layout; layout derivation from host CPUID.
 //! - `discovery`: host capability discovery and per-mode availability ([`discovery::HostPmu`]).
+//! - `inkernel`: what a VMM writes and checks for KVM's in-kernel x86 vPMU.
 //! - `selector`: event-selector decoding and vetting.
 //! - `policy`: the operator's event allowlist (TOML), compiled to a KVM filter and a matcher.
 //!
@@ -14,6 +15,7 @@ pub mod config;
 pub mod cpuid;
 pub mod discovery;
 pub mod events;
+pub mod inkernel;
 pub mod model;
 pub mod policy;
 pub mod selector;

@@ -29,6 +29,7 @@ use super::userspace::UserspacePmu;
 use super::VcpuPmu;
 use crate::config::VmConfig;
 use crate::error::{Error, Result};
+use crate::msrs::{get_msr, set_msr};
 
 /// KVM_PMU_CAP_DISABLE (include/uapi/linux/kvm.h).
 const KVM_PMU_CAP_DISABLE: u64 = 1;
@@ -90,23 +91,83 @@ fn load_policy(
     };
     let compiled = policy
         .compile(vendor, num_fixed)
-        .map_err(|e| Error::PmuConfig(e.to_string()))?;
+        .map_err(|e| Error::PmuConfig(format!("{name}: {e}")))?;
+    // The operator's own file: say what it cannot do here. (The builtin default's skipped
+    // rules, e.g. ref-cycles on AMD, are documented in resources/policies/default.toml.)
+    if config.pmu.policy.is_some() {
+        for w in compiled.warnings() {
+            eprintln!("vpmu-vmm: warning: policy {name}: {w}");
+        }
+    }
     Ok((compiled, name))
 }
 
-/// KVM_SET_PMU_EVENT_FILTER = _IOW(KVMIO, 0xb2, struct kvm_pmu_event_filter).
-fn set_pmu_event_filter(vm: &VmFd, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::io::AsRawFd;
-    // _IOW(0xAE, 0xb2, 32-byte header): dir=1 (write) << 30 | size << 16 | type << 8 | nr.
-    const KVM_SET_PMU_EVENT_FILTER: libc::c_ulong = (1 << 30) | (32 << 16) | (0xAE << 8) | 0xb2;
-    // Copy into u64-aligned storage.
+/// Why this KVM cannot enforce a compiled allowlist, if it cannot.
+fn filter_caps_refusal(
+    has_filter: bool,
+    has_masked: bool,
+    needs_masked: bool,
+) -> Option<&'static str> {
+    if !has_filter {
+        return Some(
+            "this kernel's KVM has no PMU event filter (KVM_CAP_PMU_EVENT_FILTER, Linux 5.2+), \
+             so the allowlist cannot be enforced in KVM's vPMU; use --pmu userspace or a newer kernel",
+        );
+    }
+    if needs_masked && !has_masked {
+        return Some(
+            "the policy has masked events, which this kernel's KVM cannot filter \
+             (KVM_CAP_PMU_EVENT_MASKED_EVENTS, Linux 6.3+); list the events without masks, \
+             use --pmu userspace, or a newer kernel",
+        );
+    }
+    None
+}
+
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_SET_PMU_EVENT_FILTER,
+    kvm_bindings::KVMIO,
+    0xb2,
+    kvm_bindings::kvm_pmu_event_filter
+);
+
+/// Installs the compiled allowlist with KVM_SET_PMU_EVENT_FILTER after checking that this
+/// KVM has what it needs: the filter itself (KVM_CAP_PMU_EVENT_FILTER, Linux 5.2+) and, for
+/// masked entries, KVM_CAP_PMU_EVENT_MASKED_EVENTS (6.3+). Without them the ioctl answers a
+/// bare EINVAL, or does not exist; the operator gets a sentence instead.
+fn install_pmu_event_filter(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mode: PmuMode,
+    compiled: &CompiledPolicy,
+) -> Result<()> {
+    let has = |cap: u32| kvm.check_extension_raw(libc::c_ulong::from(cap)) > 0;
+    let refuse = |reason: String| Error::PmuUnavailable {
+        mode: mode.to_string(),
+        reason,
+    };
+    if let Some(why) = filter_caps_refusal(
+        has(kvm_bindings::KVM_CAP_PMU_EVENT_FILTER),
+        has(kvm_bindings::KVM_CAP_PMU_EVENT_MASKED_EVENTS),
+        compiled.requires_masked_events_cap(),
+    ) {
+        return Err(refuse(why.to_string()));
+    }
+    let bytes = compiled
+        .kvm_filter_ref()
+        .to_ioctl_bytes()
+        .map_err(|e| Error::PmuConfig(e.to_string()))?;
+    // Copy into u64-aligned storage (the struct's alignment).
     let mut words = vec![0u64; bytes.len().div_ceil(8)];
     for (i, b) in bytes.iter().enumerate() {
         words[i / 8] |= u64::from(*b) << ((i % 8) * 8);
     }
-    // SAFETY: the buffer holds a complete kvm_pmu_event_filter (header + nevents entries)
-    // built by vpmu::policy; the kernel only reads it.
-    let r = unsafe { libc::ioctl(vm.as_raw_fd(), KVM_SET_PMU_EVENT_FILTER, words.as_ptr()) };
+    // SAFETY: `words` holds a complete kvm_pmu_event_filter (32-byte header and `nevents`
+    // u64 entries, built by vpmu::policy), 8-byte aligned, alive for the call; the kernel
+    // only reads it, and the return value is checked.
+    let r = unsafe {
+        vmm_sys_util::ioctl::ioctl_with_ptr(vm, KVM_SET_PMU_EVENT_FILTER(), words.as_ptr())
+    };
     if r < 0 {
         return Err(Error::Kvm {
             op: "KVM_SET_PMU_EVENT_FILTER",
@@ -153,6 +214,29 @@ fn route_pmu_msrs_to_userspace(vm: &VmFd) -> Result<()> {
         .collect();
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
         .map_err(Error::kvm("KVM_X86_SET_MSR_FILTER"))
+}
+
+/// Runs [`vpmu::inkernel::LivenessCheck`] on `vcpu` (after KVM_SET_CPUID2): the outer
+/// error is an ioctl failure, the inner one KVM's vPMU not being what `layout` asks for.
+pub fn check_live_vpmu(
+    vcpu: &VcpuFd,
+    layout: &PmuConfig,
+) -> Result<std::result::Result<(), String>> {
+    let Some(check) = vpmu::inkernel::LivenessCheck::for_layout(layout) else {
+        return Ok(Ok(()));
+    };
+    let back = if set_msr(vcpu, check.evtsel, check.probe_value)? {
+        let v = get_msr(vcpu, check.evtsel)?;
+        set_msr(vcpu, check.evtsel, 0)?;
+        v
+    } else {
+        None
+    };
+    let global = match check.global_ctrl {
+        Some((msr, _)) => get_msr(vcpu, msr)?,
+        None => None,
+    };
+    Ok(check.judge(back, global))
 }
 
 fn unavailable(mode: PmuMode, host: &HostPmu) -> Option<Error> {
@@ -233,11 +317,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
     }
     match mode {
         PmuMode::Emulated | PmuMode::Passthrough => {
-            let bytes = compiled
-                .kvm_filter_ref()
-                .to_ioctl_bytes()
-                .map_err(|e| Error::PmuConfig(e.to_string()))?;
-            set_pmu_event_filter(vm, &bytes)?;
+            install_pmu_event_filter(kvm, vm, mode, &compiled)?;
         }
         PmuMode::Userspace => {
             plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
@@ -262,38 +342,30 @@ impl PmuPlan {
             .map_err(|e| Error::PmuConfig(format!("CPUID: {e}")))
     }
 
-    /// After vCPU creation: checks that what the guest will see matches the request.
-    ///
-    /// For the in-kernel modes this asks KVM for the first counter MSR: KVM answers only
-    /// for counters its vPMU actually gives the guest.
-    pub fn verify_vcpu(&self, vcpu: &VcpuFd) -> Result<()> {
+    /// After KVM_SET_CPUID2, before the first KVM_RUN: writes the vPMU MSRs the layout
+    /// fixes (IA32_PERF_CAPABILITIES, see [`vpmu::inkernel::vcpu_msrs`]) and checks that
+    /// KVM gave the vCPU a live vPMU with the layout asked for
+    /// ([`vpmu::inkernel::LivenessCheck`]). In-kernel modes only.
+    pub fn setup_vcpu(&self, vcpu: &VcpuFd) -> Result<()> {
         if !matches!(self.mode, PmuMode::Emulated | PmuMode::Passthrough) {
             return Ok(());
         }
-        let probe = match &self.layout {
-            PmuConfig::Intel(_) => 0x186, // IA32_PERFEVTSEL0
-            PmuConfig::Amd(a) if a.core_ext => 0xc001_0200,
-            PmuConfig::Amd(_) => 0xc001_0000,
-            PmuConfig::None => return Ok(()),
-        };
-        let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-            index: probe,
-            ..Default::default()
-        }])
-        .map_err(|e| Error::PmuConfig(format!("{e:?}")))?;
-        let n = vcpu
-            .get_msrs(&mut msrs)
-            .map_err(Error::kvm("KVM_GET_MSRS"))?;
-        if n != 1 {
-            return Err(Error::PmuUnavailable {
-                mode: self.mode.to_string(),
-                reason: format!(
-                    "KVM did not give the vCPU the requested PMU (MSR {probe:#x} is not present); \
-                     is kvm.enable_pmu=Y and does the host have a PMU? see `vpmu-vmm probe`"
-                ),
-            });
+        for (index, data) in vpmu::inkernel::vcpu_msrs(&self.layout) {
+            if !set_msr(vcpu, index, data)? {
+                return Err(Error::PmuUnavailable {
+                    mode: self.mode.to_string(),
+                    reason: format!(
+                        "KVM refused MSR {index:#x} = {data:#x} for the guest's PMU layout"
+                    ),
+                });
+            }
         }
-        Ok(())
+        check_live_vpmu(vcpu, &self.layout)?.map_err(|why| Error::PmuUnavailable {
+            mode: self.mode.to_string(),
+            reason: format!(
+                "{why}; is kvm.enable_pmu=Y and does the host have a PMU? see `vpmu-vmm probe`"
+            ),
+        })
     }
 
     /// The per-vCPU userspace vPMU (only in `userspace` mode); `tsc_khz` is the vCPU's TSC
@@ -376,7 +448,19 @@ impl PmuPlan {
 
 #[cfg(test)]
 mod tests {
-    use super::msr_filter_bitmap_len;
+    use super::{filter_caps_refusal, msr_filter_bitmap_len};
+
+    #[test]
+    fn filter_needs_the_kvm_caps_it_uses() {
+        assert!(filter_caps_refusal(false, true, false)
+            .unwrap()
+            .contains("KVM_CAP_PMU_EVENT_FILTER"));
+        assert!(filter_caps_refusal(true, false, true)
+            .unwrap()
+            .contains("KVM_CAP_PMU_EVENT_MASKED_EVENTS"));
+        assert_eq!(filter_caps_refusal(true, false, false), None);
+        assert_eq!(filter_caps_refusal(true, true, true), None);
+    }
 
     #[test]
     fn msr_filter_bitmaps_are_whole_longs() {
