@@ -1,6 +1,7 @@
 //! VM lifecycle: turn a [`VmConfig`] into live KVM objects, run the vCPUs, collect the end.
 
 use std::io::Write;
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -407,7 +408,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
                 "KVM_GET_TSC_KHZ failed: the userspace vPMU needs a stable TSC".into(),
             ));
         }
-        let pmu = plan.vcpu_backend(i as u8, tsc_khz)?;
+        let pmu = plan.vcpu_backend(i as u8, fd.as_raw_fd(), tsc_khz)?;
         let vcpu = Vcpu {
             index: i as u8,
             fd,

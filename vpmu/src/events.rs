@@ -266,3 +266,11 @@ pub fn intel_fixed_counter_for(event: u16, umask: u8) -> Option<u8> {
         .find(|f| f.event.event == event && f.event.umask == umask)
         .map(|f| f.index)
 }
+
+/// The perf name of the event Intel fixed counter `idx` counts (`instructions`, `cycles`,
+/// `ref-cycles`, `topdown-slots`), if there is such a counter.
+pub fn fixed_counter_name(idx: u8) -> Option<&'static str> {
+    INTEL_FIXED_COUNTERS
+        .get(usize::from(idx))
+        .map(|f| f.event.name)
+}

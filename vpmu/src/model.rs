@@ -293,6 +293,24 @@ pub fn pmu_msr_ranges_all() -> Vec<(u32, u32)> {
     all
 }
 
+/// Every event-programming MSR of `vendor`'s architecture (GP event selectors and Intel's
+/// FIXED_CTR_CTRL), present in a given layout or not, ascending: what a VMM routes to
+/// itself to see (and audit) what a guest programs while KVM's vPMU does the counting.
+pub fn selector_msrs(vendor: Vendor) -> Vec<u32> {
+    let mut out: Vec<u32> = pmu_msr_ranges(vendor)
+        .into_iter()
+        .flat_map(|(base, count)| base..base.saturating_add(count))
+        .filter(|&m| {
+            matches!(
+                classify(vendor, m),
+                Some(PmuMsr::GpEventSel(_) | PmuMsr::FixedCtrCtrl)
+            )
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// Why a [`PmuConfig`] cannot be modelled.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {

@@ -330,3 +330,17 @@ fn both_vendors_msr_ranges_are_disjoint_and_fit_one_kvm_filter() {
         }
     }
 }
+
+#[test]
+fn selector_msrs_are_the_event_programming_registers() {
+    let intel = vpmu::model::selector_msrs(vpmu::Vendor::Intel);
+    let mut want: Vec<u32> = (0x186..0x18e).collect();
+    want.push(0x38d);
+    assert_eq!(intel, want);
+    let amd = vpmu::model::selector_msrs(vpmu::Vendor::Amd);
+    // K7 PERF_CTL0-3, then the core-extension PERF_CTL0-15 (PerfMonV2 allows 16; even
+    // addresses, the odd ones are counters).
+    let mut want: Vec<u32> = (0xc001_0000..0xc001_0004).collect();
+    want.extend((0..16).map(|i| 0xc001_0200 + 2 * i));
+    assert_eq!(amd, want);
+}

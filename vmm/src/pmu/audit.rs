@@ -74,9 +74,115 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Appends the record of one guest access to a PMU MSR: `sel` is the decoded event
+    /// selector where there is one, `rule` the policy rule or the reason.
+    pub fn access(
+        &self,
+        vcpu: u8,
+        msr: u32,
+        value: u64,
+        verdict: &str,
+        sel: Option<&vpmu::selector::EventSelector>,
+        rule: String,
+    ) -> bool {
+        self.write(&Record {
+            t_ms: self.now_ms(),
+            vcpu,
+            msr: format!("{msr:#x}"),
+            value: format!("{value:#x}"),
+            verdict,
+            event: sel.map(|s| format!("{:#x}", s.event)),
+            umask: sel.map(|s| format!("{:#x}", s.umask)),
+            rule,
+        })
+    }
+}
+
+/// One line of "what the guest programmed": an event and what the vPMU did with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Programmed {
+    /// `0x3c/0x00`-style event select / unit mask, or `fixed0`..`fixed3`.
+    pub event: String,
+    /// The event's perf name, when it is one of the named events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'static str>,
+    /// counting | denied | unsupported.
+    pub verdict: &'static str,
+    /// How many enabling programmings.
+    pub count: u64,
+}
+
+/// Distinct entries kept per vCPU; beyond this, programmings are tallied as `other`.
+const MAX_PROGRAMMED: usize = 64;
+
+/// What a vCPU's guest programmed, bounded: a guest cannot grow it without limit.
+#[derive(Debug, Default, Clone)]
+pub struct ProgrammedTally {
+    items: Vec<Programmed>,
+}
+
+impl ProgrammedTally {
+    /// Tallies one enabling programming of `event` with `verdict`.
+    pub fn record(&mut self, event: String, name: Option<&'static str>, verdict: &'static str) {
+        let full = self.items.len() >= MAX_PROGRAMMED;
+        let known = self
+            .items
+            .iter()
+            .any(|p| p.event == event && p.verdict == verdict);
+        let (event, name) = if full && !known {
+            ("other".to_string(), None)
+        } else {
+            (event, name)
+        };
+        match self
+            .items
+            .iter_mut()
+            .find(|p| p.event == event && p.verdict == verdict)
+        {
+            Some(p) => p.count += 1,
+            None => self.items.push(Programmed {
+                event,
+                name,
+                verdict,
+                count: 1,
+            }),
+        }
+    }
+
+    /// The tally so far.
+    pub fn items(&self) -> &[Programmed] {
+        &self.items
+    }
+
+    /// `0x3c/0x00 cycles counting x4, ...` for the end-of-run summary line.
+    pub fn summary(&self) -> String {
+        self.items
+            .iter()
+            .map(|p| {
+                let name = p.name.map(|n| format!(" {n}")).unwrap_or_default();
+                format!("{}{name} {} x{}", p.event, p.verdict, p.count)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programmed_tally_is_bounded() {
+        let mut t = ProgrammedTally::default();
+        for i in 0..1000u32 {
+            t.record(format!("{i:#x}/0x00"), None, "denied");
+        }
+        t.record("0x1/0x00".into(), None, "denied");
+        assert_eq!(t.items().len(), MAX_PROGRAMMED + 1);
+        assert_eq!(t.items().last().unwrap().event, "other");
+        assert_eq!(t.items()[1].count, 2);
+    }
 
     #[test]
     fn writes_json_lines() {

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod inkernel_audit;
 pub mod perf;
 pub mod setup;
 pub mod userspace;

@@ -25,6 +25,7 @@ use vpmu::policy::{CompiledPolicy, Policy};
 use vpmu::PmuConfig;
 
 use super::audit::AuditLog;
+use super::inkernel_audit::InKernelAudit;
 use super::userspace::UserspacePmu;
 use super::VcpuPmu;
 use crate::config::VmConfig;
@@ -184,29 +185,48 @@ pub(crate) fn msr_filter_bitmap_len(msr_count: u32) -> usize {
     (msr_count as usize).div_ceil(64) * 8
 }
 
-/// Routes every PMU MSR of both vendors' architectures to the VMM (KVM_EXIT_X86_RDMSR/
-/// WRMSR): the userspace vPMU answers those its layout has and #GPs the rest; `off` #GPs
-/// them all. Both vendors', so a guest never sees KVM's 0 for the other vendor's MSRs.
-fn route_pmu_msrs_to_userspace(vm: &VmFd) -> Result<()> {
+/// The bitmap of one MSR filter range: bit i clear (deny = exit to the VMM) where
+/// `to_vmm(base + i)`, set (KVM handles it) elsewhere.
+fn filter_bitmap(base: u32, n: u32, to_vmm: impl Fn(u32) -> bool) -> Vec<u8> {
+    let mut bm = vec![0u8; msr_filter_bitmap_len(n)];
+    for i in 0..n {
+        if !to_vmm(base + i) {
+            bm[(i / 8) as usize] |= 1 << (i % 8);
+        }
+    }
+    bm
+}
+
+/// Asks KVM to turn MSR-filter denials into exits to the VMM (KVM_EXIT_X86_RDMSR/WRMSR).
+fn enable_msr_exits(vm: &VmFd) -> Result<()> {
     let mut cap = kvm_enable_cap {
         cap: KVM_CAP_X86_USER_SPACE_MSR,
         ..Default::default()
     };
     cap.args[0] = u64::from(KVM_MSR_EXIT_REASON_FILTER);
     vm.enable_cap(&cap)
-        .map_err(Error::kvm("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)"))?;
-    let ranges = vpmu::model::pmu_msr_ranges_all();
+        .map_err(Error::kvm("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)"))
+}
+
+/// Installs an MSR filter (default: allow) whose ranges `(base, count)` send the accesses
+/// `flags` of the MSRs for which `to_vmm` holds to the VMM and let KVM handle the others.
+fn install_msr_filter(
+    vm: &VmFd,
+    ranges: &[(u32, u32)],
+    flags: MsrFilterRangeFlags,
+    to_vmm: impl Fn(u32) -> bool,
+) -> Result<()> {
     // A clear bit denies the access, which with KVM_MSR_EXIT_REASON_FILTER means "exit to
     // userspace". Bitmaps stay alive until set_msr_filter returns (KVM copies them).
     let bitmaps: Vec<Vec<u8>> = ranges
         .iter()
-        .map(|(_, n)| vec![0u8; msr_filter_bitmap_len(*n)])
+        .map(|&(base, n)| filter_bitmap(base, n, &to_vmm))
         .collect();
     let filter: Vec<MsrFilterRange<'_>> = ranges
         .iter()
         .zip(bitmaps.iter())
         .map(|((base, n), bm)| MsrFilterRange {
-            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            flags,
             base: *base,
             msr_count: *n,
             bitmap: bm,
@@ -214,6 +234,34 @@ fn route_pmu_msrs_to_userspace(vm: &VmFd) -> Result<()> {
         .collect();
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
         .map_err(Error::kvm("KVM_X86_SET_MSR_FILTER"))
+}
+
+/// Routes every PMU MSR of both vendors' architectures to the VMM: the userspace vPMU
+/// answers those its layout has and #GPs the rest; `off` #GPs them all. Both vendors', so
+/// a guest never sees KVM's 0 for the other vendor's MSRs.
+fn route_pmu_msrs_to_userspace(vm: &VmFd) -> Result<()> {
+    enable_msr_exits(vm)?;
+    install_msr_filter(
+        vm,
+        &vpmu::model::pmu_msr_ranges_all(),
+        MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+        |_| true,
+    )
+}
+
+/// `--pmu-audit` with KVM's in-kernel vPMU: guest writes of `vendor`'s event selectors and
+/// FIXED_CTR_CTRL go to the VMM (see [`super::inkernel_audit`]); everything else, reads of
+/// those included, stays in KVM.
+fn route_selector_writes_to_userspace(vm: &VmFd, vendor: vpmu::Vendor) -> Result<()> {
+    let selectors = vpmu::model::selector_msrs(vendor);
+    let ranges: Vec<(u32, u32)> = vpmu::model::pmu_msr_ranges(vendor)
+        .into_iter()
+        .filter(|&(base, n)| selectors.iter().any(|&m| m >= base && m - base < n))
+        .collect();
+    enable_msr_exits(vm)?;
+    install_msr_filter(vm, &ranges, MsrFilterRangeFlags::WRITE, |m| {
+        selectors.binary_search(&m).is_ok()
+    })
 }
 
 /// Runs [`vpmu::inkernel::LivenessCheck`] on `vcpu` (after KVM_SET_CPUID2): the outer
@@ -318,6 +366,20 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
     match mode {
         PmuMode::Emulated | PmuMode::Passthrough => {
             install_pmu_event_filter(kvm, vm, mode, &compiled)?;
+            if plan.audit.is_some() {
+                if !(kvm.check_extension(Cap::X86UserSpaceMsr)
+                    && kvm.check_extension(Cap::X86MsrFilter))
+                {
+                    return Err(Error::PmuUnavailable {
+                        mode: mode.to_string(),
+                        reason: "--pmu-audit needs KVM's MSR filter (KVM_CAP_X86_MSR_FILTER, \
+                                 Linux 5.10+) to see what the guest programs; drop --pmu-audit \
+                                 or use a newer kernel"
+                            .into(),
+                    });
+                }
+                route_selector_writes_to_userspace(vm, vendor)?;
+            }
         }
         PmuMode::Userspace => {
             plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
@@ -368,24 +430,35 @@ impl PmuPlan {
         })
     }
 
-    /// The per-vCPU userspace vPMU (only in `userspace` mode); `tsc_khz` is the vCPU's TSC
+    /// The per-vCPU side of the vPMU the VMM runs, if any: the userspace vPMU, or the audit
+    /// of KVM's in-kernel vPMU when `--pmu-audit` is given. `vcpu_fd` is the vCPU's KVM file
+    /// descriptor (kept open by the caller for the backend's lifetime); `tsc_khz` its TSC
     /// frequency (KVM_GET_TSC_KHZ), used to turn counts into overflow deadlines.
-    pub fn vcpu_backend(&self, index: u8, tsc_khz: u64) -> Result<Option<Box<dyn VcpuPmu>>> {
-        if self.mode != PmuMode::Userspace {
-            return Ok(None);
+    pub fn vcpu_backend(
+        &self,
+        index: u8,
+        vcpu_fd: std::os::unix::io::RawFd,
+        tsc_khz: u64,
+    ) -> Result<Option<Box<dyn VcpuPmu>>> {
+        let policy = || {
+            self.policy
+                .clone()
+                .ok_or_else(|| Error::PmuConfig("no policy".into()))
+        };
+        match (self.mode, &self.audit) {
+            (PmuMode::Userspace, _) => Ok(Some(Box::new(UserspacePmu::new(
+                index,
+                self.source,
+                &self.layout,
+                policy()?,
+                self.audit.clone(),
+                tsc_khz,
+            )))),
+            (PmuMode::Emulated | PmuMode::Passthrough, Some(log)) => Ok(Some(Box::new(
+                InKernelAudit::new(index, vcpu_fd, &self.layout, policy()?, log.clone()),
+            ))),
+            _ => Ok(None),
         }
-        let policy = self
-            .policy
-            .clone()
-            .ok_or_else(|| Error::PmuConfig("no policy".into()))?;
-        Ok(Some(Box::new(UserspacePmu::new(
-            index,
-            self.source,
-            &self.layout,
-            policy,
-            self.audit.clone(),
-            tsc_khz,
-        ))))
     }
 
     /// End of run: flush the audit log.
@@ -448,7 +521,28 @@ impl PmuPlan {
 
 #[cfg(test)]
 mod tests {
-    use super::{filter_caps_refusal, msr_filter_bitmap_len};
+    use super::{filter_bitmap, filter_caps_refusal, msr_filter_bitmap_len};
+
+    #[test]
+    fn selector_write_bitmaps_exit_only_on_selectors() {
+        // AMD core extension: PERF_CTL at even, PERF_CTR at odd addresses from 0xc0010200.
+        let sel = vpmu::model::selector_msrs(vpmu::Vendor::Amd);
+        let bm = filter_bitmap(0xc001_0200, 32, |m| sel.binary_search(&m).is_ok());
+        assert_eq!(bm.len(), 8);
+        assert_eq!(&bm[..4], &[0xaa; 4], "counters allowed, selectors exit");
+        assert_eq!(&bm[4..], &[0; 4]);
+        // Intel: IA32_PERFEVTSEL0-7 all exit.
+        let sel = vpmu::model::selector_msrs(vpmu::Vendor::Intel);
+        assert_eq!(
+            filter_bitmap(0x186, 8, |m| sel.binary_search(&m).is_ok())[0],
+            0
+        );
+        // FIXED_CTR_CTRL exits; GLOBAL_STATUS/CTRL/OVF_CTRL next to it stay in KVM.
+        assert_eq!(
+            filter_bitmap(0x38d, 6, |m| sel.binary_search(&m).is_ok())[0],
+            0b11_1110
+        );
+    }
 
     #[test]
     fn filter_needs_the_kvm_caps_it_uses() {

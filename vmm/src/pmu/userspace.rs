@@ -25,7 +25,7 @@ use vpmu::selector::{EventSelector, VetOptions};
 use vpmu::state::{CounterId, PmuState};
 use vpmu::{PmuConfig, Vendor};
 
-use super::audit::{AuditLog, Record};
+use super::audit::{AuditLog, Programmed, ProgrammedTally};
 use super::clock::{self, ClockEvent, Refusal};
 use super::perf::{self, PerfCounter};
 use super::VcpuPmu;
@@ -59,23 +59,6 @@ pub struct Stats {
     /// Overflow timers armed.
     pub timer_arms: u64,
 }
-
-/// One line of "what the guest programmed": an event and what the vPMU did with it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Programmed {
-    /// `0x3c/0x00`-style event select / unit mask, or `fixed0`..`fixed3`.
-    pub event: String,
-    /// The event's perf name, when it is one of the named events.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<&'static str>,
-    /// counting | denied | unsupported.
-    pub verdict: &'static str,
-    /// How many enabling programmings.
-    pub count: u64,
-}
-
-/// Distinct entries kept per vCPU; beyond this, programmings are tallied as `other`.
-const MAX_PROGRAMMED: usize = 64;
 
 /// Why a counter does not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +145,7 @@ pub struct UserspacePmu {
     timer_dirty: bool,
     armed_deadline_tsc: Option<u64>,
     prev_fixed_ctrl: Option<u64>,
-    programmed: Vec<Programmed>,
+    programmed: ProgrammedTally,
     stats: Stats,
 }
 
@@ -201,7 +184,7 @@ impl UserspacePmu {
             timer_dirty: true,
             armed_deadline_tsc: None,
             prev_fixed_ctrl: None,
-            programmed: Vec::new(),
+            programmed: ProgrammedTally::default(),
             stats: Stats::default(),
         }
     }
@@ -219,18 +202,9 @@ impl UserspacePmu {
         sel: Option<&EventSelector>,
         rule: String,
     ) {
-        let Some(log) = &self.audit else { return };
-        let rec = Record {
-            t_ms: log.now_ms(),
-            vcpu: self.vcpu,
-            msr: format!("{msr:#x}"),
-            value: format!("{value:#x}"),
-            verdict,
-            event: sel.map(|s| format!("{:#x}", s.event)),
-            umask: sel.map(|s| format!("{:#x}", s.umask)),
-            rule,
-        };
-        log.write(&rec);
+        if let Some(log) = &self.audit {
+            log.access(self.vcpu, msr, value, verdict, sel, rule);
+        }
     }
 
     fn feed_of(&self, id: CounterId) -> Feed {
@@ -253,7 +227,7 @@ impl UserspacePmu {
         }
     }
 
-    /// Tallies one enabling programming (bounded: a guest cannot grow this without limit).
+    /// Tallies one enabling programming.
     fn record(&mut self, event: String, name: Option<&'static str>, feed: Feed) {
         let verdict = match feed {
             Feed::Clock(_) | Feed::Perf => "counting",
@@ -261,34 +235,12 @@ impl UserspacePmu {
             Feed::Refused(_) => "unsupported",
             Feed::Idle => return,
         };
-        let full = self.programmed.len() >= MAX_PROGRAMMED;
-        let known = self
-            .programmed
-            .iter()
-            .any(|p| p.event == event && p.verdict == verdict);
-        let (event, name) = if full && !known {
-            ("other".to_string(), None)
-        } else {
-            (event, name)
-        };
-        match self
-            .programmed
-            .iter_mut()
-            .find(|p| p.event == event && p.verdict == verdict)
-        {
-            Some(p) => p.count += 1,
-            None => self.programmed.push(Programmed {
-                event,
-                name,
-                verdict,
-                count: 1,
-            }),
-        }
+        self.programmed.record(event, name, verdict);
     }
 
     /// What the guest programmed so far.
     pub fn programmed(&self) -> &[Programmed] {
-        &self.programmed
+        self.programmed.items()
     }
 
     /// Vets and applies a GP event-selector write. `false` = #GP.
@@ -459,9 +411,7 @@ impl UserspacePmu {
                 }
             };
             if self.fixed_field(i) != Some(field) {
-                let name = ["instructions", "cycles", "ref-cycles", "slots"]
-                    .get(usize::from(i))
-                    .copied();
+                let name = vpmu::events::fixed_counter_name(i);
                 self.record(format!("fixed{i}"), name, feed);
             }
             self.set_feed(id, feed);
@@ -633,22 +583,14 @@ impl VcpuPmu for UserspacePmu {
             "userspace vPMU: {} MSR reads, {} writes, {} #GP, {} denied, {} unsupported, {} overflows, {} PMIs",
             s.reads, s.writes, s.gp, s.denied, s.unsupported, s.overflows, s.pmis
         );
-        if !self.programmed.is_empty() {
-            let items: Vec<String> = self
-                .programmed
-                .iter()
-                .map(|p| {
-                    let name = p.name.map(|n| format!(" {n}")).unwrap_or_default();
-                    format!("{}{name} {} x{}", p.event, p.verdict, p.count)
-                })
-                .collect();
-            line.push_str(&format!("; programmed: {}", items.join(", ")));
+        if !self.programmed.items().is_empty() {
+            line.push_str(&format!("; programmed: {}", self.programmed.summary()));
         }
         line
     }
 
     fn summary_json(&self) -> serde_json::Value {
-        serde_json::json!({ "vcpu": self.vcpu, "stats": self.stats, "programmed": self.programmed })
+        serde_json::json!({ "vcpu": self.vcpu, "stats": self.stats, "programmed": self.programmed.items() })
     }
 }
 
