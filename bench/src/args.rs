@@ -23,6 +23,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub reps: Option<u32>,
     /// Comma-separated vPMU modes; unavailable ones are reported with the reason.
+    /// `emulated+audit` / `passthrough+audit` run the in-kernel modes with `--pmu-audit`.
     #[arg(
         long,
         value_name = "LIST",

@@ -404,7 +404,7 @@ pub fn vmm_args(
     mode: Mode,
     cmdline: &str,
 ) -> Vec<String> {
-    vec![
+    let mut args: Vec<String> = vec![
         "run".into(),
         "--kernel".into(),
         kernel.into(),
@@ -413,10 +413,13 @@ pub fn vmm_args(
         "--memory".into(),
         format!("{memory_mib}M"),
         "--pmu".into(),
-        mode.as_str().into(),
-        "--cmdline".into(),
-        cmdline.into(),
-    ]
+        mode.pmu_str().into(),
+    ];
+    if mode.audits() {
+        args.extend(["--pmu-audit".into(), "/tmp/vpmu-audit.jsonl".into()]);
+    }
+    args.extend(["--cmdline".into(), cmdline.into()]);
+    args
 }
 
 /// The L1 shell script of a nested run: the probe, then one vpmu-vmm run per mode, each
@@ -1476,7 +1479,7 @@ pub fn assemble(
     let mut cells = Vec::new();
     for &m in modes {
         let ev = events_for(m, choice);
-        let verdict = verdicts.iter().find(|v| v.0 == m.as_str());
+        let verdict = verdicts.iter().find(|v| v.0 == m.pmu_str());
         let sec = sections.iter().find(|x| x.0 == m);
         let mut mr = ModeResult {
             mode: m,
@@ -1898,6 +1901,11 @@ mod tests {
         assert!(long.len() < 2000, "{}", long.len());
 
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        let audited = vmm_args("/l2/bzImage", "/l2/i", 512, Mode::EmulatedAudit, "a");
+        let at = |f: &str| audited.iter().position(|x| x == f).unwrap();
+        assert_eq!(audited[at("--pmu") + 1], "emulated");
+        assert!(audited[at("--pmu-audit") + 1].ends_with(".jsonl"));
+        assert_eq!(audited.last().unwrap(), "a");
         let a = vmm_args("/l2/bzImage", "/l2/i", 512, Mode::Userspace, "a b");
         assert_eq!(
             a,

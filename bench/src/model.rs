@@ -18,6 +18,12 @@ pub enum Mode {
     Emulated,
     /// KVM's mediated passthrough vPMU.
     Passthrough,
+    /// `emulated` with `--pmu-audit`: every selector write exits to the VMM.
+    #[serde(rename = "emulated+audit")]
+    EmulatedAudit,
+    /// `passthrough` with `--pmu-audit`.
+    #[serde(rename = "passthrough+audit")]
+    PassthroughAudit,
 }
 
 impl Mode {
@@ -29,6 +35,11 @@ impl Mode {
         Mode::Passthrough,
     ];
 
+    /// The in-kernel modes with `--pmu-audit`, asked for by name (`--modes
+    /// emulated,emulated+audit`): the cost of the audit is their difference to the same
+    /// mode without it, measured in the same interleaved run.
+    pub const AUDITED: [Mode; 2] = [Mode::EmulatedAudit, Mode::PassthroughAudit];
+
     /// The name used on the command line and in reports.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -36,7 +47,24 @@ impl Mode {
             Mode::Userspace => "userspace",
             Mode::Emulated => "emulated",
             Mode::Passthrough => "passthrough",
+            Mode::EmulatedAudit => "emulated+audit",
+            Mode::PassthroughAudit => "passthrough+audit",
         }
+    }
+
+    /// The `--pmu` value this mode runs with.
+    pub fn pmu_str(self) -> &'static str {
+        match self {
+            Mode::EmulatedAudit => "emulated",
+            Mode::PassthroughAudit => "passthrough",
+            m => m.as_str(),
+        }
+    }
+
+    /// Whether this mode runs with `--pmu-audit` (what the audit costs is the difference
+    /// to the same mode without it, in the same run).
+    pub fn audits(self) -> bool {
+        matches!(self, Mode::EmulatedAudit | Mode::PassthroughAudit)
     }
 }
 
@@ -54,8 +82,11 @@ impl FromStr for Mode {
             "userspace" => Ok(Mode::Userspace),
             "emulated" => Ok(Mode::Emulated),
             "passthrough" => Ok(Mode::Passthrough),
+            "emulated+audit" => Ok(Mode::EmulatedAudit),
+            "passthrough+audit" => Ok(Mode::PassthroughAudit),
             other => Err(format!(
-                "unknown mode '{other}' (expected off, userspace, emulated or passthrough)"
+                "unknown mode '{other}' (expected off, userspace, emulated, passthrough, \
+                 emulated+audit or passthrough+audit)"
             )),
         }
     }
@@ -300,9 +331,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for m in Mode::ALL {
+        for m in Mode::ALL.into_iter().chain(Mode::AUDITED) {
             assert_eq!(m.as_str().parse::<Mode>(), Ok(m));
         }
+        assert_eq!(Mode::EmulatedAudit.pmu_str(), "emulated");
+        assert!(Mode::PassthroughAudit.audits() && !Mode::Passthrough.audits());
         for w in Workload::ALL {
             assert_eq!(w.as_str().parse::<Workload>(), Ok(w));
         }

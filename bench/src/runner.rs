@@ -18,8 +18,8 @@ pub fn pmu_mode(m: Mode) -> PmuMode {
     match m {
         Mode::Off => PmuMode::Off,
         Mode::Userspace => PmuMode::Userspace,
-        Mode::Emulated => PmuMode::Emulated,
-        Mode::Passthrough => PmuMode::Passthrough,
+        Mode::Emulated | Mode::EmulatedAudit => PmuMode::Emulated,
+        Mode::Passthrough | Mode::PassthroughAudit => PmuMode::Passthrough,
     }
 }
 
@@ -103,14 +103,21 @@ impl Backend for VmmBackend {
         cfg.cmdline = cmdline.to_string();
         cfg.cpus = 1;
         cfg.memory = crate::GUEST_MEMORY;
+        let audit = mode.audits().then(|| {
+            std::env::temp_dir().join(format!("vpmu-bench-audit-{}.jsonl", std::process::id()))
+        });
         cfg.pmu = vmm::PmuSettings {
             mode: pmu_mode(mode),
             layout: "host".into(),
             policy: None,
-            audit: None,
+            audit: audit.clone(),
         };
         cfg.console = vmm::Console::Capture(buf.clone());
-        let report = match vmm::run(cfg) {
+        let result = vmm::run(cfg);
+        if let Some(path) = &audit {
+            let _ = std::fs::remove_file(path);
+        }
+        let report = match result {
             Ok(r) => r,
             Err(vmm::Error::PmuUnavailable { reason, .. }) => {
                 return Err(RunError::Unavailable(reason))
