@@ -34,3 +34,5 @@ if [ "${QUICK:-0}" = 1 ]; then
 fi
 echo "== cargo test"
 cargo test --workspace --release -- --test-threads=2
+echo "== vpmu-vmm validate (what this host's vPMU can do; the summary names the vendor models that ran)"
+target/release/vpmu-vmm validate --out target/validate

@@ -3,7 +3,8 @@
 //!
 //! Subcommands: `run` (boot a kernel), `demo` (the built-in demo guest with a vPMU),
 //! `probe` (what this host can offer, and why not), `bench` (overhead of the vPMU modes,
-//! side by side), `guests` (list or extract the built-in guests).
+//! side by side), `validate` (everything this host's vPMU can do, in one report), `guests`
+//! (list or extract the built-in guests).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use vmm::outcome::STATUS_VMM_ERROR;
 use vmm::{Console, DiskConfig, KernelImage, PmuSettings, VmConfig};
 use vpmu::discovery::PmuMode;
+
+mod validate;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +46,18 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Check everything this host's vPMU can do, in one report to attach to a bug: the
+    /// probe, the conformance guest under every mode (refusals must match the probe), a
+    /// Linux guest with perf where possible, and the bench of the in-kernel modes.
+    /// Writes DIR/validate.json and DIR/validate.md; exit status 1 if a step failed.
+    Validate {
+        /// Output directory.
+        #[arg(long, value_name = "DIR", default_value = "target/validate")]
+        out: PathBuf,
+        /// Full bench instead of --quick.
+        #[arg(long)]
+        full_bench: bool,
     },
     /// Measure vPMU overhead by mode, side by side (JSON, markdown and SVG reports).
     Bench(bench::BenchArgs),
@@ -293,6 +308,25 @@ fn main() -> ExitCode {
                     print!("{}", host.report());
                 }
                 ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Cmd::Validate { out, full_bench } => match validate::validate(&out, !full_bench) {
+            Ok(r) => {
+                println!("{}", r.summary);
+                println!(
+                    "report: {} and {}",
+                    out.join("validate.json").display(),
+                    out.join("validate.md").display()
+                );
+                if r.steps
+                    .iter()
+                    .any(|s| s.verdict == validate::Verdict::Failed)
+                {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(e) => fail(e),
         },
