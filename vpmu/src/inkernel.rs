@@ -6,7 +6,7 @@
 //! `kvm_pmu_refresh` (arch/x86/kvm/pmu.c) for the PERF_GLOBAL_CTRL reset value, and
 //! `kvm_get_msr_common` for the P6/K7 counter MSRs that read 0 without a vPMU.
 
-use crate::config::PmuConfig;
+use crate::config::{PmuConfig, Vendor};
 use crate::model::{amd, intel};
 
 /// MSRs to write host-initiated after KVM_SET_CPUID2 and before the first KVM_RUN.
@@ -26,6 +26,24 @@ pub fn vcpu_msrs(cfg: &PmuConfig) -> Vec<(u32, u64)> {
             p.perf_capabilities.unwrap_or(0) & intel::PERF_CAP_SUPPORTED,
         )],
         PmuConfig::Amd(_) | PmuConfig::None => Vec::new(),
+    }
+}
+
+/// AMD event-select bits KVM's `amd_pmu_set_msr` drops without a #GP
+/// (`pmu->reserved_bits = 0xfffffff000280000`: 63:36, 21, 19; Host-Only/Guest-Only are
+/// unreserved only for a nested-SVM guest with the mediated vPMU, which this VMM does not
+/// offer).
+pub const AMD_KVM_DROPPED_EVTSEL_BITS: u64 = 0xffff_fff0_0028_0000;
+
+/// The value KVM's in-kernel vPMU stores for a host- or guest-initiated write of `value`
+/// to event-programming MSR `msr` that it accepted: AMD drops reserved selector bits
+/// silently; Intel refuses any reserved bit, so what it accepts it stores as written.
+pub fn kvm_stored_selector(vendor: Vendor, msr: u32, value: u64) -> u64 {
+    match (vendor, crate::model::classify(vendor, msr)) {
+        (Vendor::Amd, Some(crate::model::PmuMsr::GpEventSel(_))) => {
+            value & !AMD_KVM_DROPPED_EVTSEL_BITS
+        }
+        _ => value,
     }
 }
 
@@ -120,7 +138,7 @@ impl LivenessCheck {
 mod tests {
     use super::*;
     use crate::cpuid::default_emulated_layout;
-    use crate::{AmdPmu, IntelPmu, Vendor};
+    use crate::{AmdPmu, IntelPmu};
 
     fn intel(version: u8, gp: u8, caps: Option<u64>) -> PmuConfig {
         PmuConfig::Intel(IntelPmu {
@@ -167,6 +185,19 @@ mod tests {
         assert_eq!(v1.global_ctrl, None);
         assert!(v1.judge(Some(PROBE_EVTSEL), None).is_ok());
         assert!(v1.judge(Some(0), None).is_err());
+    }
+
+    #[test]
+    fn kvm_drops_amd_reserved_selector_bits() {
+        // Host-Only (41) and Guest-Only (40), bit 21, bit 19, 63:42 dropped; event, unit
+        // mask and EventSelect[11:8] (35:32) kept.
+        let v = 0x3_0063_0176 | 1 << 41 | 1 << 40 | 1 << 19 | 1 << 50;
+        assert_eq!(
+            kvm_stored_selector(Vendor::Amd, 0xc001_0200, v),
+            0x3_0043_0176
+        );
+        assert_eq!(kvm_stored_selector(Vendor::Amd, 0xc001_0201, 7), 7);
+        assert_eq!(kvm_stored_selector(Vendor::Intel, 0x186, 1 << 32), 1 << 32);
     }
 
     #[test]

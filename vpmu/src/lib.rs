@@ -5,6 +5,7 @@
 //! - `state`: the guest PMU register file ([`state::PmuState`]) and context-switch order.
 //! - `cpuid`: CPUID synthesis for a layout; layout derivation from host CPUID.
 //! - `discovery`: host capability discovery and per-mode availability ([`discovery::HostPmu`]).
+//! - `guest`: one vCPU's guest PMU with every decision ([`guest::GuestPmu`]: write, reprogram, verdict).
 //! - `inkernel`: what a VMM writes and checks for KVM's in-kernel x86 vPMU.
 //! - `selector`: event-selector decoding and vetting.
 //! - `policy`: the operator's event allowlist (TOML), compiled to a KVM filter and a matcher.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod cpuid;
 pub mod discovery;
 pub mod events;
+pub mod guest;
 pub mod inkernel;
 pub mod model;
 pub mod policy;

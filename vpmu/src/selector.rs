@@ -352,24 +352,16 @@ impl FixedCtrCtrl {
     }
 }
 
-/// Reserved bits of FIXED_CTR_CTRL for a guest with `num_fixed` fixed counters: every
-/// bit outside the first `num_fixed` nibbles (this VMM offers no adaptive PEBS, bit 32+4i).
-#[inline]
-pub const fn fixed_ctr_ctrl_reserved(num_fixed: u8) -> u64 {
-    if num_fixed >= 16 {
-        0
-    } else {
-        !((1u64 << (4 * num_fixed as u32)) - 1)
-    }
-}
-
-/// Decode and vet a guest write to IA32_FIXED_CTR_CTRL. `Err` means inject #GP.
+/// Decode and vet a guest write to IA32_FIXED_CTR_CTRL for the layout `model` describes.
+/// `Err` means inject #GP. The reserved bits are the model's
+/// ([`crate::model::MsrModel::fixed_ctrl_reserved`]: the nibbles of absent counters, and
+/// AnyThread before version 3), the one definition the register file uses too.
 pub fn vet_fixed_ctr_ctrl(
     raw: u64,
-    num_fixed: u8,
+    model: &crate::model::MsrModel,
     opts: &VetOptions,
 ) -> Result<FixedCtrCtrl, SelectorFault> {
-    let mask = raw & fixed_ctr_ctrl_reserved(num_fixed);
+    let mask = raw & model.fixed_ctrl_reserved();
     if mask != 0 {
         return Err(SelectorFault::Reserved {
             vendor: Vendor::Intel,
@@ -380,7 +372,7 @@ pub fn vet_fixed_ctr_ctrl(
     let mut hw_value = raw;
     let mut anythread_denied = 0u16;
     if !opts.allow_anythread {
-        for i in 0..num_fixed.min(16) {
+        for i in 0..model.num_fixed.min(16) {
             let shift = 4 * i as u32;
             if raw & (4 << shift) != 0 {
                 anythread_denied |= 1 << i;

@@ -2,8 +2,7 @@
 
 use proptest::prelude::*;
 use vpmu::selector::{
-    self, bits, fixed_ctr_ctrl_reserved, vet, vet_fixed_ctr_ctrl, EventSelector, SelectorFault,
-    VetOptions,
+    self, bits, vet, vet_fixed_ctr_ctrl, EventSelector, SelectorFault, VetOptions,
 };
 use vpmu::Vendor;
 
@@ -157,7 +156,7 @@ fn intel_anythread_is_denied_not_faulted_unless_allowed() {
 fn fixed_ctr_ctrl_fields_and_reserved_bits() {
     // Counter 0: OS|USR|PMI (0xb), counter 1: USR (0x2), counter 2: OS (0x1).
     let raw = 0x12b;
-    let c = vet_fixed_ctr_ctrl(raw, 3, &NO).expect("valid");
+    let c = vet_fixed_ctr_ctrl(raw, &fixed_model(5, 3), &NO).expect("valid");
     let f0 = c.field(0);
     assert!(f0.os && f0.usr && f0.pmi && !f0.any_thread);
     let f1 = c.field(1);
@@ -171,18 +170,23 @@ fn fixed_ctr_ctrl_fields_and_reserved_bits() {
 
     // A nibble for a counter the guest does not have.
     assert!(matches!(
-        vet_fixed_ctr_ctrl(0x1000, 3, &NO),
+        vet_fixed_ctr_ctrl(0x1000, &fixed_model(5, 3), &NO),
         Err(SelectorFault::Reserved { mask: 0x1000, .. })
     ));
-    assert_eq!(fixed_ctr_ctrl_reserved(0), u64::MAX);
-    assert_eq!(fixed_ctr_ctrl_reserved(4), !0xffff);
-    assert_eq!(fixed_ctr_ctrl_reserved(16), 0);
+    // AnyThread (bit 2 of a field) is reserved before version 3: the model's mask, the
+    // same one the register file uses (they used to disagree).
+    assert!(matches!(
+        vet_fixed_ctr_ctrl(0x4, &fixed_model(2, 3), &NO),
+        Err(SelectorFault::Reserved { mask: 0x4, .. })
+    ));
+    assert!(vet_fixed_ctr_ctrl(0x4, &fixed_model(3, 3), &NO).is_ok());
+    assert_eq!(fixed_model(5, 4).fixed_ctrl_reserved(), !0xffff);
 }
 
 #[test]
 fn fixed_ctr_ctrl_anythread_denies_that_counter_only() {
     let raw = 0x0b7; // counter 0: OS|USR|AnyThread, counter 1: OS|USR|PMI
-    let c = vet_fixed_ctr_ctrl(raw, 3, &NO).expect("valid");
+    let c = vet_fixed_ctr_ctrl(raw, &fixed_model(5, 3), &NO).expect("valid");
     assert_eq!(c.anythread_denied, 0b1);
     assert_eq!(c.hw_value, 0x0b0);
     assert_eq!(c.raw, raw);
@@ -190,7 +194,7 @@ fn fixed_ctr_ctrl_anythread_denies_that_counter_only() {
         allow_anythread: true,
         intel_in_tx: false,
     };
-    let c = vet_fixed_ctr_ctrl(raw, 3, &allow).expect("valid");
+    let c = vet_fixed_ctr_ctrl(raw, &fixed_model(5, 3), &allow).expect("valid");
     assert_eq!((c.anythread_denied, c.hw_value), (0, raw));
 }
 
@@ -223,16 +227,30 @@ proptest! {
     }
 
     #[test]
-    fn fixed_ctr_ctrl_vet_is_total(raw in any::<u64>(), n in 0u8..=20) {
-        let r = vet_fixed_ctr_ctrl(raw, n, &NO);
-        prop_assert_eq!(r.is_err(), raw & fixed_ctr_ctrl_reserved(n) != 0);
+    fn fixed_ctr_ctrl_vet_is_total(raw in any::<u64>(), n in 0u8..=20, version in 1u8..=5) {
+        let m = fixed_model(version, n);
+        let r = vet_fixed_ctr_ctrl(raw, &m, &NO);
+        prop_assert_eq!(r.is_err(), raw & m.fixed_ctrl_reserved() != 0);
         if let Ok(c) = r {
             // hw_value never enables more than the guest asked for.
             prop_assert_eq!(c.hw_value & !raw, 0);
-            for i in 0..n.min(16) {
+            for i in 0..m.num_fixed.min(16) {
                 let any = c.field(i).any_thread;
                 prop_assert_eq!(c.anythread_denied >> i & 1 == 1, any);
             }
         }
     }
+}
+
+fn fixed_model(version: u8, num_fixed: u8) -> vpmu::model::MsrModel {
+    vpmu::model::MsrModel::new_clamped(&vpmu::PmuConfig::Intel(vpmu::IntelPmu {
+        version,
+        num_gp: 4,
+        gp_width: 48,
+        num_fixed,
+        fixed_width: 48,
+        events_unavailable: 0,
+        events_len: 7,
+        perf_capabilities: None,
+    }))
 }

@@ -3,8 +3,7 @@
 //! KVM counts; the VMM only watches what the guest programs. With an audit file asked for,
 //! the MSR filter sends guest *writes* of the event selectors and FIXED_CTR_CTRL to the
 //! VMM (reads, counters and the global registers stay in KVM). Each write is vetted and
-//! judged by the same vpmu code as the userspace vPMU ([`CompiledPolicy::check`],
-//! [`vpmu::selector::vet_fixed_ctr_ctrl`], [`CompiledPolicy::decide_fixed_decision`]),
+//! judged by the same vpmu core as the userspace vPMU ([`GuestPmu`]),
 //! audited, and then handed to KVM as a host-initiated KVM_SET_MSRS:
 //!
 //! - KVM stores it and requests a reprogram, exactly as for the guest's own WRMSR
@@ -23,8 +22,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kvm_bindings::{kvm_msr_entry, kvm_msrs, Msrs};
+use vpmu::guest::{GuestPmu, Verdict};
 use vpmu::model::PmuMsr;
-use vpmu::policy::{CompiledPolicy, Decision};
+use vpmu::policy::CompiledPolicy;
+use vpmu::state::CounterId;
 use vpmu::{PmuConfig, Vendor};
 
 use super::audit::{AuditLog, ProgrammedTally};
@@ -60,10 +61,10 @@ pub struct InKernelAudit {
     vcpu: u8,
     fd: VcpuRawFd,
     vendor: Vendor,
-    num_fixed: u8,
-    policy: Arc<CompiledPolicy>,
+    /// A shadow of what the guest programmed (every selector write passes through here),
+    /// judged by the same core as the userspace vPMU.
+    guest: GuestPmu,
     log: Arc<AuditLog>,
-    last_fixed_ctrl: u64,
     programmed: ProgrammedTally,
     stats: Stats,
 }
@@ -79,19 +80,12 @@ impl InKernelAudit {
         policy: Arc<CompiledPolicy>,
         log: Arc<AuditLog>,
     ) -> InKernelAudit {
-        let (vendor, num_fixed) = match layout {
-            PmuConfig::Intel(p) => (Vendor::Intel, p.num_fixed),
-            PmuConfig::Amd(_) => (Vendor::Amd, 0),
-            PmuConfig::None => (Vendor::Intel, 0),
-        };
         InKernelAudit {
             vcpu,
             fd: VcpuRawFd(vcpu_fd),
-            vendor,
-            num_fixed,
-            policy,
+            vendor: layout.vendor().unwrap_or(Vendor::Intel),
+            guest: GuestPmu::new(layout, policy),
             log,
-            last_fixed_ctrl: 0,
             programmed: ProgrammedTally::default(),
             stats: Stats::default(),
         }
@@ -115,87 +109,38 @@ impl InKernelAudit {
         n == 1
     }
 
-    fn gp(
-        &mut self,
-        msr: u32,
-        value: u64,
-        sel: Option<&vpmu::selector::EventSelector>,
-        why: String,
-    ) -> bool {
+    fn gp(&mut self, msr: u32, value: u64, why: String) -> bool {
         self.stats.gp += 1;
-        self.log.access(self.vcpu, msr, value, "gp", sel, why);
+        self.log.access(self.vcpu, msr, value, "gp", None, why);
         false
     }
 
-    fn write_evtsel(&mut self, msr: u32, value: u64) -> bool {
-        let checked = match self.policy.check(value) {
-            Ok(c) => c,
-            Err(e) => return self.gp(msr, value, None, e.to_string()),
-        };
-        let sel = checked.vetted.selector;
+    /// A selector or FIXED_CTR_CTRL write: KVM first (its reserved bits decide #GP, so the
+    /// audit never changes what the guest sees), then vpmu's decision on the value KVM
+    /// stored, then the audit record.
+    fn write_selector(&mut self, msr: u32, value: u64) -> bool {
         if !self.kvm_set(msr, value) {
-            return self.gp(msr, value, Some(&sel), "KVM refused the value".into());
+            return self.gp(msr, value, "KVM refused the value (reserved bits)".into());
         }
-        if sel.en {
-            let verdict = match checked.decision {
-                Decision::Allowed => "counting",
-                Decision::Denied(reason) => {
-                    self.stats.denied += 1;
-                    let rule = self.policy.describe(reason).to_string();
-                    self.log
-                        .access(self.vcpu, msr, value, "denied", Some(&sel), rule);
-                    "denied"
-                }
-            };
-            let name = vpmu::events::named_events(self.vendor)
-                .iter()
-                .find(|n| n.event == sel.event && n.umask == sel.umask)
-                .map(|n| n.name);
-            self.programmed.record(
-                format!("{:#x}/{:#04x}", sel.event, sel.umask),
-                name,
-                verdict,
-            );
-        }
-        true
-    }
-
-    fn write_fixed_ctrl(&mut self, msr: u32, value: u64) -> bool {
-        let vetted = match vpmu::selector::vet_fixed_ctr_ctrl(
-            value,
-            self.num_fixed,
-            &self.policy.vet_options(),
-        ) {
-            Ok(v) => v,
-            Err(e) => return self.gp(msr, value, None, e.to_string()),
+        let stored = vpmu::inkernel::kvm_stored_selector(self.vendor, msr, value);
+        let reprogrammed = match self.guest.write(msr, stored) {
+            Ok(w) => w.reprogrammed,
+            // KVM accepted a value vpmu's model calls reserved (Intel IN_TX with TSX):
+            // decide the event anyway, never skip the audit.
+            Err(_) => self.guest.judge_raw(msr, stored),
         };
-        if !self.kvm_set(msr, value) {
-            return self.gp(msr, value, None, "KVM refused the value".into());
-        }
-        let previous = std::mem::replace(&mut self.last_fixed_ctrl, value);
-        for i in 0..self.num_fixed.min(16) {
-            let shift = 4 * u32::from(i);
-            let field = (value >> shift) & 0xf;
-            // Only fields that change to an enabled state are new programmings.
-            if field & 0x3 == 0 || field == (previous >> shift) & 0xf {
+        for p in reprogrammed {
+            if !p.enabled() {
                 continue;
             }
-            let decision = if vetted.anythread_denied & (1 << i) != 0 {
-                Decision::Denied(vpmu::policy::DenyReason::AnyThread)
-            } else {
-                self.policy.decide_fixed_decision(i)
-            };
-            let verdict = match decision {
-                Decision::Allowed => "counting",
-                Decision::Denied(reason) => {
-                    self.stats.denied += 1;
-                    let rule = self.policy.describe(reason).to_string();
-                    self.log.access(self.vcpu, msr, value, "denied", None, rule);
-                    "denied"
-                }
-            };
-            let name = vpmu::events::fixed_counter_name(i);
-            self.programmed.record(format!("fixed{i}"), name, verdict);
+            if let Verdict::Denied(reason) = p.verdict {
+                self.stats.denied += 1;
+                let rule = self.guest.policy().describe(reason).to_string();
+                let sel = matches!(p.counter, CounterId::Gp(_)).then_some(&p.selector);
+                self.log.access(self.vcpu, msr, value, "denied", sel, rule);
+            }
+            self.programmed
+                .record(p.event_key(), p.event_name(), p.verdict.as_str());
         }
         true
     }
@@ -224,9 +169,8 @@ impl VcpuPmu for InKernelAudit {
         let start = Instant::now();
         self.stats.writes += 1;
         let ok = match vpmu::model::classify(self.vendor, msr) {
-            Some(PmuMsr::GpEventSel(_)) => self.write_evtsel(msr, value),
-            Some(PmuMsr::FixedCtrCtrl) => self.write_fixed_ctrl(msr, value),
-            _ => self.gp(msr, value, None, "not an event-programming MSR".into()),
+            Some(PmuMsr::GpEventSel(_) | PmuMsr::FixedCtrCtrl) => self.write_selector(msr, value),
+            _ => self.gp(msr, value, "not an event-programming MSR".into()),
         };
         self.stats.handler_ns += u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         ok

@@ -19,9 +19,9 @@
 
 use std::sync::Arc;
 
-use vpmu::model::PmuMsr;
-use vpmu::policy::{CompiledPolicy, Decision};
-use vpmu::selector::{EventSelector, VetOptions};
+use vpmu::guest::{GuestPmu, Programming, Verdict};
+use vpmu::policy::CompiledPolicy;
+use vpmu::selector::EventSelector;
 use vpmu::state::{CounterId, PmuState};
 use vpmu::{PmuConfig, Vendor};
 
@@ -131,9 +131,7 @@ pub struct UserspacePmu {
     source: Source,
     tid: libc::pid_t,
     perf: Vec<(CounterId, PerfCounter)>,
-    state: PmuState,
-    policy: Arc<CompiledPolicy>,
-    vet_opts: VetOptions,
+    guest: GuestPmu,
     audit: Option<Arc<AuditLog>>,
     tsc_khz: u64,
     /// Counters currently counting, with whether a host perf event feeds them (else the
@@ -144,7 +142,6 @@ pub struct UserspacePmu {
     timer: Option<Timer>,
     timer_dirty: bool,
     armed_deadline_tsc: Option<u64>,
-    prev_fixed_ctrl: Option<u64>,
     programmed: ProgrammedTally,
     stats: Stats,
 }
@@ -165,16 +162,13 @@ impl UserspacePmu {
         tsc_khz: u64,
     ) -> UserspacePmu {
         let vendor = layout.vendor().unwrap_or(Vendor::Intel);
-        let vet_opts = policy.vet_options();
         UserspacePmu {
             vcpu,
             vendor,
             source,
             tid: 0,
             perf: Vec::new(),
-            state: PmuState::new(layout),
-            policy,
-            vet_opts,
+            guest: GuestPmu::new(layout, policy),
             audit,
             tsc_khz: tsc_khz.max(1),
             running: Vec::new(),
@@ -183,7 +177,6 @@ impl UserspacePmu {
             timer: None,
             timer_dirty: true,
             armed_deadline_tsc: None,
-            prev_fixed_ctrl: None,
             programmed: ProgrammedTally::default(),
             stats: Stats::default(),
         }
@@ -191,7 +184,7 @@ impl UserspacePmu {
 
     /// The register file (tests, debugging).
     pub fn state(&self) -> &PmuState {
-        &self.state
+        self.guest.state()
     }
 
     fn audit(
@@ -219,7 +212,8 @@ impl UserspacePmu {
         if feed != Feed::Perf {
             self.perf.retain(|(c, _)| *c != id);
         }
-        self.state
+        self.guest
+            .state_mut()
             .set_blocked(id, !matches!(feed, Feed::Clock(_) | Feed::Perf));
         match self.feeds.iter_mut().find(|(c, _)| *c == id) {
             Some(slot) => slot.1 = feed,
@@ -243,68 +237,94 @@ impl UserspacePmu {
         self.programmed.items()
     }
 
-    /// Vets and applies a GP event-selector write. `false` = #GP.
-    fn write_evtsel(&mut self, msr: u32, idx: u8, value: u64) -> bool {
-        let checked = match self.policy.check(value) {
-            Ok(c) => c,
-            Err(e) => {
-                self.stats.gp += 1;
-                self.audit(msr, value, "gp", None, e.to_string());
-                return false;
+    /// Connects one decided programming to a counter source, audits denials and
+    /// refusals, and tallies what the guest programmed. The decision itself was made by
+    /// [`GuestPmu::reprogram`]; what is left here is which source can count it.
+    fn apply(&mut self, p: Programming, msr: u32, value: u64) {
+        let id = p.counter;
+        let sel = p.selector;
+        let gp = matches!(id, CounterId::Gp(_));
+        // GP selectors are reported on every enabling write, fixed fields when they change
+        // (every reprogrammed fixed counter changed).
+        let sel_ref = gp.then_some(&sel);
+        let feed = match p.verdict {
+            Verdict::Disabled => Feed::Idle,
+            Verdict::Denied(reason) => {
+                let report = if gp {
+                    sel.en
+                } else {
+                    self.feed_of(id) != Feed::Denied
+                };
+                if report {
+                    self.stats.denied += 1;
+                    let rule = self.guest.policy().describe(reason).to_string();
+                    self.audit(msr, value, "denied", sel_ref, rule);
+                }
+                Feed::Denied
             }
-        };
-        let sel = checked.vetted.selector;
-        if self.state.write(msr, checked.vetted.guest_value).is_err() {
-            self.stats.gp += 1;
-            self.audit(
-                msr,
-                value,
-                "gp",
-                Some(&sel),
-                "not present in the guest's PMU layout".into(),
-            );
-            return false;
-        }
-        let id = CounterId::Gp(idx);
-        let feed = if let Decision::Denied(reason) = checked.decision {
-            if sel.en {
-                self.stats.denied += 1;
-                let rule = self.policy.describe(reason).to_string();
-                self.audit(msr, value, "denied", Some(&sel), rule);
-            }
-            Feed::Denied
-        } else if self.source == Source::HostPerf {
-            if !sel.en {
-                self.perf.retain(|(c, _)| *c != id);
-                Feed::Idle
-            } else {
-                let attr = perf::gp_attr(self.vendor, &sel);
-                self.open_perf(id, attr, msr, value, Some(&sel), "the event")
-            }
-        } else {
-            match clock::gp_event(self.vendor, &sel) {
-                Ok(ev) => Feed::Clock(ev),
-                Err(r) => {
-                    if sel.en && self.feed_of(id) != Feed::Refused(r) {
-                        self.stats.unsupported += 1;
-                        self.audit(msr, value, "unsupported", Some(&sel), r.as_str().into());
+            Verdict::Allowed if self.source == Source::HostPerf => {
+                if !sel.en {
+                    self.perf.retain(|(c, _)| *c != id);
+                    Feed::Idle
+                } else {
+                    match (id, p.fixed_field) {
+                        (CounterId::Gp(_), _) => {
+                            let attr = perf::gp_attr(self.vendor, &sel);
+                            self.open_perf(id, attr, msr, value, Some(&sel), "the event")
+                        }
+                        (CounterId::Fixed(i), Some(field)) => match perf::fixed_attr(i, field) {
+                            Some(attr) => {
+                                let what = format!("fixed counter {i}");
+                                self.open_perf(id, attr, msr, value, None, &what)
+                            }
+                            None => self.refuse(
+                                id,
+                                Refusal::UnsupportedEvent,
+                                msr,
+                                value,
+                                None,
+                                &format!("fixed counter {i}: no host perf equivalent"),
+                            ),
+                        },
+                        (CounterId::Fixed(_), None) => Feed::Idle,
                     }
-                    Feed::Refused(r)
                 }
             }
+            Verdict::Allowed => match clock::gp_event(sel.vendor, &sel) {
+                Ok(ev) => Feed::Clock(ev),
+                Err(r) => {
+                    let why = match id {
+                        CounterId::Fixed(i) => format!("fixed counter {i}: {}", r.as_str()),
+                        CounterId::Gp(_) => r.as_str().into(),
+                    };
+                    self.refuse(id, r, msr, value, sel_ref, &why)
+                }
+            },
         };
         if sel.en {
-            let name = vpmu::events::named_events(self.vendor)
-                .iter()
-                .find(|n| n.event == sel.event && n.umask == sel.umask)
-                .map(|n| n.name);
-            self.record(format!("{:#x}/{:#04x}", sel.event, sel.umask), name, feed);
+            self.record(p.event_key(), p.event_name(), feed);
         }
         self.set_feed(id, feed);
-        true
     }
 
-    /// Vets and applies an Intel FIXED_CTR_CTRL write. `false` = #GP.
+    /// The counter source cannot count `id`'s event: audited once per change, never faked.
+    fn refuse(
+        &mut self,
+        id: CounterId,
+        r: Refusal,
+        msr: u32,
+        value: u64,
+        sel: Option<&EventSelector>,
+        why: &str,
+    ) -> Feed {
+        let enabled = sel.is_none_or(|s| s.en);
+        if enabled && self.feed_of(id) != Feed::Refused(r) {
+            self.stats.unsupported += 1;
+            self.audit(msr, value, "unsupported", sel, why.to_string());
+        }
+        Feed::Refused(r)
+    }
+
     /// Backs counter `id` with a new host perf event (replacing any old one); a refusal by
     /// the host is audited as `unsupported` and the counter does not count.
     fn open_perf(
@@ -336,92 +356,9 @@ impl UserspacePmu {
         }
     }
 
-    /// The 4-bit FIXED_CTR_CTRL field of fixed counter `i` before the current write.
-    fn fixed_field(&self, i: u8) -> Option<u8> {
-        self.prev_fixed_ctrl
-            .map(|v| ((v >> (4 * u32::from(i))) & 0xf) as u8)
-    }
-
-    fn write_fixed_ctrl(&mut self, msr: u32, value: u64) -> bool {
-        self.prev_fixed_ctrl = self.state.read(msr).ok();
-        if let Err(e) = self.state.write(msr, value) {
-            self.stats.gp += 1;
-            self.audit(msr, value, "gp", None, e.to_string());
-            return false;
-        }
-        // The model's count, clamped to what is modelled (<= 4): the raw layout's count
-        // could exceed 15 and shift a field past bit 63.
-        let num_fixed = self.state.model().num_fixed;
-        for i in 0..num_fixed {
-            let field = ((value >> (4 * u32::from(i))) & 0xf) as u8;
-            let id = CounterId::Fixed(i);
-            let anythread = field & 0x4 != 0;
-            let feed = if field & 0x3 == 0 {
-                Feed::Idle
-            } else if !self.policy.decide_fixed(i) || (anythread && !self.vet_opts.allow_anythread)
-            {
-                if self.feed_of(id) != Feed::Denied {
-                    self.stats.denied += 1;
-                    let why = if anythread && !self.vet_opts.allow_anythread {
-                        "AnyThread not permitted by the policy".to_string()
-                    } else {
-                        format!("fixed counter {i} not in the policy's fixed_counters")
-                    };
-                    self.audit(msr, value, "denied", None, why);
-                }
-                Feed::Denied
-            } else if self.source == Source::HostPerf {
-                let existing = self.feed_of(id) == Feed::Perf;
-                match perf::fixed_attr(i, field) {
-                    _ if existing && self.fixed_field(i) == Some(field) => Feed::Perf,
-                    Some(attr) => {
-                        let what = format!("fixed counter {i}");
-                        self.open_perf(id, attr, msr, value, None, &what)
-                    }
-                    None => {
-                        if self.feed_of(id) != Feed::Refused(Refusal::UnsupportedEvent) {
-                            self.stats.unsupported += 1;
-                            self.audit(
-                                msr,
-                                value,
-                                "unsupported",
-                                None,
-                                format!("fixed counter {i}: no host perf equivalent"),
-                            );
-                        }
-                        Feed::Refused(Refusal::UnsupportedEvent)
-                    }
-                }
-            } else {
-                match clock::fixed_event(i, field) {
-                    Ok(ev) => Feed::Clock(ev),
-                    Err(r) => {
-                        if self.feed_of(id) != Feed::Refused(r) {
-                            self.stats.unsupported += 1;
-                            self.audit(
-                                msr,
-                                value,
-                                "unsupported",
-                                None,
-                                format!("fixed counter {i}: {}", r.as_str()),
-                            );
-                        }
-                        Feed::Refused(r)
-                    }
-                }
-            };
-            if self.fixed_field(i) != Some(field) {
-                let name = vpmu::events::fixed_counter_name(i);
-                self.record(format!("fixed{i}"), name, feed);
-            }
-            self.set_feed(id, feed);
-        }
-        true
-    }
-
     fn recompute_running(&mut self) {
         self.running.clear();
-        for c in self.state.counters() {
+        for c in self.guest.state().counters() {
             match self.feed_of(c.id) {
                 Feed::Clock(_) if c.enabled => self.running.push((c.id, false)),
                 Feed::Perf if c.enabled => self.running.push((c.id, true)),
@@ -436,8 +373,10 @@ impl UserspacePmu {
     /// with an overflow signal to the vCPU thread, so the PMI is raised on time.
     fn arm_perf_periods(&mut self) {
         for (id, pc) in &self.perf {
-            let due = match self.state.counter(*id) {
-                Some(c) if c.enabled && c.pmi_on_overflow => self.state.counts_until_overflow(*id),
+            let due = match self.guest.state().counter(*id) {
+                Some(c) if c.enabled && c.pmi_on_overflow => {
+                    self.guest.state().counts_until_overflow(*id)
+                }
                 _ => None,
             };
             if let Some(n) = due {
@@ -459,9 +398,9 @@ impl UserspacePmu {
             if perf {
                 continue; // host perf raises its own overflow signal
             }
-            if let Some(c) = self.state.counter(id) {
+            if let Some(c) = self.guest.state().counter(id) {
                 if c.pmi_on_overflow {
-                    if let Some(n) = self.state.counts_until_overflow(id) {
+                    if let Some(n) = self.guest.state().counts_until_overflow(id) {
                         nearest = Some(nearest.map_or(n, |m| m.min(n)));
                     }
                 }
@@ -520,7 +459,7 @@ impl VcpuPmu for UserspacePmu {
             } else {
                 ran_tsc
             };
-            if let Some(ovf) = self.state.add_count(id, delta) {
+            if let Some(ovf) = self.guest.state_mut().add_count(id, delta) {
                 self.stats.overflows += 1;
                 self.timer_dirty = true;
                 if ovf.pmi {
@@ -542,7 +481,7 @@ impl VcpuPmu for UserspacePmu {
 
     fn rdmsr(&mut self, msr: u32) -> Option<u64> {
         self.stats.reads += 1;
-        match self.state.read(msr) {
+        match self.guest.state().read(msr) {
             Ok(v) => Some(v),
             Err(e) => {
                 self.stats.gp += 1;
@@ -554,23 +493,21 @@ impl VcpuPmu for UserspacePmu {
 
     fn wrmsr(&mut self, msr: u32, value: u64) -> bool {
         self.stats.writes += 1;
-        let ok = match vpmu::model::classify(self.vendor, msr) {
-            Some(PmuMsr::GpEventSel(i)) => self.write_evtsel(msr, i, value),
-            Some(PmuMsr::FixedCtrCtrl) => self.write_fixed_ctrl(msr, value),
-            _ => match self.state.write(msr, value) {
-                Ok(_) => true,
-                Err(e) => {
-                    self.stats.gp += 1;
-                    self.audit(msr, value, "gp", None, e.to_string());
-                    false
+        match self.guest.write(msr, value) {
+            Ok(written) => {
+                for p in written.reprogrammed {
+                    self.apply(p, msr, value);
                 }
-            },
-        };
-        // Any accepted write may change what runs or when it overflows.
-        if ok {
-            self.dirty = true;
+                // Any accepted write may change what runs or when it overflows.
+                self.dirty = true;
+                true
+            }
+            Err(e) => {
+                self.stats.gp += 1;
+                self.audit(msr, value, "gp", None, e.to_string());
+                false
+            }
         }
-        ok
     }
 
     fn masks_lvtpc_on_pmi(&self) -> bool {
