@@ -44,6 +44,12 @@ fn entry(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> Option<&kvm
     })
 }
 
+/// The registers (EAX, EBX, ECX, EDX) of leaf `function`, sub-leaf `index`, in `entries`
+/// (a sub-leaf only has to match for leaves flagged KVM_CPUID_FLAG_SIGNIFCANT_INDEX).
+pub fn lookup(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> Option<[u32; 4]> {
+    entry(entries, function, index).map(|e| [e.eax, e.ebx, e.ecx, e.edx])
+}
+
 fn regs_to_string(regs: &[u32]) -> String {
     let bytes: Vec<u8> = regs.iter().flat_map(|r| r.to_le_bytes()).collect();
     String::from_utf8_lossy(&bytes)
@@ -80,7 +86,16 @@ fn set_vendor(entries: &mut [kvm_cpuid_entry2], vendor: Vendor) {
 
 /// The PMU architecture family of the CPU described by `entries` (Hygon counts as AMD).
 pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Option<Vendor> {
-    match vendor_string(entries).as_str() {
+    vendor_of(&vendor_string(entries))
+}
+
+/// [`vendor`] from leaf 0's vendor registers in string order (EBX, EDX, ECX).
+pub fn vendor_from_regs(ebx: u32, edx: u32, ecx: u32) -> Option<Vendor> {
+    vendor_of(&regs_to_string(&[ebx, edx, ecx]))
+}
+
+fn vendor_of(vendor_string: &str) -> Option<Vendor> {
+    match vendor_string {
         "GenuineIntel" => Some(Vendor::Intel),
         "AuthenticAMD" | "HygonGenuine" => Some(Vendor::Amd),
         _ => None,

@@ -7,6 +7,7 @@
 
 use crate::config::{PmuConfig, Vendor};
 use crate::cpuid::{self, HostFacts, PDCM_BIT};
+use crate::mediated::HostPerfPmu;
 use crate::model::intel;
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_msr_entry, Msrs, KVM_CAP_PMU_CAPABILITY, KVM_CAP_PMU_EVENT_FILTER,
@@ -96,8 +97,8 @@ pub trait HostSource {
     fn supported_cpuid(&self) -> Result<Vec<kvm_cpuid_entry2>, String>;
     /// KVM_CHECK_EXTENSION on /dev/kvm; 0 when unsupported or KVM is unusable.
     fn check_extension(&self, cap: u32) -> i32;
-    /// A sysfs module parameter, trimmed; `None` when the file is absent (the running
-    /// kernel does not have that parameter).
+    /// A small sysfs/procfs file (a module parameter, a perf PMU cap, a sysctl), trimmed;
+    /// `None` when the file is absent (e.g. the running kernel has no such parameter).
     fn read_param(&self, path: &str) -> Option<String>;
     /// Names of the loaded KVM modules (`/sys/module/kvm*`), e.g. `kvm`, `kvm_amd`.
     fn kvm_modules(&self) -> Vec<String>;
@@ -110,6 +111,17 @@ pub trait HostSource {
     /// The CPU model name from outside CPUID (e.g. /proc/cpuinfo), used when KVM's
     /// supported CPUID lacks the brand-string leaves.
     fn cpu_model(&self) -> Option<String> {
+        None
+    }
+    /// The host CPU's own CPUID (leaf, sub-leaf) as [EAX, EBX, ECX, EDX], i.e. what the
+    /// host kernel's perf driver saw, not KVM's capped KVM_GET_SUPPORTED_CPUID; `None`
+    /// when unknown or beyond the CPU's maximum leaf.
+    fn host_cpuid(&self, _leaf: u32, _subleaf: u32) -> Option<[u32; 4]> {
+        None
+    }
+    /// A host MSR as CPU 0 has it (`/dev/cpu/0/msr`, which needs root and the msr module);
+    /// `None` when unreadable.
+    fn host_msr(&self, _msr: u32) -> Option<u64> {
         None
     }
 }
@@ -232,6 +244,29 @@ impl HostSource for SystemHost {
         Some(false)
     }
 
+    #[cfg(target_arch = "x86_64")]
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
+        // `__cpuid_count` is an unsafe fn on older toolchains and safe on newer ones.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID exists on every x86_64 CPU and has no side effects.
+        let max = unsafe { core::arch::x86_64::__cpuid_count(leaf & 0x8000_0000, 0) }.eax;
+        if leaf > max {
+            return None;
+        }
+        #[allow(unused_unsafe)]
+        // SAFETY: as above.
+        let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
+        Some([r.eax, r.ebx, r.ecx, r.edx])
+    }
+
+    fn host_msr(&self, msr: u32) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open("/dev/cpu/0/msr").ok()?;
+        let mut buf = [0u8; 8];
+        f.read_exact_at(&mut buf, u64::from(msr)).ok()?;
+        Some(u64::from_le_bytes(buf))
+    }
+
     fn cpu_model(&self) -> Option<String> {
         let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
         text.lines()
@@ -262,6 +297,11 @@ pub struct FixtureHost {
     pub kernel_says_no_pmu: Option<bool>,
     /// CPU model name from outside CPUID.
     pub cpu_model: Option<String>,
+    /// The host CPU's own CPUID (`None`: unknown), e.g. parsed with
+    /// [`cpuid::parse_cpuid_dump`].
+    pub raw_cpuid: Option<Vec<kvm_cpuid_entry2>>,
+    /// Host MSRs (`/dev/cpu/0/msr`; missing: unreadable).
+    pub raw_msrs: BTreeMap<u32, u64>,
 }
 
 impl HostSource for FixtureHost {
@@ -299,6 +339,14 @@ impl HostSource for FixtureHost {
 
     fn cpu_model(&self) -> Option<String> {
         self.cpu_model.clone()
+    }
+
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
+        cpuid::lookup(self.raw_cpuid.as_deref()?, leaf, subleaf)
+    }
+
+    fn host_msr(&self, msr: u32) -> Option<u64> {
+        self.raw_msrs.get(&msr).copied()
     }
 }
 
@@ -405,6 +453,9 @@ pub struct HostPmu {
     pub perf_pmus: Vec<PerfPmu>,
     /// The kernel log says "PMU not available" (`None`: log unreadable).
     pub kernel_says_no_pmu: Option<bool>,
+    /// The host's own perf core PMU (host CPUID, not KVM's capped view); `None` when the
+    /// host CPUID is unknown or shows no PMU perf could drive.
+    pub host_perf_pmu: Option<HostPerfPmu>,
 }
 
 /// `vpmu-vmm probe --json`: the host facts plus each mode's verdict.
@@ -498,6 +549,10 @@ impl HostPmu {
             perf_capabilities,
             perf_pmus: src.perf_pmus(),
             kernel_says_no_pmu: src.kernel_says_no_pmu(),
+            host_perf_pmu: HostPerfPmu::from_cpuid(
+                &|leaf, sub| src.host_cpuid(leaf, sub),
+                src.host_msr(intel::IA32_PERF_CAPABILITIES),
+            ),
         }
     }
 
@@ -803,6 +858,13 @@ impl HostPmu {
                 .join(", ")
         };
         writeln!(s, "  perf core PMU (sysfs):  {pmus}")?;
+        match &self.host_perf_pmu {
+            Some(p) => writeln!(s, "  host perf PMU (CPUID):  {}", p.describe())?,
+            None => writeln!(
+                s,
+                "  host perf PMU (CPUID):  none (no PMU perf could drive in the host CPUID, or it is unreadable)"
+            )?,
+        }
         writeln!(
             s,
             "  kernel log:             {}",

@@ -4,6 +4,7 @@
 //! - `model`: per-vendor MSR model (addresses, presence, reserved bits, semantics).
 //! - `state`: the guest PMU register file ([`state::PmuState`]) and context-switch order.
 //! - `cpuid`: CPUID synthesis for a layout; layout derivation from host CPUID.
+//! - `mediated`: KVM's mediated vPMU: the host perf PMU, hardware support, intercepts.
 //! - `discovery`: host capability discovery and per-mode availability ([`discovery::HostPmu`]).
 //! - `selector`: event-selector decoding and vetting.
 //! - `policy`: the operator's event allowlist (TOML), compiled to a KVM filter and a matcher.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod cpuid;
 pub mod discovery;
 pub mod events;
+pub mod mediated;
 pub mod model;
 pub mod policy;
 pub mod selector;
