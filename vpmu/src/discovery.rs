@@ -7,7 +7,7 @@
 
 use crate::config::{PmuConfig, Vendor};
 use crate::cpuid::{self, HostFacts, PDCM_BIT};
-use crate::mediated::HostPerfPmu;
+use crate::mediated::{HostPerfPmu, MediatedSupport};
 use crate::model::intel;
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_msr_entry, Msrs, KVM_CAP_PMU_CAPABILITY, KVM_CAP_PMU_EVENT_FILTER,
@@ -453,6 +453,9 @@ pub struct HostPmu {
     pub perf_pmus: Vec<PerfPmu>,
     /// The kernel log says "PMU not available" (`None`: log unreadable).
     pub kernel_says_no_pmu: Option<bool>,
+    /// `caps/pmu_name` of the first host perf core PMU in sysfs (e.g. `sapphire_rapids`;
+    /// Intel only).
+    pub perf_pmu_name: Option<String>,
     /// The host's own perf core PMU (host CPUID, not KVM's capped view); `None` when the
     /// host CPUID is unknown or shows no PMU perf could drive.
     pub host_perf_pmu: Option<HostPerfPmu>,
@@ -532,6 +535,13 @@ impl HostPmu {
             user_space_msr: src.check_extension(KVM_CAP_X86_USER_SPACE_MSR) > 0,
             msr_filter: src.check_extension(KVM_CAP_X86_MSR_FILTER) > 0,
         };
+        let perf_pmus = src.perf_pmus();
+        let perf_pmu_name = perf_pmus.first().and_then(|p| {
+            src.read_param(&format!(
+                "/sys/bus/event_source/devices/{}/caps/pmu_name",
+                p.name
+            ))
+        });
         HostPmu {
             vendor,
             vendor_string: cpuid::vendor_string(&entries),
@@ -547,7 +557,8 @@ impl HostPmu {
             caps,
             layout: cpuid::host_layout_with(&entries, &facts),
             perf_capabilities,
-            perf_pmus: src.perf_pmus(),
+            perf_pmus,
+            perf_pmu_name,
             kernel_says_no_pmu: src.kernel_says_no_pmu(),
             host_perf_pmu: HostPerfPmu::from_cpuid(
                 &|leaf, sub| src.host_cpuid(leaf, sub),
@@ -618,25 +629,43 @@ impl HostPmu {
             })
     }
 
-    fn mediated_hw_blocker(&self) -> Option<Blocker> {
-        match &self.layout {
-            PmuConfig::Intel(p) if p.version < 4 => blocker(
-                format!("host PMU is architectural perfmon v{}; mediated passthrough needs v4+", p.version),
-                "use a newer CPU, or --pmu emulated / userspace",
+    /// Why passthrough is off when `<module>.enable_mediated_pmu=N`, and whether reloading
+    /// the module with `=1` can help. The parameter is KVM's own verdict: with `=1` at load
+    /// time KVM keeps it only if the hardware can (`kvm_init_pmu_capability`), so the host
+    /// facts here are used only to tell "not asked for" from "cannot".
+    ///
+    /// Not checked against KVM_GET_SUPPORTED_CPUID: KVM caps the version it reports there
+    /// at 2 (and fixed counters at 3) on every host, mediated or not.
+    fn mediated_off_blocker(&self, module: &str) -> Option<Blocker> {
+        let reason = format!("{module}.enable_mediated_pmu=N");
+        let reload = format!("reload {module} with enable_mediated_pmu=1");
+        match self
+            .host_perf_pmu
+            .as_ref()
+            .map(HostPerfPmu::mediated_support)
+        {
+            Some(MediatedSupport::Capable) => blocker(
+                reason,
+                format!("{reload} (this host's PMU supports KVM's mediated vPMU)"),
             ),
-            PmuConfig::Intel(_)
-                if self.perf_capabilities.unwrap_or(0) & intel::PERF_CAP_FW_WRITES == 0 =>
-            {
-                blocker(
-                    "host IA32_PERF_CAPABILITIES lacks FW_WRITES (full-width counter writes); mediated passthrough needs it",
-                    "use a CPU with full-width writes, or --pmu emulated / userspace",
-                )
-            }
-            PmuConfig::Amd(p) if !p.perfmon_v2 => blocker(
-                "host AMD PMU lacks PerfMonV2; mediated passthrough needs it",
-                "use a Zen 4 or newer CPU, or --pmu emulated / userspace",
+            Some(MediatedSupport::NotCapable(why)) => blocker(
+                format!(
+                    "{reason}, and KVM keeps it N on this hardware whatever is asked \
+                     (kvm_init_pmu_capability): {why}"
+                ),
+                "no remedy on this host: use --pmu emulated or --pmu userspace",
             ),
-            _ => None,
+            Some(MediatedSupport::Unknown(why)) => blocker(
+                reason,
+                format!("{reload}; KVM keeps it N if the hardware cannot: {why}"),
+            ),
+            None => blocker(
+                reason,
+                format!(
+                    "{reload} (KVM keeps it N unless the host PMU can: Intel needs perfmon \
+                     v4+ with full-width counter writes, AMD needs PerfMonV2)"
+                ),
+            ),
         }
     }
 
@@ -654,18 +683,18 @@ impl HostPmu {
                     ),
                 })
             }),
+            // The gate is the module parameter: KVM itself decides mediated support at
+            // module load (intel_pmu_is_mediated_pmu_supported: host perf PMU v4+, host
+            // FW_WRITES, VMCS load-PERF_GLOBAL_CTRL; amd_pmu_is_mediated_pmu_supported:
+            // PerfMonV2) and forces the parameter to N when unsupported.
             PmuMode::Passthrough => self
                 .kvm_pmu_blockers()
-                .or_else(|| self.mediated_hw_blocker())
                 .or_else(|| match self.enable_mediated_pmu {
                     None => blocker(
                         format!("{module} has no enable_mediated_pmu parameter (mediated vPMU needs Linux 7.0+ kvm_intel/kvm_amd)"),
                         "run a Linux 7.0 or newer host kernel",
                     ),
-                    Some(false) => blocker(
-                        format!("{module}.enable_mediated_pmu=N"),
-                        format!("reload {module} with enable_mediated_pmu=1"),
-                    ),
+                    Some(false) => self.mediated_off_blocker(&module),
                     Some(true) => None,
                 }),
             PmuMode::Userspace => self.kvm_blockers().or_else(|| {
@@ -856,10 +885,22 @@ impl HostPmu {
                 .map(|p| format!("{} (type {})", p.name, p.pmu_type))
                 .collect::<Vec<_>>()
                 .join(", ")
+                + &self
+                    .perf_pmu_name
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(", pmu_name {n}"))
         };
         writeln!(s, "  perf core PMU (sysfs):  {pmus}")?;
         match &self.host_perf_pmu {
-            Some(p) => writeln!(s, "  host perf PMU (CPUID):  {}", p.describe())?,
+            Some(p) => {
+                writeln!(s, "  host perf PMU (CPUID):  {}", p.describe())?;
+                let support = match p.mediated_support() {
+                    MediatedSupport::Capable => "capable".to_string(),
+                    MediatedSupport::NotCapable(why) => format!("not capable: {why}"),
+                    MediatedSupport::Unknown(why) => format!("unknown: {why}"),
+                };
+                writeln!(s, "  mediated vPMU hardware: {support}")?;
+            }
             None => writeln!(
                 s,
                 "  host perf PMU (CPUID):  none (no PMU perf could drive in the host CPUID, or it is unreadable)"
