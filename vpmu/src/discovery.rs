@@ -456,6 +456,9 @@ pub struct HostPmu {
     /// `caps/pmu_name` of the first host perf core PMU in sysfs (e.g. `sapphire_rapids`;
     /// Intel only).
     pub perf_pmu_name: Option<String>,
+    /// A hybrid CPU (perf PMUs `cpu_core`/`cpu_atom`, or CPUID.07H:EDX\[15\]): KVM forces
+    /// its vPMU off (`kvm_init_pmu_capability`).
+    pub hybrid: bool,
     /// The host's own perf core PMU (host CPUID, not KVM's capped view); `None` when the
     /// host CPUID is unknown or shows no PMU perf could drive.
     pub host_perf_pmu: Option<HostPerfPmu>,
@@ -542,6 +545,11 @@ impl HostPmu {
                 p.name
             ))
         });
+        let raw_cpuid = |leaf, sub| src.host_cpuid(leaf, sub);
+        let hybrid = perf_pmus
+            .iter()
+            .any(|p| p.name == "cpu_core" || p.name == "cpu_atom")
+            || crate::mediated::hybrid_cpu(&raw_cpuid);
         HostPmu {
             vendor,
             vendor_string: cpuid::vendor_string(&entries),
@@ -560,8 +568,9 @@ impl HostPmu {
             perf_pmus,
             perf_pmu_name,
             kernel_says_no_pmu: src.kernel_says_no_pmu(),
+            hybrid,
             host_perf_pmu: HostPerfPmu::from_cpuid(
-                &|leaf, sub| src.host_cpuid(leaf, sub),
+                &raw_cpuid,
                 src.host_msr(intel::IA32_PERF_CAPABILITIES),
             ),
         }
@@ -614,6 +623,19 @@ impl HostPmu {
     fn kvm_pmu_blockers(&self) -> Option<Blocker> {
         self.kvm_blockers()
             .or_else(|| self.no_hw_pmu())
+            .or_else(|| {
+                // Before kvm.enable_pmu=N: on a hybrid CPU that N is KVM's doing
+                // (kvm_init_pmu_capability), and reloading with enable_pmu=1 cannot help.
+                self.hybrid.then(|| Blocker {
+                    reason: "hybrid CPU (P-cores and E-cores, perf PMUs cpu_core/cpu_atom): \
+                             KVM turns its vPMU off on hybrid hosts (kvm_init_pmu_capability \
+                             forces kvm.enable_pmu=N and enable_mediated_pmu=N)"
+                        .into(),
+                    remedy: "no remedy on this host (no module parameter re-enables it): \
+                             use --pmu userspace"
+                        .into(),
+                })
+            })
             .or_else(|| {
                 (self.enable_pmu == Some(false)).then(|| Blocker {
                     reason: "kvm.enable_pmu=N".into(),
@@ -892,6 +914,10 @@ impl HostPmu {
         };
         writeln!(s, "  perf core PMU (sysfs):  {pmus}")?;
         match &self.host_perf_pmu {
+            _ if self.hybrid => writeln!(
+                s,
+                "  host perf PMU (CPUID):  hybrid CPU: perf gives KVM no PMU (perf_get_x86_pmu_capability)"
+            )?,
             Some(p) => {
                 writeln!(s, "  host perf PMU (CPUID):  {}", p.describe())?;
                 let support = match p.mediated_support() {

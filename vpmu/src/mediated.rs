@@ -79,11 +79,22 @@ fn leaf(raw: RawCpuid<'_>, leaf: u32) -> Option<[u32; 4]> {
     raw(leaf, 0)
 }
 
+/// CPUID.07H.0:EDX\[15\] Hybrid (X86_FEATURE_HYBRID_CPU): P-cores and E-cores.
+pub const HYBRID_BIT: u32 = 1 << 15;
+
+/// Whether the host CPU is hybrid (CPUID.07H.0:EDX\[15\]). KVM has no vPMU on such hosts:
+/// `kvm_init_pmu_capability` forces `kvm.enable_pmu` (and so `enable_mediated_pmu`) off,
+/// and no module parameter changes that.
+pub fn hybrid_cpu(raw: RawCpuid<'_>) -> bool {
+    leaf(raw, 7).is_some_and(|r| r[3] & HYBRID_BIT != 0)
+}
+
 impl HostPerfPmu {
     /// The host perf PMU from the host CPU's own CPUID (`raw`) and, on Intel, its
     /// IA32_PERF_CAPABILITIES (`perf_capabilities`, `None` if unreadable). `None` when
     /// perf would have no core PMU (no vendor we know, no leaf 0AH, version 0, or fewer
-    /// than 7 architectural events, which makes `intel_pmu_init` give up).
+    /// than 7 architectural events, which makes `intel_pmu_init` give up), and on a hybrid
+    /// CPU, for which `perf_get_x86_pmu_capability` reports nothing.
     ///
     /// Intel follows `intel_pmu_init` (arch/x86/events/intel/core.c): v2-v4 have
     /// `max(CPUID.0AH:EDX[4:0], 3)` fixed counters (3 assumed unless running under a
@@ -93,6 +104,9 @@ impl HostPerfPmu {
     pub fn from_cpuid(raw: RawCpuid<'_>, perf_capabilities: Option<u64>) -> Option<HostPerfPmu> {
         let l0 = raw(0, 0)?;
         let vendor = crate::cpuid::vendor_from_regs(l0[1], l0[3], l0[2])?;
+        if hybrid_cpu(raw) {
+            return None;
+        }
         match vendor {
             Vendor::Intel => {
                 let [eax, _, ecx, edx] = leaf(raw, 0xa)?;

@@ -155,3 +155,28 @@ fn probe_reads_the_host_perf_pmu_from_raw_cpuid() {
         h.report()
     );
 }
+
+#[test]
+fn a_hybrid_cpu_gives_kvm_no_perf_pmu() {
+    let mut e = spr();
+    e.iter_mut()
+        .find(|x| x.function == 7 && x.index == 0)
+        .unwrap()
+        .edx |= vpmu::mediated::HYBRID_BIT;
+    assert!(vpmu::mediated::hybrid_cpu(&|l, s| lookup(&e, l, s)));
+    assert!(!vpmu::mediated::hybrid_cpu(&|l, s| lookup(&spr(), l, s)));
+    assert_eq!(perf_pmu(&e, Some(0x2000)), None);
+    // Discovery sees it from the host CPUID alone, too (sysfs listing only `cpu`).
+    let src = FixtureHost {
+        cpuid: Some(spr()),
+        raw_cpuid: Some(e),
+        ..Default::default()
+    };
+    let h = HostPmu::probe(&src);
+    assert!(h.hybrid);
+    assert!(
+        h.report().contains("hybrid CPU: perf gives KVM no PMU"),
+        "{}",
+        h.report()
+    );
+}
