@@ -353,6 +353,20 @@ impl HostSource for FixtureHost {
 /// Path of `kvm.enable_pmu`.
 pub const PARAM_ENABLE_PMU: &str = "/sys/module/kvm/parameters/enable_pmu";
 
+/// The NMI watchdog sysctl (`kernel.nmi_watchdog`).
+pub const PARAM_NMI_WATCHDOG: &str = "/proc/sys/kernel/nmi_watchdog";
+
+/// Why KVM_CREATE_VCPU fails with EBUSY under the mediated vPMU.
+const MEDIATED_EBUSY_WHY: &str = "KVM creates the mediated vPMU at a VM's first \
+    KVM_CREATE_VCPU (kvm_arch_vcpu_precreate -> perf_create_mediated_pmu), and perf refuses \
+    with EBUSY while any host perf event that also counts guest mode (exclude_guest=0) \
+    exists, system-wide or per task";
+
+/// What to stop besides the NMI watchdog.
+const STOP_GUEST_COUNTING_PERF: &str = "stop host perf users whose events count guest mode: \
+    a system-wide `perf record -a` or `perf stat -a`, or a VM of this VMM running with \
+    --pmu userspace";
+
 /// Path of `<module>.enable_mediated_pmu`.
 pub fn mediated_param_path(module: &str) -> String {
     format!("/sys/module/{module}/parameters/enable_mediated_pmu")
@@ -456,6 +470,9 @@ pub struct HostPmu {
     /// `caps/pmu_name` of the first host perf core PMU in sysfs (e.g. `sapphire_rapids`;
     /// Intel only).
     pub perf_pmu_name: Option<String>,
+    /// `kernel.nmi_watchdog` (`None`: unreadable). On x86 the hard-lockup watchdog is a
+    /// pinned perf event without exclude_guest, which keeps the mediated vPMU from starting.
+    pub nmi_watchdog: Option<bool>,
     /// A hybrid CPU (perf PMUs `cpu_core`/`cpu_atom`, or CPUID.07H:EDX\[15\]): KVM forces
     /// its vPMU off (`kvm_init_pmu_capability`).
     pub hybrid: bool,
@@ -568,6 +585,9 @@ impl HostPmu {
             perf_pmus,
             perf_pmu_name,
             kernel_says_no_pmu: src.kernel_says_no_pmu(),
+            nmi_watchdog: src
+                .read_param(PARAM_NMI_WATCHDOG)
+                .and_then(|v| parse_bool(&v)),
             hybrid,
             host_perf_pmu: HostPerfPmu::from_cpuid(
                 &raw_cpuid,
@@ -717,7 +737,15 @@ impl HostPmu {
                         "run a Linux 7.0 or newer host kernel",
                     ),
                     Some(false) => self.mediated_off_blocker(&module),
-                    Some(true) => None,
+                    Some(true) => (self.nmi_watchdog == Some(true)).then(|| Blocker {
+                        reason: format!(
+                            "kernel.nmi_watchdog=1: the NMI watchdog's perf event counts guest \
+                             mode, so the VM would fail: {MEDIATED_EBUSY_WHY}"
+                        ),
+                        remedy: format!(
+                            "run `sysctl kernel.nmi_watchdog=0`, and {STOP_GUEST_COUNTING_PERF}"
+                        ),
+                    }),
                 }),
             PmuMode::Userspace => self.kvm_blockers().or_else(|| {
                 if !self.caps.user_space_msr {
@@ -782,7 +810,18 @@ impl HostPmu {
             PmuMode::Userspace => Some(match self.userspace_counter_source() {
                 CounterSource::HostPerf { pmu } => format!(
                     "counter source: host perf events on PMU '{pmu}', counting in guest mode on the \
-                     vCPU thread (not yet verified on a PMU host: docs/STATUS.md)"
+                     vCPU thread (not yet verified on a PMU host: docs/STATUS.md){}",
+                    if self.enable_mediated_pmu == Some(true) {
+                        format!(
+                            "; {}.enable_mediated_pmu=Y: while a passthrough VM exists on this \
+                             host, opening these events fails with EOPNOTSUPP \
+                             (mediated_pmu_account_event), and while they exist a new \
+                             passthrough VM fails with EBUSY",
+                            self.module_name()
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
                 CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles".into(),
             }),
@@ -934,6 +973,15 @@ impl HostPmu {
         }
         writeln!(
             s,
+            "  NMI watchdog:           {}",
+            match self.nmi_watchdog {
+                Some(true) => "on (kernel.nmi_watchdog=1)",
+                Some(false) => "off",
+                None => "unknown",
+            }
+        )?;
+        writeln!(
+            s,
             "  kernel log:             {}",
             match self.kernel_says_no_pmu {
                 Some(true) => "\"PMU not available\"",
@@ -958,6 +1006,38 @@ impl HostPmu {
         }
         Ok(())
     }
+}
+
+/// The explanation for KVM_CREATE_VCPU failing with EBUSY, for a VMM to show instead of
+/// the bare errno. Under the mediated vPMU (`--pmu passthrough`) KVM creates the vPMU at
+/// the VM's first vCPU and perf refuses while host perf events that count guest mode
+/// exist (`kvm_arch_vcpu_precreate` -> `perf_create_mediated_pmu`): the NMI watchdog's
+/// event, a system-wide `perf record -a`, another VM's `--pmu userspace` counters.
+pub fn explain_vcpu_create_ebusy(host: &HostPmu) -> String {
+    let module = host.module_name();
+    if host.enable_mediated_pmu != Some(true) {
+        return format!(
+            "KVM_CREATE_VCPU failed with EBUSY; {module}.enable_mediated_pmu is not Y on this \
+             host, so this is not KVM's mediated vPMU refusing to start (that is the usual \
+             cause: {MEDIATED_EBUSY_WHY})"
+        );
+    }
+    let watchdog = match host.nmi_watchdog {
+        Some(true) => {
+            "The NMI watchdog is on (kernel.nmi_watchdog=1) and its perf event is one: run \
+             `sysctl kernel.nmi_watchdog=0`, and "
+        }
+        Some(false) => "The NMI watchdog is off, so another perf user holds such an event: ",
+        None => {
+            "If the NMI watchdog is on (/proc/sys/kernel/nmi_watchdog), run \
+             `sysctl kernel.nmi_watchdog=0`, and "
+        }
+    };
+    format!(
+        "KVM_CREATE_VCPU failed with EBUSY: {module}.enable_mediated_pmu=Y, and \
+         {MEDIATED_EBUSY_WHY}. {watchdog}{STOP_GUEST_COUNTING_PERF}; then start the VM again \
+         (or run it with --pmu userspace)."
+    )
 }
 
 /// One-line description of a layout.

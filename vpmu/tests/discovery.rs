@@ -10,8 +10,8 @@ use common::genoa;
 use hosts::{kvm_host, kvm_hosts};
 use kvm_bindings::{KVM_CAP_PMU_EVENT_FILTER, KVM_CAP_X86_MSR_FILTER, KVM_CAP_X86_USER_SPACE_MSR};
 use vpmu::discovery::{
-    mediated_param_path, Availability, CounterSource, FixtureHost, HostPmu, PmuMode,
-    PARAM_ENABLE_PMU,
+    explain_vcpu_create_ebusy, mediated_param_path, Availability, CounterSource, FixtureHost,
+    HostPmu, PmuMode, PARAM_ENABLE_PMU, PARAM_NMI_WATCHDOG,
 };
 use vpmu::{IntelPmu, PmuConfig, Vendor};
 
@@ -250,4 +250,63 @@ fn userspace_needs_msr_exits_and_kvm() {
         assert!(reason.starts_with("KVM unusable"), "{m}: {reason}");
     }
     assert_eq!(h.availability(PmuMode::Off), Availability::Available);
+}
+
+#[test]
+fn nmi_watchdog_blocks_passthrough_with_ebusy() {
+    let h = HostPmu::probe(&kvm_host("clx-mediated-y-nmi-watchdog").host);
+    assert_eq!(h.nmi_watchdog, Some(true));
+    let (reason, remedy) = unavailable(h.availability(PmuMode::Passthrough));
+    assert!(
+        reason.contains("EBUSY") && reason.contains("KVM_CREATE_VCPU"),
+        "{reason}"
+    );
+    assert!(remedy.contains("perf record -a"), "{remedy}");
+    // The watchdog only matters where passthrough is otherwise available.
+    let n = HostPmu::probe(&kvm_host("haswell-not-mediated-capable").host);
+    assert_eq!(n.nmi_watchdog, Some(true));
+    let (reason, _) = unavailable(n.availability(PmuMode::Passthrough));
+    assert!(!reason.contains("watchdog"), "{reason}");
+    // Unknown (no /proc/sys/kernel/nmi_watchdog): not a blocker.
+    let mut src = kvm_host("clx-mediated-y-nmi-watchdog").host;
+    src.params.remove(PARAM_NMI_WATCHDOG);
+    let h = HostPmu::probe(&src);
+    assert_eq!(h.nmi_watchdog, None);
+    assert_eq!(
+        h.availability(PmuMode::Passthrough),
+        Availability::Available
+    );
+}
+
+#[test]
+fn vcpu_create_ebusy_is_explained() {
+    let on = HostPmu::probe(&kvm_host("clx-mediated-y-nmi-watchdog").host);
+    let text = explain_vcpu_create_ebusy(&on);
+    for phrase in [
+        "KVM_CREATE_VCPU",
+        "EBUSY",
+        "perf_create_mediated_pmu",
+        "exclude_guest",
+        "kernel.nmi_watchdog=1",
+        "sysctl kernel.nmi_watchdog=0",
+        "perf record -a",
+        "--pmu userspace",
+    ] {
+        assert!(text.contains(phrase), "{phrase:?} missing: {text}");
+    }
+    let off = HostPmu::probe(&kvm_host("clx-mediated-y").host);
+    let text = explain_vcpu_create_ebusy(&off);
+    assert!(text.contains("NMI watchdog is off"), "{text}");
+    assert!(!text.contains("sysctl kernel.nmi_watchdog=0"), "{text}");
+    assert!(text.contains("perf record -a"), "{text}");
+    let mut src = kvm_host("clx-mediated-y").host;
+    src.params.remove(PARAM_NMI_WATCHDOG);
+    let text = explain_vcpu_create_ebusy(&HostPmu::probe(&src));
+    assert!(text.contains("sysctl kernel.nmi_watchdog=0"), "{text}");
+    // Without the mediated vPMU the EBUSY is something else: say so.
+    let text = explain_vcpu_create_ebusy(&HostPmu::probe(&kvm_host("spr-mediated-n").host));
+    assert!(
+        text.contains("kvm_intel.enable_mediated_pmu is not Y"),
+        "{text}"
+    );
 }
