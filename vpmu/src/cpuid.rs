@@ -534,7 +534,13 @@ pub struct AmdRequest {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum LayoutRequest {
-    /// Exactly the host's layout (the default; what the mediated fast path needs).
+    /// The layout KVM offers on this host (the default): [`crate::discovery::HostPmu::layout`]
+    /// from KVM_GET_SUPPORTED_CPUID, which KVM caps at perfmon v2, 3 fixed and 8 (Intel) /
+    /// 6 (AMD) GP counters. It is not necessarily the host PMU's own layout: under the
+    /// mediated vPMU, PERF_GLOBAL_* and RDPMC are passed through only where the guest's
+    /// counts (and, for RDPMC, widths) equal the host perf PMU's, which a host with 4 fixed
+    /// counters (Ice Lake and later) never allows; see
+    /// [`crate::mediated::mediated_intercepts`].
     #[default]
     Host,
     /// No PMU.
@@ -794,7 +800,8 @@ pub fn resolve(
 
 /// Turn a request into a layout.
 ///
-/// - `host`: the host's exact layout (IA32_PERF_CAPABILITIES reduced to what is modelled).
+/// - `host`: the host layout KVM offers ([`crate::discovery::HostPmu::layout`], with
+///   IA32_PERF_CAPABILITIES reduced to what is modelled).
 ///   With no host PMU: an error, unless `may_exceed_host` (userspace mode), which gets
 ///   [`default_emulated_layout`] for `host_vendor`.
 /// - `intel:...` / `amd:...`: the base layout (the host's, or the default emulated one when

@@ -7,7 +7,7 @@
 
 use crate::config::{PmuConfig, Vendor};
 use crate::cpuid::{self, HostFacts, PDCM_BIT};
-use crate::mediated::{HostPerfPmu, MediatedSupport};
+use crate::mediated::{mediated_intercepts, HostPerfPmu, InterceptPlan, MediatedSupport};
 use crate::model::intel;
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_msr_entry, Msrs, KVM_CAP_PMU_CAPABILITY, KVM_CAP_PMU_EVENT_FILTER,
@@ -781,6 +781,14 @@ impl HostPmu {
         self.caps.pmu_capability & KVM_PMU_CAP_DISABLE as i32 != 0
     }
 
+    /// What KVM's mediated vPMU would intercept for the default guest layout (`host`, i.e.
+    /// [`HostPmu::layout`], what KVM_GET_SUPPORTED_CPUID offers) under `--pmu passthrough`;
+    /// `None` when the host perf PMU or the layout is unknown. See [`mediated_intercepts`].
+    pub fn passthrough_intercepts(&self) -> Option<InterceptPlan> {
+        let host = self.host_perf_pmu.as_ref()?;
+        (self.layout != PmuConfig::None).then(|| mediated_intercepts(&self.layout, host))
+    }
+
     /// Where userspace mode's counts come from on this host.
     pub fn userspace_counter_source(&self) -> CounterSource {
         match self.perf_pmus.first() {
@@ -825,9 +833,17 @@ impl HostPmu {
                 ),
                 CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles".into(),
             }),
-            PmuMode::Passthrough if self.availability(mode).is_available() => Some(
-                "advertise the host's exact counter layout for the fast path (counter MSRs, GLOBAL_* and RDPMC passed through)".into(),
-            ),
+            // Not "the exact host layout gives the fast path": KVM compares the guest with
+            // the host perf PMU, which can have more counters than KVM offers.
+            PmuMode::Passthrough if self.availability(mode).is_available() => {
+                self.passthrough_intercepts().map(|plan| {
+                    let global = plan
+                        .get(crate::mediated::MsrGroup::Global)
+                        .filter(|g| g.intercepted)
+                        .map_or(String::new(), |g| format!(" ({})", g.why));
+                    format!("default layout: {}{global}", plan.summary())
+                })
+            }
             _ => None,
         }
     }
@@ -989,6 +1005,26 @@ impl HostPmu {
                 None => "unreadable",
             }
         )?;
+        if let Some(plan) = self.passthrough_intercepts() {
+            writeln!(
+                s,
+                "Passthrough (mediated vPMU) intercepts for the default layout: {}",
+                describe_layout(&self.layout)
+            )?;
+            for g in &plan.groups {
+                writeln!(
+                    s,
+                    "  {:<20} {}: {}",
+                    g.label,
+                    if g.intercepted {
+                        "intercepted"
+                    } else {
+                        "passed through"
+                    },
+                    g.why
+                )?;
+            }
+        }
         writeln!(s, "Modes")?;
         for mode in PmuMode::ALL {
             match self.availability(mode) {

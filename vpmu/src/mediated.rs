@@ -1,6 +1,7 @@
 //! KVM's mediated vPMU (`--pmu passthrough`) as the host kernel implements it: the host
-//! perf PMU KVM compares guests against ([`HostPerfPmu`]) and whether the hardware can have
-//! a mediated vPMU at all ([`MediatedSupport`]).
+//! perf PMU KVM compares guests against ([`HostPerfPmu`]), whether the hardware can have
+//! a mediated vPMU at all ([`MediatedSupport`]), and which guest PMU MSRs it passes
+//! through ([`mediated_intercepts`]).
 //!
 //! Source: Linux 7.3-rc7. KVM decides mediated support itself, once, when kvm_intel /
 //! kvm_amd loads (`kvm_init_pmu_capability`, arch/x86/kvm/pmu.c): it reads the host perf
@@ -16,7 +17,7 @@
 //! reports there (version <= 2, <= 3 fixed counters, <= 8 Intel / 6 AMD GP counters), so
 //! it cannot tell a perfmon v5 host from a v2 one.
 
-use crate::config::Vendor;
+use crate::config::{PmuConfig, Vendor};
 use crate::model::intel::PERF_CAP_FW_WRITES;
 use serde::Serialize;
 
@@ -228,4 +229,403 @@ impl HostPerfPmu {
             ),
         }
     }
+}
+
+/// A group of guest PMU MSRs (or the RDPMC instruction) that KVM's mediated vPMU either
+/// passes through to the hardware or intercepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MsrGroup {
+    /// The counters of the guest's counters (GP and fixed).
+    Counters,
+    /// The event selectors (IA32_PERFEVTSELx / PERF_CTLx).
+    EventSelectors,
+    /// IA32_FIXED_CTR_CTRL (Intel only).
+    FixedCtrCtrl,
+    /// The global control/status MSRs (Intel PERF_GLOBAL_CTRL/STATUS/OVF_CTRL; AMD
+    /// PERF_CNTR_GLOBAL_CTL/STATUS/STATUS_CLR/STATUS_SET).
+    Global,
+    /// The RDPMC instruction.
+    Rdpmc,
+}
+
+impl MsrGroup {
+    /// Kebab-case name (`counters`, `event-selectors`, `fixed-ctr-ctrl`, `global`, `rdpmc`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MsrGroup::Counters => "counters",
+            MsrGroup::EventSelectors => "event-selectors",
+            MsrGroup::FixedCtrCtrl => "fixed-ctr-ctrl",
+            MsrGroup::Global => "global",
+            MsrGroup::Rdpmc => "rdpmc",
+        }
+    }
+}
+
+/// One group's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupIntercept {
+    /// The group.
+    pub group: MsrGroup,
+    /// Short name for prose (`counters`, `PERF_GLOBAL_*`, `RDPMC`, ...).
+    pub label: &'static str,
+    /// The MSRs (or instruction) concerned.
+    pub msrs: String,
+    /// Whether accesses exit to KVM.
+    pub intercepted: bool,
+    /// Why, naming the kernel function that decides.
+    pub why: String,
+}
+
+/// What KVM's mediated vPMU intercepts for one guest layout on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InterceptPlan {
+    /// Every group that exists for the vendor, in a fixed order.
+    pub groups: Vec<GroupIntercept>,
+}
+
+fn join_and(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+impl InterceptPlan {
+    /// The verdict for `group` (`None`: the vendor has no such group).
+    pub fn get(&self, group: MsrGroup) -> Option<&GroupIntercept> {
+        self.groups.iter().find(|g| g.group == group)
+    }
+
+    /// Whether `group` is intercepted (`None`: the vendor has no such group).
+    pub fn intercepted(&self, group: MsrGroup) -> Option<bool> {
+        self.get(group).map(|g| g.intercepted)
+    }
+
+    /// Whether the global MSRs and RDPMC are passed through too (the counters always are):
+    /// the guest can then run its PMU without any exit except selector writes.
+    pub fn fast_path(&self) -> bool {
+        [MsrGroup::Counters, MsrGroup::Global, MsrGroup::Rdpmc]
+            .iter()
+            .all(|g| self.intercepted(*g) == Some(false))
+    }
+
+    /// One line, e.g. `counters passed through; event selectors, FIXED_CTR_CTRL,
+    /// PERF_GLOBAL_* and RDPMC intercepted`.
+    pub fn summary(&self) -> String {
+        let pick = |i: bool| -> Vec<&str> {
+            self.groups
+                .iter()
+                .filter(|g| g.intercepted == i)
+                .map(|g| g.label)
+                .collect()
+        };
+        let (passed, intercepted) = (pick(false), pick(true));
+        match (passed.is_empty(), intercepted.is_empty()) {
+            (true, _) => format!("{} intercepted", join_and(&intercepted)),
+            (false, true) => format!("{} passed through", join_and(&passed)),
+            (false, false) => format!(
+                "{} passed through; {} intercepted",
+                join_and(&passed),
+                join_and(&intercepted)
+            ),
+        }
+    }
+}
+
+fn group(
+    group: MsrGroup,
+    label: &'static str,
+    msrs: &str,
+    intercepted: bool,
+    why: String,
+) -> GroupIntercept {
+    GroupIntercept {
+        group,
+        label,
+        msrs: msrs.to_string(),
+        intercepted,
+        why,
+    }
+}
+
+/// The guest PMU after KVM's refresh (`intel_pmu_refresh` / `amd_pmu_refresh`): what the
+/// intercept checks compare with the host perf PMU.
+struct Refreshed {
+    version: u8,
+    nr_gp: u8,
+    nr_fixed: u8,
+    gp_width: u8,
+    fixed_width: u8,
+}
+
+/// What KVM's mediated vPMU passes through and intercepts for a guest with layout `guest`
+/// on a host whose perf PMU is `host` (Linux 7.3: `vmx_recalc_pmu_msr_intercepts`,
+/// arch/x86/kvm/vmx/vmx.c; `svm_recalc_pmu_msr_intercepts`, arch/x86/kvm/svm/svm.c;
+/// `kvm_need_perf_global_ctrl_intercept` and `kvm_need_rdpmc_intercept`,
+/// arch/x86/kvm/pmu.c):
+///
+/// - The counter MSRs of the guest's counters are always passed through (Intel's
+///   full-width aliases IA32_A_PMCx only when the guest's PERF_CAPABILITIES has FW_WRITES;
+///   AMD's PERF_CTR0-5 only with PerfCtrExtCore, the legacy 4 always).
+/// - Event selectors and IA32_FIXED_CTR_CTRL are always intercepted: KVM applies the event
+///   filter and reserved-bit checks to every write (`kvm_mediated_pmu_refresh_event_filter`).
+/// - The global MSRs are passed through only when the guest's GP and fixed counts equal
+///   the host perf PMU's (not KVM's capped ones) and its version is 2 or more.
+/// - RDPMC additionally needs equal counter widths (and no `enable_vmware_backdoor`,
+///   which this does not model).
+///
+/// KVM gives guests at most 3 fixed and 8 (Intel) / 6 (AMD) GP counters, so on a host
+/// with more (Ice Lake and later have 4 fixed counters) the global MSRs and RDPMC stay
+/// intercepted for every guest; the counters themselves are still passed through. A PMU
+/// MSR that the VMM's MSR filter denies also stays intercepted (`kvm_msr_allowed` in
+/// `vmx/svm_set_intercept_for_msr`); this assumes none is.
+pub fn mediated_intercepts(guest: &PmuConfig, host: &HostPerfPmu) -> InterceptPlan {
+    let global_label = match host.vendor {
+        Vendor::Intel => "PERF_GLOBAL_*",
+        Vendor::Amd => "PERF_CNTR_GLOBAL_*",
+    };
+    let global_msrs = match host.vendor {
+        Vendor::Intel => {
+            "IA32_PERF_GLOBAL_CTRL, IA32_PERF_GLOBAL_STATUS, IA32_PERF_GLOBAL_OVF_CTRL"
+        }
+        Vendor::Amd => {
+            "PERF_CNTR_GLOBAL_CTL, PERF_CNTR_GLOBAL_STATUS, PERF_CNTR_GLOBAL_STATUS_CLR, \
+             PERF_CNTR_GLOBAL_STATUS_SET"
+        }
+    };
+    let (counters_msrs, selector_msrs) = match host.vendor {
+        Vendor::Intel => (
+            "IA32_PMCx, IA32_A_PMCx, IA32_FIXED_CTRx",
+            "IA32_PERFEVTSELx",
+        ),
+        Vendor::Amd => ("PERF_CTRx (legacy and PerfCtrExtCore)", "PERF_CTLx"),
+    };
+    let refreshed = match (guest, host.vendor) {
+        (PmuConfig::Intel(g), Vendor::Intel) if g.version > 0 => {
+            let cap_gp = host.num_gp.min(KVM_MAX_INTEL_GP);
+            let cap_fixed = host.num_fixed.min(KVM_MAX_FIXED);
+            let v1 = g.version == 1;
+            Some(Refreshed {
+                version: g.version,
+                nr_gp: g.num_gp.min(cap_gp),
+                nr_fixed: if v1 { 0 } else { g.num_fixed.min(cap_fixed) },
+                gp_width: g.gp_width.min(host.gp_width),
+                fixed_width: if v1 {
+                    0
+                } else {
+                    g.fixed_width.min(host.fixed_width)
+                },
+            })
+        }
+        (PmuConfig::Amd(a), Vendor::Amd) => {
+            // svm_set_cpu_caps: below 6 host counters KVM offers at most the legacy 4.
+            let cap_gp = if host.num_gp < 6 {
+                host.num_gp.min(4)
+            } else {
+                host.num_gp.min(KVM_MAX_AMD_GP)
+            };
+            let nr_gp = if a.perfmon_v2 {
+                a.num_counters
+            } else if a.core_ext {
+                6
+            } else {
+                4
+            };
+            Some(Refreshed {
+                version: if a.perfmon_v2 { 2 } else { 1 },
+                nr_gp: nr_gp.min(cap_gp),
+                nr_fixed: 0,
+                // amd_pmu_refresh: counters are always 48 bits to the guest.
+                gp_width: 48,
+                fixed_width: 0,
+            })
+        }
+        _ => None,
+    };
+    let Some(r) = refreshed else {
+        let why = match guest.vendor() {
+            None => "the guest has no PMU (version 0): KVM's mediated vPMU is not active and every PMU MSR faults",
+            Some(_) => "the guest layout is not the host's vendor: the mediated vPMU cannot run it",
+        };
+        let mut groups = vec![
+            group(
+                MsrGroup::Counters,
+                "counters",
+                counters_msrs,
+                true,
+                why.into(),
+            ),
+            group(
+                MsrGroup::EventSelectors,
+                "event selectors",
+                selector_msrs,
+                true,
+                why.into(),
+            ),
+        ];
+        if host.vendor == Vendor::Intel {
+            groups.push(group(
+                MsrGroup::FixedCtrCtrl,
+                "FIXED_CTR_CTRL",
+                "IA32_FIXED_CTR_CTRL",
+                true,
+                why.into(),
+            ));
+        }
+        groups.push(group(
+            MsrGroup::Global,
+            global_label,
+            global_msrs,
+            true,
+            why.into(),
+        ));
+        groups.push(group(MsrGroup::Rdpmc, "RDPMC", "RDPMC", true, why.into()));
+        return InterceptPlan { groups };
+    };
+
+    let counts_differ = r.nr_gp != host.num_gp || r.nr_fixed != host.num_fixed;
+    let counts = format!(
+        "the guest has {} GP + {} fixed counters, the host perf PMU {} GP + {} fixed",
+        r.nr_gp, r.nr_fixed, host.num_gp, host.num_fixed
+    );
+    let mut beyond_kvm = Vec::new();
+    let max_gp = match host.vendor {
+        Vendor::Intel => KVM_MAX_INTEL_GP,
+        Vendor::Amd => KVM_MAX_AMD_GP,
+    };
+    if host.num_gp > max_gp {
+        beyond_kvm.push(format!("at most {max_gp} GP"));
+    }
+    if host.num_fixed > KVM_MAX_FIXED {
+        beyond_kvm.push(format!("at most {KVM_MAX_FIXED} fixed"));
+    }
+    let never = if beyond_kvm.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; KVM exposes {} counters, so on this host no guest can match",
+            beyond_kvm.join(" and ")
+        )
+    };
+    let (global, global_why) = if counts_differ {
+        (
+            true,
+            format!("{counts}; KVM passes them through only when equal (kvm_need_perf_global_ctrl_intercept){never}"),
+        )
+    } else if r.version < 2 {
+        (
+            true,
+            format!(
+                "the guest's PMU is version {}, which has no global MSRs \
+                 (kvm_need_perf_global_ctrl_intercept)",
+                r.version
+            ),
+        )
+    } else {
+        (
+            false,
+            format!("{counts} and the guest's version is {} (>= 2)", r.version),
+        )
+    };
+    let widths_differ = r.gp_width != host.gp_width || r.fixed_width != host.fixed_width;
+    let (rdpmc, rdpmc_why) = if counts_differ {
+        (true, format!("{counts} (kvm_need_rdpmc_intercept){never}"))
+    } else if widths_differ {
+        (
+            true,
+            format!(
+                "the guest's counter widths (GP {} / fixed {} bits) differ from the host perf \
+                 PMU's ({} / {}) (kvm_need_rdpmc_intercept)",
+                r.gp_width, r.fixed_width, host.gp_width, host.fixed_width
+            ),
+        )
+    } else {
+        (
+            false,
+            "the guest's counter counts and widths equal the host perf PMU's".to_string(),
+        )
+    };
+
+    let mut groups = Vec::new();
+    match (guest, host.vendor) {
+        (PmuConfig::Intel(g), _) => {
+            let fw = g
+                .perf_capabilities
+                .is_some_and(|c| c & PERF_CAP_FW_WRITES != 0);
+            groups.push(group(
+                MsrGroup::Counters,
+                "counters",
+                counters_msrs,
+                false,
+                format!(
+                    "the {} GP and {} fixed counters are passed through \
+                     (vmx_recalc_pmu_msr_intercepts); the full-width aliases IA32_A_PMCx {} \
+                     (the guest's PERF_CAPABILITIES {} FW_WRITES); counters beyond the guest's \
+                     stay intercepted",
+                    r.nr_gp,
+                    r.nr_fixed,
+                    if fw { "too" } else { "stay intercepted" },
+                    if fw { "has" } else { "lacks" }
+                ),
+            ));
+            groups.push(group(
+                MsrGroup::EventSelectors,
+                "event selectors",
+                selector_msrs,
+                true,
+                "always: KVM vets every write (reserved bits, event filter: \
+                 kvm_mediated_pmu_refresh_event_filter)"
+                    .into(),
+            ));
+            groups.push(group(
+                MsrGroup::FixedCtrCtrl,
+                "FIXED_CTR_CTRL",
+                "IA32_FIXED_CTR_CTRL",
+                true,
+                "always: KVM vets every write (reserved bits, event filter: \
+                 kvm_mediated_pmu_refresh_event_filter)"
+                    .into(),
+            ));
+        }
+        (PmuConfig::Amd(a), _) => {
+            let ext = a.core_ext || a.perfmon_v2;
+            groups.push(group(
+                MsrGroup::Counters,
+                "counters",
+                counters_msrs,
+                false,
+                format!(
+                    "the {} counters are passed through (svm_recalc_pmu_msr_intercepts): the \
+                     legacy PERF_CTR0-3 always, the PerfCtrExtCore PERF_CTR0-5 {}",
+                    r.nr_gp,
+                    if ext {
+                        "too (the guest has PerfCtrExtCore)"
+                    } else {
+                        "stay intercepted (the guest lacks PerfCtrExtCore)"
+                    }
+                ),
+            ));
+            groups.push(group(
+                MsrGroup::EventSelectors,
+                "event selectors",
+                selector_msrs,
+                true,
+                "always: KVM forces Guest-Only into the hardware selector and applies the \
+                 event filter (amd_pmu_set_msr, kvm_mediated_pmu_refresh_event_filter)"
+                    .into(),
+            ));
+        }
+        (PmuConfig::None, _) => {}
+    }
+    groups.push(group(
+        MsrGroup::Global,
+        global_label,
+        global_msrs,
+        global,
+        global_why,
+    ));
+    groups.push(group(MsrGroup::Rdpmc, "RDPMC", "RDPMC", rdpmc, rdpmc_why));
+    InterceptPlan { groups }
 }

@@ -73,6 +73,23 @@ fn every_fixture_host_has_its_expected_outcomes() {
                 fail(e);
             }
         }
+        if !f.intercepts.is_empty() {
+            match h.passthrough_intercepts() {
+                None => fail("no passthrough intercept plan".into()),
+                Some(plan) => {
+                    for (g, want) in &f.intercepts {
+                        match plan.groups.iter().find(|x| x.group.as_str() == g.as_str()) {
+                            Some(x) if x.intercepted == *want => {}
+                            Some(x) => fail(format!(
+                                "intercepts: {g} intercepted={}, expected {want}: {}",
+                                x.intercepted, x.why
+                            )),
+                            None => fail(format!("intercepts: no group {g}")),
+                        }
+                    }
+                }
+            }
+        }
         for p in &f.report_includes {
             if !report.contains(p.as_str()) {
                 fail(format!("report lacks {p:?}"));

@@ -9,8 +9,8 @@ use common::{genoa, spr};
 use kvm_bindings::kvm_cpuid_entry2;
 use vpmu::cpuid::lookup;
 use vpmu::discovery::{FixtureHost, HostPmu};
-use vpmu::mediated::{HostPerfPmu, MediatedSupport};
-use vpmu::Vendor;
+use vpmu::mediated::{mediated_intercepts, HostPerfPmu, InterceptPlan, MediatedSupport, MsrGroup};
+use vpmu::{AmdPmu, IntelPmu, PmuConfig, Vendor};
 
 fn perf_pmu(entries: &[kvm_cpuid_entry2], perf_caps: Option<u64>) -> Option<HostPerfPmu> {
     HostPerfPmu::from_cpuid(&|l, s| lookup(entries, l, s), perf_caps)
@@ -179,4 +179,158 @@ fn a_hybrid_cpu_gives_kvm_no_perf_pmu() {
         "{}",
         h.report()
     );
+}
+
+fn intel_guest(version: u8, gp: u8, fixed: u8, width: u8, fw: bool) -> PmuConfig {
+    PmuConfig::Intel(IntelPmu {
+        version,
+        num_gp: gp,
+        gp_width: width,
+        num_fixed: fixed,
+        fixed_width: if version >= 2 { width } else { 0 },
+        events_unavailable: 0,
+        events_len: 7,
+        perf_capabilities: Some(if fw { 0x2000 } else { 0 }),
+    })
+}
+
+fn intel_host(version: u8, gp: u8, fixed: u8) -> HostPerfPmu {
+    HostPerfPmu {
+        vendor: Vendor::Intel,
+        version,
+        num_gp: gp,
+        gp_width: 48,
+        num_fixed: fixed,
+        fixed_width: 48,
+        full_width_writes: Some(true),
+    }
+}
+
+fn plan_of(p: &InterceptPlan) -> Vec<(MsrGroup, bool)> {
+    p.groups.iter().map(|g| (g.group, g.intercepted)).collect()
+}
+
+#[test]
+fn selectors_always_intercepted_counters_always_passed_through() {
+    let p = mediated_intercepts(&intel_guest(2, 4, 3, 48, true), &intel_host(4, 4, 3));
+    assert_eq!(
+        plan_of(&p),
+        vec![
+            (MsrGroup::Counters, false),
+            (MsrGroup::EventSelectors, true),
+            (MsrGroup::FixedCtrCtrl, true),
+            (MsrGroup::Global, false),
+            (MsrGroup::Rdpmc, false),
+        ]
+    );
+    assert!(p.fast_path());
+    assert!(
+        p.summary()
+            .contains("PERF_GLOBAL_* and RDPMC passed through"),
+        "{}",
+        p.summary()
+    );
+}
+
+#[test]
+fn a_host_with_four_fixed_counters_keeps_global_and_rdpmc_intercepted() {
+    // Sapphire Rapids: KVM's default layout has 3 fixed counters, the host perf PMU 4.
+    let p = mediated_intercepts(&intel_guest(2, 8, 3, 48, true), &intel_host(5, 8, 4));
+    assert_eq!(p.intercepted(MsrGroup::Counters), Some(false));
+    assert_eq!(p.intercepted(MsrGroup::Global), Some(true));
+    assert_eq!(p.intercepted(MsrGroup::Rdpmc), Some(true));
+    assert!(!p.fast_path());
+    let why = &p.get(MsrGroup::Global).unwrap().why;
+    assert!(why.contains("3 fixed") && why.contains("4 fixed"), "{why}");
+    assert!(why.contains("at most 3 fixed"), "{why}");
+    // Likewise more than 8 GP counters.
+    let p = mediated_intercepts(&intel_guest(2, 8, 3, 48, true), &intel_host(5, 10, 3));
+    let why = &p.get(MsrGroup::Global).unwrap().why;
+    assert!(why.contains("at most 8 GP"), "{why}");
+}
+
+#[test]
+fn global_needs_equal_counts_and_version_2() {
+    let host = intel_host(4, 4, 3);
+    let fewer = mediated_intercepts(&intel_guest(2, 2, 3, 48, true), &host);
+    assert_eq!(fewer.intercepted(MsrGroup::Global), Some(true));
+    assert_eq!(fewer.intercepted(MsrGroup::Rdpmc), Some(true));
+    // v1: no PERF_GLOBAL_CTRL (and no fixed counters).
+    let v1 = mediated_intercepts(&intel_guest(1, 4, 0, 48, true), &host);
+    assert_eq!(v1.intercepted(MsrGroup::Global), Some(true));
+    // A guest v5 layout is not capped by KVM (intel_pmu_refresh); fixed counters are.
+    let v5 = mediated_intercepts(&intel_guest(5, 4, 4, 48, true), &host);
+    assert_eq!(v5.intercepted(MsrGroup::Global), Some(false));
+}
+
+#[test]
+fn rdpmc_also_needs_equal_widths() {
+    let p = mediated_intercepts(&intel_guest(2, 4, 3, 32, true), &intel_host(4, 4, 3));
+    assert_eq!(p.intercepted(MsrGroup::Global), Some(false));
+    assert_eq!(p.intercepted(MsrGroup::Rdpmc), Some(true));
+    let why = &p.get(MsrGroup::Rdpmc).unwrap().why;
+    assert!(why.contains("32") && why.contains("48"), "{why}");
+}
+
+#[test]
+fn full_width_aliases_follow_the_guests_fw_writes() {
+    let p = mediated_intercepts(&intel_guest(2, 4, 3, 48, false), &intel_host(4, 4, 3));
+    let why = &p.get(MsrGroup::Counters).unwrap().why;
+    assert!(
+        why.contains("IA32_A_PMCx") && why.contains("intercepted"),
+        "{why}"
+    );
+}
+
+#[test]
+fn amd_intercepts() {
+    let host = perf_pmu(&genoa(), None).unwrap();
+    let p = mediated_intercepts(&vpmu::cpuid::host_layout(&genoa()), &host);
+    assert_eq!(
+        plan_of(&p),
+        vec![
+            (MsrGroup::Counters, false),
+            (MsrGroup::EventSelectors, true),
+            (MsrGroup::Global, false),
+            (MsrGroup::Rdpmc, false),
+        ]
+    );
+    // Legacy layout: 4 counters (not the host's 6), no PerfMonV2.
+    let legacy = PmuConfig::Amd(AmdPmu {
+        core_ext: false,
+        perfmon_v2: false,
+        num_counters: 4,
+        width: 48,
+    });
+    let p = mediated_intercepts(&legacy, &host);
+    assert_eq!(p.intercepted(MsrGroup::Global), Some(true));
+    assert_eq!(p.intercepted(MsrGroup::Rdpmc), Some(true));
+    assert!(p.get(MsrGroup::Counters).unwrap().why.contains("PERF_CTR"));
+}
+
+#[test]
+fn no_guest_pmu_means_everything_intercepted() {
+    let p = mediated_intercepts(&PmuConfig::None, &intel_host(4, 4, 3));
+    assert!(p.groups.iter().all(|g| g.intercepted));
+    assert!(!p.fast_path());
+}
+
+#[test]
+fn probe_shows_the_default_layouts_intercepts() {
+    let mut src = FixtureHost {
+        cpuid: Some(genoa()),
+        raw_cpuid: Some(genoa()),
+        ..Default::default()
+    };
+    let h = HostPmu::probe(&src);
+    let plan = h.passthrough_intercepts().unwrap();
+    assert!(plan.fast_path());
+    assert!(
+        h.report()
+            .contains("Passthrough (mediated vPMU) intercepts"),
+        "{}",
+        h.report()
+    );
+    src.raw_cpuid = None;
+    assert_eq!(HostPmu::probe(&src).passthrough_intercepts(), None);
 }
