@@ -490,6 +490,11 @@ pub struct ProbeReport {
     pub modes: Vec<ModeReport>,
     /// Whether the host has a hardware PMU at all.
     pub hardware_pmu: bool,
+    /// Whether the host hardware can have KVM's mediated vPMU (`None`: host perf PMU
+    /// unknown).
+    pub mediated_hardware: Option<MediatedSupport>,
+    /// What the mediated vPMU would intercept for the default layout.
+    pub passthrough_intercepts: Option<InterceptPlan>,
 }
 
 /// One mode's verdict.
@@ -833,8 +838,10 @@ impl HostPmu {
                 ),
                 CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles".into(),
             }),
-            // Not "the exact host layout gives the fast path": KVM compares the guest with
-            // the host perf PMU, which can have more counters than KVM offers.
+            // Not "the exact host layout gives the fast path" (as issue 9 and older docs
+            // had it): kvm_need_perf_global_ctrl_intercept / kvm_need_rdpmc_intercept
+            // compare the guest with the host perf PMU (kvm_host_pmu), which can have
+            // more counters than KVM offers (kvm_init_pmu_capability caps fixed at 3).
             PmuMode::Passthrough if self.availability(mode).is_available() => {
                 self.passthrough_intercepts().map(|plan| {
                     let global = plan
@@ -861,6 +868,11 @@ impl HostPmu {
                 })
                 .collect(),
             hardware_pmu: self.hardware_pmu(),
+            mediated_hardware: self
+                .host_perf_pmu
+                .as_ref()
+                .map(HostPerfPmu::mediated_support),
+            passthrough_intercepts: self.passthrough_intercepts(),
         }
     }
 

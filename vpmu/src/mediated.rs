@@ -15,7 +15,9 @@
 //! These facts are the host's *own* PMU, read from the CPUID instruction (and the host
 //! IA32_PERF_CAPABILITIES MSR), never from KVM_GET_SUPPORTED_CPUID: KVM caps what it
 //! reports there (version <= 2, <= 3 fixed counters, <= 8 Intel / 6 AMD GP counters), so
-//! it cannot tell a perfmon v5 host from a v2 one.
+//! it cannot tell a perfmon v5 host from a v2 one. Nor from sysfs: the perf core PMU's
+//! `caps/` directory has `max_precise`, `pmu_name` and LBR facts (`x86_pmu_caps_attrs`,
+//! `intel_pmu_caps_attrs`, arch/x86/events) but no version or counter counts.
 
 use crate::config::{PmuConfig, Vendor};
 use crate::model::intel::PERF_CAP_FW_WRITES;
@@ -350,6 +352,10 @@ fn group(
     }
 }
 
+/// Why Intel event selectors and FIXED_CTR_CTRL are always intercepted.
+const VETTED: &str = "always: KVM vets every write (reserved bits, event filter: \
+    kvm_mediated_pmu_refresh_event_filter)";
+
 /// The guest PMU after KVM's refresh (`intel_pmu_refresh` / `amd_pmu_refresh`): what the
 /// intercept checks compare with the host perf PMU.
 struct Refreshed {
@@ -575,18 +581,14 @@ pub fn mediated_intercepts(guest: &PmuConfig, host: &HostPerfPmu) -> InterceptPl
                 "event selectors",
                 selector_msrs,
                 true,
-                "always: KVM vets every write (reserved bits, event filter: \
-                 kvm_mediated_pmu_refresh_event_filter)"
-                    .into(),
+                VETTED.into(),
             ));
             groups.push(group(
                 MsrGroup::FixedCtrCtrl,
                 "FIXED_CTR_CTRL",
                 "IA32_FIXED_CTR_CTRL",
                 true,
-                "always: KVM vets every write (reserved bits, event filter: \
-                 kvm_mediated_pmu_refresh_event_filter)"
-                    .into(),
+                VETTED.into(),
             ));
         }
         (PmuConfig::Amd(a), _) => {

@@ -143,6 +143,10 @@ fn kvm_layout_is_capped_and_does_not_decide_passthrough() {
     let json = serde_json::to_value(h.probe_report()).unwrap();
     assert_eq!(json["host"]["host_perf_pmu"]["num_fixed"], 4);
     assert_eq!(json["modes"][2]["availability"]["status"], "available");
+    assert_eq!(json["mediated_hardware"]["verdict"], "capable");
+    let groups = json["passthrough_intercepts"]["groups"].as_array().unwrap();
+    let global = groups.iter().find(|g| g["group"] == "global").unwrap();
+    assert_eq!(global["intercepted"], true);
 }
 
 #[test]
