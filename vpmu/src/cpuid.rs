@@ -44,6 +44,12 @@ fn entry(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> Option<&kvm
     })
 }
 
+/// The registers (EAX, EBX, ECX, EDX) of leaf `function`, sub-leaf `index`, in `entries`
+/// (a sub-leaf only has to match for leaves flagged KVM_CPUID_FLAG_SIGNIFCANT_INDEX).
+pub fn lookup(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> Option<[u32; 4]> {
+    entry(entries, function, index).map(|e| [e.eax, e.ebx, e.ecx, e.edx])
+}
+
 fn regs_to_string(regs: &[u32]) -> String {
     let bytes: Vec<u8> = regs.iter().flat_map(|r| r.to_le_bytes()).collect();
     String::from_utf8_lossy(&bytes)
@@ -80,7 +86,16 @@ fn set_vendor(entries: &mut [kvm_cpuid_entry2], vendor: Vendor) {
 
 /// The PMU architecture family of the CPU described by `entries` (Hygon counts as AMD).
 pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Option<Vendor> {
-    match vendor_string(entries).as_str() {
+    vendor_of(&vendor_string(entries))
+}
+
+/// [`vendor`] from leaf 0's vendor registers in string order (EBX, EDX, ECX).
+pub fn vendor_from_regs(ebx: u32, edx: u32, ecx: u32) -> Option<Vendor> {
+    vendor_of(&regs_to_string(&[ebx, edx, ecx]))
+}
+
+fn vendor_of(vendor_string: &str) -> Option<Vendor> {
+    match vendor_string {
         "GenuineIntel" => Some(Vendor::Intel),
         "AuthenticAMD" | "HygonGenuine" => Some(Vendor::Amd),
         _ => None,
@@ -519,7 +534,13 @@ pub struct AmdRequest {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum LayoutRequest {
-    /// Exactly the host's layout (the default; what the mediated fast path needs).
+    /// The layout KVM offers on this host (the default): [`crate::discovery::HostPmu::layout`]
+    /// from KVM_GET_SUPPORTED_CPUID, which KVM caps at perfmon v2, 3 fixed and 8 (Intel) /
+    /// 6 (AMD) GP counters. It is not necessarily the host PMU's own layout: under the
+    /// mediated vPMU, PERF_GLOBAL_* and RDPMC are passed through only where the guest's
+    /// counts (and, for RDPMC, widths) equal the host perf PMU's, which a host with 4 fixed
+    /// counters (Ice Lake and later) never allows; see
+    /// [`crate::mediated::mediated_intercepts`].
     #[default]
     Host,
     /// No PMU.
@@ -779,7 +800,8 @@ pub fn resolve(
 
 /// Turn a request into a layout.
 ///
-/// - `host`: the host's exact layout (IA32_PERF_CAPABILITIES reduced to what is modelled).
+/// - `host`: the host layout KVM offers ([`crate::discovery::HostPmu::layout`], with
+///   IA32_PERF_CAPABILITIES reduced to what is modelled).
 ///   With no host PMU: an error, unless `may_exceed_host` (userspace mode), which gets
 ///   [`default_emulated_layout`] for `host_vendor`.
 /// - `intel:...` / `amd:...`: the base layout (the host's, or the default emulated one when

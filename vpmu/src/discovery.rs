@@ -7,6 +7,7 @@
 
 use crate::config::{PmuConfig, Vendor};
 use crate::cpuid::{self, HostFacts, PDCM_BIT};
+use crate::mediated::{mediated_intercepts, HostPerfPmu, InterceptPlan, MediatedSupport};
 use crate::model::intel;
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_msr_entry, Msrs, KVM_CAP_PMU_CAPABILITY, KVM_CAP_PMU_EVENT_FILTER,
@@ -96,8 +97,8 @@ pub trait HostSource {
     fn supported_cpuid(&self) -> Result<Vec<kvm_cpuid_entry2>, String>;
     /// KVM_CHECK_EXTENSION on /dev/kvm; 0 when unsupported or KVM is unusable.
     fn check_extension(&self, cap: u32) -> i32;
-    /// A sysfs module parameter, trimmed; `None` when the file is absent (the running
-    /// kernel does not have that parameter).
+    /// A small sysfs/procfs file (a module parameter, a perf PMU cap, a sysctl), trimmed;
+    /// `None` when the file is absent (e.g. the running kernel has no such parameter).
     fn read_param(&self, path: &str) -> Option<String>;
     /// Names of the loaded KVM modules (`/sys/module/kvm*`), e.g. `kvm`, `kvm_amd`.
     fn kvm_modules(&self) -> Vec<String>;
@@ -110,6 +111,17 @@ pub trait HostSource {
     /// The CPU model name from outside CPUID (e.g. /proc/cpuinfo), used when KVM's
     /// supported CPUID lacks the brand-string leaves.
     fn cpu_model(&self) -> Option<String> {
+        None
+    }
+    /// The host CPU's own CPUID (leaf, sub-leaf) as [EAX, EBX, ECX, EDX], i.e. what the
+    /// host kernel's perf driver saw, not KVM's capped KVM_GET_SUPPORTED_CPUID; `None`
+    /// when unknown or beyond the CPU's maximum leaf.
+    fn host_cpuid(&self, _leaf: u32, _subleaf: u32) -> Option<[u32; 4]> {
+        None
+    }
+    /// A host MSR as CPU 0 has it (`/dev/cpu/0/msr`, which needs root and the msr module);
+    /// `None` when unreadable.
+    fn host_msr(&self, _msr: u32) -> Option<u64> {
         None
     }
 }
@@ -232,6 +244,29 @@ impl HostSource for SystemHost {
         Some(false)
     }
 
+    #[cfg(target_arch = "x86_64")]
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
+        // `__cpuid_count` is an unsafe fn on older toolchains and safe on newer ones.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID exists on every x86_64 CPU and has no side effects.
+        let max = unsafe { core::arch::x86_64::__cpuid_count(leaf & 0x8000_0000, 0) }.eax;
+        if leaf > max {
+            return None;
+        }
+        #[allow(unused_unsafe)]
+        // SAFETY: as above.
+        let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
+        Some([r.eax, r.ebx, r.ecx, r.edx])
+    }
+
+    fn host_msr(&self, msr: u32) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open("/dev/cpu/0/msr").ok()?;
+        let mut buf = [0u8; 8];
+        f.read_exact_at(&mut buf, u64::from(msr)).ok()?;
+        Some(u64::from_le_bytes(buf))
+    }
+
     fn cpu_model(&self) -> Option<String> {
         let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
         text.lines()
@@ -262,6 +297,11 @@ pub struct FixtureHost {
     pub kernel_says_no_pmu: Option<bool>,
     /// CPU model name from outside CPUID.
     pub cpu_model: Option<String>,
+    /// The host CPU's own CPUID (`None`: unknown), e.g. parsed with
+    /// [`cpuid::parse_cpuid_dump`].
+    pub raw_cpuid: Option<Vec<kvm_cpuid_entry2>>,
+    /// Host MSRs (`/dev/cpu/0/msr`; missing: unreadable).
+    pub raw_msrs: BTreeMap<u32, u64>,
 }
 
 impl HostSource for FixtureHost {
@@ -300,10 +340,32 @@ impl HostSource for FixtureHost {
     fn cpu_model(&self) -> Option<String> {
         self.cpu_model.clone()
     }
+
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
+        cpuid::lookup(self.raw_cpuid.as_deref()?, leaf, subleaf)
+    }
+
+    fn host_msr(&self, msr: u32) -> Option<u64> {
+        self.raw_msrs.get(&msr).copied()
+    }
 }
 
 /// Path of `kvm.enable_pmu`.
 pub const PARAM_ENABLE_PMU: &str = "/sys/module/kvm/parameters/enable_pmu";
+
+/// The NMI watchdog sysctl (`kernel.nmi_watchdog`).
+pub const PARAM_NMI_WATCHDOG: &str = "/proc/sys/kernel/nmi_watchdog";
+
+/// Why KVM_CREATE_VCPU fails with EBUSY under the mediated vPMU.
+const MEDIATED_EBUSY_WHY: &str = "KVM creates the mediated vPMU at a VM's first \
+    KVM_CREATE_VCPU (kvm_arch_vcpu_precreate -> perf_create_mediated_pmu), and perf refuses \
+    with EBUSY while any host perf event that also counts guest mode (exclude_guest=0) \
+    exists, system-wide or per task";
+
+/// What to stop besides the NMI watchdog.
+const STOP_GUEST_COUNTING_PERF: &str = "stop host perf users whose events count guest mode: \
+    a system-wide `perf record -a` or `perf stat -a`, or a VM of this VMM running with \
+    --pmu userspace";
 
 /// Path of `<module>.enable_mediated_pmu`.
 pub fn mediated_param_path(module: &str) -> String {
@@ -405,6 +467,18 @@ pub struct HostPmu {
     pub perf_pmus: Vec<PerfPmu>,
     /// The kernel log says "PMU not available" (`None`: log unreadable).
     pub kernel_says_no_pmu: Option<bool>,
+    /// `caps/pmu_name` of the first host perf core PMU in sysfs (e.g. `sapphire_rapids`;
+    /// Intel only).
+    pub perf_pmu_name: Option<String>,
+    /// `kernel.nmi_watchdog` (`None`: unreadable). On x86 the hard-lockup watchdog is a
+    /// pinned perf event without exclude_guest, which keeps the mediated vPMU from starting.
+    pub nmi_watchdog: Option<bool>,
+    /// A hybrid CPU (perf PMUs `cpu_core`/`cpu_atom`, or CPUID.07H:EDX\[15\]): KVM forces
+    /// its vPMU off (`kvm_init_pmu_capability`).
+    pub hybrid: bool,
+    /// The host's own perf core PMU (host CPUID, not KVM's capped view); `None` when the
+    /// host CPUID is unknown or shows no PMU perf could drive.
+    pub host_perf_pmu: Option<HostPerfPmu>,
 }
 
 /// `vpmu-vmm probe --json`: the host facts plus each mode's verdict.
@@ -416,6 +490,11 @@ pub struct ProbeReport {
     pub modes: Vec<ModeReport>,
     /// Whether the host has a hardware PMU at all.
     pub hardware_pmu: bool,
+    /// Whether the host hardware can have KVM's mediated vPMU (`None`: host perf PMU
+    /// unknown).
+    pub mediated_hardware: Option<MediatedSupport>,
+    /// What the mediated vPMU would intercept for the default layout.
+    pub passthrough_intercepts: Option<InterceptPlan>,
 }
 
 /// One mode's verdict.
@@ -481,6 +560,18 @@ impl HostPmu {
             user_space_msr: src.check_extension(KVM_CAP_X86_USER_SPACE_MSR) > 0,
             msr_filter: src.check_extension(KVM_CAP_X86_MSR_FILTER) > 0,
         };
+        let perf_pmus = src.perf_pmus();
+        let perf_pmu_name = perf_pmus.first().and_then(|p| {
+            src.read_param(&format!(
+                "/sys/bus/event_source/devices/{}/caps/pmu_name",
+                p.name
+            ))
+        });
+        let raw_cpuid = |leaf, sub| src.host_cpuid(leaf, sub);
+        let hybrid = perf_pmus
+            .iter()
+            .any(|p| p.name == "cpu_core" || p.name == "cpu_atom")
+            || crate::mediated::hybrid_cpu(&raw_cpuid);
         HostPmu {
             vendor,
             vendor_string: cpuid::vendor_string(&entries),
@@ -496,8 +587,17 @@ impl HostPmu {
             caps,
             layout: cpuid::host_layout_with(&entries, &facts),
             perf_capabilities,
-            perf_pmus: src.perf_pmus(),
+            perf_pmus,
+            perf_pmu_name,
             kernel_says_no_pmu: src.kernel_says_no_pmu(),
+            nmi_watchdog: src
+                .read_param(PARAM_NMI_WATCHDOG)
+                .and_then(|v| parse_bool(&v)),
+            hybrid,
+            host_perf_pmu: HostPerfPmu::from_cpuid(
+                &raw_cpuid,
+                src.host_msr(intel::IA32_PERF_CAPABILITIES),
+            ),
         }
     }
 
@@ -549,6 +649,19 @@ impl HostPmu {
         self.kvm_blockers()
             .or_else(|| self.no_hw_pmu())
             .or_else(|| {
+                // Before kvm.enable_pmu=N: on a hybrid CPU that N is KVM's doing
+                // (kvm_init_pmu_capability), and reloading with enable_pmu=1 cannot help.
+                self.hybrid.then(|| Blocker {
+                    reason: "hybrid CPU (P-cores and E-cores, perf PMUs cpu_core/cpu_atom): \
+                             KVM turns its vPMU off on hybrid hosts (kvm_init_pmu_capability \
+                             forces kvm.enable_pmu=N and enable_mediated_pmu=N)"
+                        .into(),
+                    remedy: "no remedy on this host (no module parameter re-enables it): \
+                             use --pmu userspace"
+                        .into(),
+                })
+            })
+            .or_else(|| {
                 (self.enable_pmu == Some(false)).then(|| Blocker {
                     reason: "kvm.enable_pmu=N".into(),
                     remedy: "reload kvm with enable_pmu=1 (or boot with kvm.enable_pmu=1)".into(),
@@ -563,25 +676,43 @@ impl HostPmu {
             })
     }
 
-    fn mediated_hw_blocker(&self) -> Option<Blocker> {
-        match &self.layout {
-            PmuConfig::Intel(p) if p.version < 4 => blocker(
-                format!("host PMU is architectural perfmon v{}; mediated passthrough needs v4+", p.version),
-                "use a newer CPU, or --pmu emulated / userspace",
+    /// Why passthrough is off when `<module>.enable_mediated_pmu=N`, and whether reloading
+    /// the module with `=1` can help. The parameter is KVM's own verdict: with `=1` at load
+    /// time KVM keeps it only if the hardware can (`kvm_init_pmu_capability`), so the host
+    /// facts here are used only to tell "not asked for" from "cannot".
+    ///
+    /// Not checked against KVM_GET_SUPPORTED_CPUID: KVM caps the version it reports there
+    /// at 2 (and fixed counters at 3) on every host, mediated or not.
+    fn mediated_off_blocker(&self, module: &str) -> Option<Blocker> {
+        let reason = format!("{module}.enable_mediated_pmu=N");
+        let reload = format!("reload {module} with enable_mediated_pmu=1");
+        match self
+            .host_perf_pmu
+            .as_ref()
+            .map(HostPerfPmu::mediated_support)
+        {
+            Some(MediatedSupport::Capable) => blocker(
+                reason,
+                format!("{reload} (this host's PMU supports KVM's mediated vPMU)"),
             ),
-            PmuConfig::Intel(_)
-                if self.perf_capabilities.unwrap_or(0) & intel::PERF_CAP_FW_WRITES == 0 =>
-            {
-                blocker(
-                    "host IA32_PERF_CAPABILITIES lacks FW_WRITES (full-width counter writes); mediated passthrough needs it",
-                    "use a CPU with full-width writes, or --pmu emulated / userspace",
-                )
-            }
-            PmuConfig::Amd(p) if !p.perfmon_v2 => blocker(
-                "host AMD PMU lacks PerfMonV2; mediated passthrough needs it",
-                "use a Zen 4 or newer CPU, or --pmu emulated / userspace",
+            Some(MediatedSupport::NotCapable(why)) => blocker(
+                format!(
+                    "{reason}, and KVM keeps it N on this hardware whatever is asked \
+                     (kvm_init_pmu_capability): {why}"
+                ),
+                "no remedy on this host: use --pmu emulated or --pmu userspace",
             ),
-            _ => None,
+            Some(MediatedSupport::Unknown(why)) => blocker(
+                reason,
+                format!("{reload}; KVM keeps it N if the hardware cannot: {why}"),
+            ),
+            None => blocker(
+                reason,
+                format!(
+                    "{reload} (KVM keeps it N unless the host PMU can: Intel needs perfmon \
+                     v4+ with full-width counter writes, AMD needs PerfMonV2)"
+                ),
+            ),
         }
     }
 
@@ -599,19 +730,27 @@ impl HostPmu {
                     ),
                 })
             }),
+            // The gate is the module parameter: KVM itself decides mediated support at
+            // module load (intel_pmu_is_mediated_pmu_supported: host perf PMU v4+, host
+            // FW_WRITES, VMCS load-PERF_GLOBAL_CTRL; amd_pmu_is_mediated_pmu_supported:
+            // PerfMonV2) and forces the parameter to N when unsupported.
             PmuMode::Passthrough => self
                 .kvm_pmu_blockers()
-                .or_else(|| self.mediated_hw_blocker())
                 .or_else(|| match self.enable_mediated_pmu {
                     None => blocker(
                         format!("{module} has no enable_mediated_pmu parameter (mediated vPMU needs Linux 7.0+ kvm_intel/kvm_amd)"),
                         "run a Linux 7.0 or newer host kernel",
                     ),
-                    Some(false) => blocker(
-                        format!("{module}.enable_mediated_pmu=N"),
-                        format!("reload {module} with enable_mediated_pmu=1"),
-                    ),
-                    Some(true) => None,
+                    Some(false) => self.mediated_off_blocker(&module),
+                    Some(true) => (self.nmi_watchdog == Some(true)).then(|| Blocker {
+                        reason: format!(
+                            "kernel.nmi_watchdog=1: the NMI watchdog's perf event counts guest \
+                             mode, so the VM would fail: {MEDIATED_EBUSY_WHY}"
+                        ),
+                        remedy: format!(
+                            "run `sysctl kernel.nmi_watchdog=0`, and {STOP_GUEST_COUNTING_PERF}"
+                        ),
+                    }),
                 }),
             PmuMode::Userspace => self.kvm_blockers().or_else(|| {
                 if !self.caps.user_space_msr {
@@ -647,6 +786,14 @@ impl HostPmu {
         self.caps.pmu_capability & KVM_PMU_CAP_DISABLE as i32 != 0
     }
 
+    /// What KVM's mediated vPMU would intercept for the default guest layout (`host`, i.e.
+    /// [`HostPmu::layout`], what KVM_GET_SUPPORTED_CPUID offers) under `--pmu passthrough`;
+    /// `None` when the host perf PMU or the layout is unknown. See [`mediated_intercepts`].
+    pub fn passthrough_intercepts(&self) -> Option<InterceptPlan> {
+        let host = self.host_perf_pmu.as_ref()?;
+        (self.layout != PmuConfig::None).then(|| mediated_intercepts(&self.layout, host))
+    }
+
     /// Where userspace mode's counts come from on this host.
     pub fn userspace_counter_source(&self) -> CounterSource {
         match self.perf_pmus.first() {
@@ -676,13 +823,34 @@ impl HostPmu {
             PmuMode::Userspace => Some(match self.userspace_counter_source() {
                 CounterSource::HostPerf { pmu } => format!(
                     "counter source: host perf events on PMU '{pmu}', counting in guest mode on the \
-                     vCPU thread (not yet verified on a PMU host: docs/STATUS.md)"
+                     vCPU thread (not yet verified on a PMU host: docs/STATUS.md){}",
+                    if self.enable_mediated_pmu == Some(true) {
+                        format!(
+                            "; {}.enable_mediated_pmu=Y: while a passthrough VM exists on this \
+                             host, opening these events fails with EOPNOTSUPP \
+                             (mediated_pmu_account_event), and while they exist a new \
+                             passthrough VM fails with EBUSY",
+                            self.module_name()
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
                 CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles".into(),
             }),
-            PmuMode::Passthrough if self.availability(mode).is_available() => Some(
-                "advertise the host's exact counter layout for the fast path (counter MSRs, GLOBAL_* and RDPMC passed through)".into(),
-            ),
+            // Not "the exact host layout gives the fast path" (as issue 9 and older docs
+            // had it): kvm_need_perf_global_ctrl_intercept / kvm_need_rdpmc_intercept
+            // compare the guest with the host perf PMU (kvm_host_pmu), which can have
+            // more counters than KVM offers (kvm_init_pmu_capability caps fixed at 3).
+            PmuMode::Passthrough if self.availability(mode).is_available() => {
+                self.passthrough_intercepts().map(|plan| {
+                    let global = plan
+                        .get(crate::mediated::MsrGroup::Global)
+                        .filter(|g| g.intercepted)
+                        .map_or(String::new(), |g| format!(" ({})", g.why));
+                    format!("default layout: {}{global}", plan.summary())
+                })
+            }
             _ => None,
         }
     }
@@ -700,6 +868,11 @@ impl HostPmu {
                 })
                 .collect(),
             hardware_pmu: self.hardware_pmu(),
+            mediated_hardware: self
+                .host_perf_pmu
+                .as_ref()
+                .map(HostPerfPmu::mediated_support),
+            passthrough_intercepts: self.passthrough_intercepts(),
         }
     }
 
@@ -801,8 +974,40 @@ impl HostPmu {
                 .map(|p| format!("{} (type {})", p.name, p.pmu_type))
                 .collect::<Vec<_>>()
                 .join(", ")
+                + &self
+                    .perf_pmu_name
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(", pmu_name {n}"))
         };
         writeln!(s, "  perf core PMU (sysfs):  {pmus}")?;
+        match &self.host_perf_pmu {
+            _ if self.hybrid => writeln!(
+                s,
+                "  host perf PMU (CPUID):  hybrid CPU: perf gives KVM no PMU (perf_get_x86_pmu_capability)"
+            )?,
+            Some(p) => {
+                writeln!(s, "  host perf PMU (CPUID):  {}", p.describe())?;
+                let support = match p.mediated_support() {
+                    MediatedSupport::Capable => "capable".to_string(),
+                    MediatedSupport::NotCapable(why) => format!("not capable: {why}"),
+                    MediatedSupport::Unknown(why) => format!("unknown: {why}"),
+                };
+                writeln!(s, "  mediated vPMU hardware: {support}")?;
+            }
+            None => writeln!(
+                s,
+                "  host perf PMU (CPUID):  none (no PMU perf could drive in the host CPUID, or it is unreadable)"
+            )?,
+        }
+        writeln!(
+            s,
+            "  NMI watchdog:           {}",
+            match self.nmi_watchdog {
+                Some(true) => "on (kernel.nmi_watchdog=1)",
+                Some(false) => "off",
+                None => "unknown",
+            }
+        )?;
         writeln!(
             s,
             "  kernel log:             {}",
@@ -812,6 +1017,26 @@ impl HostPmu {
                 None => "unreadable",
             }
         )?;
+        if let Some(plan) = self.passthrough_intercepts() {
+            writeln!(
+                s,
+                "Passthrough (mediated vPMU) intercepts for the default layout: {}",
+                describe_layout(&self.layout)
+            )?;
+            for g in &plan.groups {
+                writeln!(
+                    s,
+                    "  {:<20} {}: {}",
+                    g.label,
+                    if g.intercepted {
+                        "intercepted"
+                    } else {
+                        "passed through"
+                    },
+                    g.why
+                )?;
+            }
+        }
         writeln!(s, "Modes")?;
         for mode in PmuMode::ALL {
             match self.availability(mode) {
@@ -829,6 +1054,38 @@ impl HostPmu {
         }
         Ok(())
     }
+}
+
+/// The explanation for KVM_CREATE_VCPU failing with EBUSY, for a VMM to show instead of
+/// the bare errno. Under the mediated vPMU (`--pmu passthrough`) KVM creates the vPMU at
+/// the VM's first vCPU and perf refuses while host perf events that count guest mode
+/// exist (`kvm_arch_vcpu_precreate` -> `perf_create_mediated_pmu`): the NMI watchdog's
+/// event, a system-wide `perf record -a`, another VM's `--pmu userspace` counters.
+pub fn explain_vcpu_create_ebusy(host: &HostPmu) -> String {
+    let module = host.module_name();
+    if host.enable_mediated_pmu != Some(true) {
+        return format!(
+            "KVM_CREATE_VCPU failed with EBUSY; {module}.enable_mediated_pmu is not Y on this \
+             host, so this is not KVM's mediated vPMU refusing to start (that is the usual \
+             cause: {MEDIATED_EBUSY_WHY})"
+        );
+    }
+    let watchdog = match host.nmi_watchdog {
+        Some(true) => {
+            "The NMI watchdog is on (kernel.nmi_watchdog=1) and its perf event is one: run \
+             `sysctl kernel.nmi_watchdog=0`, and "
+        }
+        Some(false) => "The NMI watchdog is off, so another perf user holds such an event: ",
+        None => {
+            "If the NMI watchdog is on (/proc/sys/kernel/nmi_watchdog), run \
+             `sysctl kernel.nmi_watchdog=0`, and "
+        }
+    };
+    format!(
+        "KVM_CREATE_VCPU failed with EBUSY: {module}.enable_mediated_pmu=Y, and \
+         {MEDIATED_EBUSY_WHY}. {watchdog}{STOP_GUEST_COUNTING_PERF}; then start the VM again \
+         (or run it with --pmu userspace)."
+    )
 }
 
 /// One-line description of a layout.

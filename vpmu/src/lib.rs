@@ -4,6 +4,7 @@
 //! - `model`: per-vendor MSR model (addresses, presence, reserved bits, semantics).
 //! - `state`: the guest PMU register file ([`state::PmuState`]) and context-switch order.
 //! - `cpuid`: CPUID synthesis for a layout; layout derivation from host CPUID.
+//! - `mediated`: KVM's mediated vPMU: the host perf PMU, hardware support, intercepts.
 //! - `discovery`: host capability discovery and per-mode availability ([`discovery::HostPmu`]).
 //! - `guest`: one vCPU's guest PMU with every decision ([`guest::GuestPmu`]: write, reprogram, verdict).
 //! - `inkernel`: what a VMM writes and checks for KVM's in-kernel x86 vPMU.
@@ -18,6 +19,7 @@ pub mod discovery;
 pub mod events;
 pub mod guest;
 pub mod inkernel;
+pub mod mediated;
 pub mod model;
 pub mod policy;
 pub mod selector;
