@@ -202,7 +202,7 @@ fn setup_vcpu(
 ) -> Result<VcpuFd> {
     let vcpu = vm
         .create_vcpu(u64::from(index))
-        .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        .map_err(|e| plan.vcpu_create_error(e))?;
     let mut cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;

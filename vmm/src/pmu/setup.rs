@@ -3,10 +3,17 @@
 //! - `off`: KVM_CAP_PMU_CAPABILITY(KVM_PMU_CAP_DISABLE) where KVM offers it, and every PMU
 //!   CPUID bit cleared: the guest sees no PMU.
 //! - `emulated` / `passthrough`: KVM's in-kernel vPMU. The guest layout defaults to the
-//!   host's exact one (the mediated fast path needs equal counts and widths), the policy is
-//!   compiled into KVM_SET_PMU_EVENT_FILTER. `passthrough` needs KVM's mediated PMU
-//!   (kvm_{intel,amd}.enable_mediated_pmu=1): without it the VM is refused with the probe's
-//!   reason, never silently downgraded.
+//!   layout KVM offers (KVM_GET_SUPPORTED_CPUID: perfmon v2 at most, <= 3 fixed and <= 8
+//!   (Intel) / 6 (AMD) GP counters), and the policy is compiled into
+//!   KVM_SET_PMU_EVENT_FILTER. Under `passthrough` (KVM's mediated vPMU) the guest's
+//!   counter MSRs are always passed through and its event selectors and FIXED_CTR_CTRL
+//!   always intercepted; PERF_GLOBAL_* are passed through only when the guest's GP and
+//!   fixed counts equal the host perf PMU's and its version is >= 2, and RDPMC only when
+//!   the counter widths match too. Hosts with 4 fixed counters (Ice Lake and later) never
+//!   match, since KVM exposes 3 (see `vpmu::mediated::mediated_intercepts`). `passthrough`
+//!   needs KVM's mediated PMU (kvm_{intel,amd}.enable_mediated_pmu=1): without it the VM
+//!   is refused with the probe's reason, never silently downgraded. With `--pmu-audit`,
+//!   selector writes are routed to the VMM ([`super::inkernel_audit`]).
 //! - `userspace`: KVM's vPMU is disabled, every PMU MSR of both vendors' architectures is
 //!   routed to the VMM by the MSR filter (KVM_EXIT_X86_RDMSR/WRMSR), and each vCPU gets a
 //!   [`super::userspace::UserspacePmu`].
@@ -49,6 +56,9 @@ pub struct PmuPlan {
     /// `(guest, host)` CPU vendors when the guest's CPUID vendor string is rewritten to
     /// match a cross-vendor layout (userspace vPMU on a host without a PMU).
     vendor_rewrite: Option<(vpmu::Vendor, vpmu::Vendor)>,
+    /// In-kernel modes: what an EBUSY from the first KVM_CREATE_VCPU means on this host
+    /// (KVM's mediated vPMU cannot start while host perf events count the guest).
+    ebusy_explanation: Option<String>,
 }
 
 fn kvm_pmu_disable(kvm: &Kvm, vm: &VmFd) -> Result<bool> {
@@ -316,6 +326,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         kvm_pmu_disabled: false,
         off_msrs_fault: false,
         vendor_rewrite: None,
+        ebusy_explanation: None,
     };
     if mode == PmuMode::Off {
         plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
@@ -330,6 +341,9 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         return Ok(plan);
     }
     let host = HostPmu::probe_system();
+    if matches!(mode, PmuMode::Emulated | PmuMode::Passthrough) {
+        plan.ebusy_explanation = Some(vpmu::discovery::explain_vcpu_create_ebusy(&host));
+    }
     if let Some(e) = unavailable(mode, &host) {
         return Err(e);
     }
@@ -398,6 +412,22 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
 }
 
 impl PmuPlan {
+    /// Turns a KVM_CREATE_VCPU failure into the error the user sees: EBUSY under KVM's
+    /// in-kernel vPMU is the mediated vPMU refusing to start (`perf_create_mediated_pmu`),
+    /// explained with this host's NMI watchdog and what to do.
+    pub fn vcpu_create_error(&self, e: kvm_ioctls::Error) -> Error {
+        match &self.ebusy_explanation {
+            Some(why) if e.errno() == libc::EBUSY => Error::PmuUnavailable {
+                mode: self.mode.to_string(),
+                reason: why.clone(),
+            },
+            _ => Error::Kvm {
+                op: "KVM_CREATE_VCPU",
+                source: e,
+            },
+        }
+    }
+
     /// Writes the guest's PMU CPUID leaves for this plan.
     pub fn apply_cpuid(&self, cpuid: &mut CpuId) -> Result<()> {
         vpmu::cpuid::apply_cpuid(&self.layout, cpuid)
