@@ -14,11 +14,14 @@
 //! to the driver unprocessed with a used length of 0. Any other malformed request (short
 //! header, data not a multiple of 512 bytes, sectors past the end, sector arithmetic
 //! overflowing, buffers outside guest memory, a write to a read-only disk) completes with
-//! `VIRTIO_BLK_S_IOERR`. Nothing here panics on guest input; I/O is done in bounded
-//! chunks, so a huge descriptor does not make the VMM allocate.
+//! `VIRTIO_BLK_S_IOERR`. An indirect descriptor (`VIRTIO_F_INDIRECT_DESC` is not offered)
+//! stops the queue and makes the device need a reset ([`Processed::needs_reset`]). Nothing
+//! here panics on guest input; I/O is done in bounded chunks, so a huge descriptor does not
+//! make the VMM allocate. The byte counters of [`BlockStats`] count what actually moved,
+//! including the part of a failed request transferred before it failed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -32,7 +35,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::VirtioDevice;
+use super::{chain_descriptors, Processed, VirtioDevice};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -84,9 +87,9 @@ pub struct BlockStats {
     pub writes: u64,
     /// Completed flushes.
     pub flushes: u64,
-    /// Bytes read from the file into guest memory.
+    /// Bytes read from the file into guest memory (failed requests included).
     pub bytes_read: u64,
-    /// Bytes written from guest memory to the file.
+    /// Bytes written from guest memory to the file (failed requests included).
     pub bytes_written: u64,
     /// Requests completed with IOERR or UNSUPP.
     pub errors: u64,
@@ -174,6 +177,29 @@ impl Segments {
     }
 }
 
+/// `FileExt::write_all_at`, adding every byte written to `moved` as it goes (so a write
+/// that fails half-way still counts its first half).
+fn write_all_at_counted(
+    file: &File,
+    mut buf: &[u8],
+    mut off: u64,
+    moved: &mut u64,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.write_at(buf, off) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                *moved += n as u64;
+                buf = &buf[n..];
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl Block {
     /// Opens `path` (read-write unless `read_only`) as a virtio-blk disk.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
@@ -250,6 +276,9 @@ impl Block {
     }
 
     /// Moves stream bytes `start..start + len` of `segs` to or from the file at `pos`.
+    /// Returns how many bytes reached their destination (guest memory for
+    /// [`Dir::ToGuest`], the file for [`Dir::FromGuest`]), also when the transfer then
+    /// failed, and whether it completed.
     fn transfer(
         &self,
         mem: &GuestMemoryMmap,
@@ -258,24 +287,27 @@ impl Block {
         len: u64,
         pos: u64,
         dir: Dir,
-    ) -> Result<(), ()> {
+    ) -> (u64, Result<(), ()>) {
         let mut buf = vec![0u8; CHUNK.min(len as usize)];
         let mut off = pos;
-        segs.for_each(start, start + len, |a, n| {
+        let mut moved = 0u64;
+        let done = segs.for_each(start, start + len, |a, n| {
             let b = &mut buf[..n];
             match dir {
                 Dir::ToGuest => {
                     self.file.read_exact_at(b, off).map_err(|_| ())?;
                     mem.write_slice(b, a).map_err(|_| ())?;
+                    moved += n as u64;
                 }
                 Dir::FromGuest => {
                     mem.read_slice(b, a).map_err(|_| ())?;
-                    self.file.write_all_at(b, off).map_err(|_| ())?;
+                    write_all_at_counted(&self.file, b, off, &mut moved).map_err(|_| ())?;
                 }
             }
             off += n as u64;
             Ok(())
-        })
+        });
+        (moved, done)
     }
 
     /// Byte offset of `sector` if `len` bytes from there lie within the disk.
@@ -341,10 +373,11 @@ impl Block {
                 let Some(pos) = self.checked_range(sector, data_in_len) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
-                match self.transfer(mem, writable, 0, data_in_len, pos, Dir::ToGuest) {
+                let (moved, r) = self.transfer(mem, writable, 0, data_in_len, pos, Dir::ToGuest);
+                self.stats.bytes_read += moved;
+                match r {
                     Ok(()) => {
                         self.stats.reads += 1;
-                        self.stats.bytes_read += data_in_len;
                         (VIRTIO_BLK_S_OK, data_in_len)
                     }
                     Err(()) => (VIRTIO_BLK_S_IOERR, 0),
@@ -357,10 +390,13 @@ impl Block {
                 let Some(pos) = self.checked_range(sector, data_out_len) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
-                match self.transfer(mem, readable, HEADER_LEN, data_out_len, pos, Dir::FromGuest) {
+                let (moved, r) =
+                    self.transfer(mem, readable, HEADER_LEN, data_out_len, pos, Dir::FromGuest);
+                // Partial writes of a failed request reached the disk too: count them.
+                self.stats.bytes_written += moved;
+                match r {
                     Ok(()) => {
                         self.stats.writes += 1;
-                        self.stats.bytes_written += data_out_len;
                         (VIRTIO_BLK_S_OK, 0)
                     }
                     Err(()) => (VIRTIO_BLK_S_IOERR, 0),
@@ -427,9 +463,15 @@ impl VirtioDevice for Block {
         // Nothing is writable without VIRTIO_BLK_F_CONFIG_WCE.
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Processed {
         let mut used_any = false;
-        loop {
+        let mut needs_reset = false;
+        'outer: loop {
             if queue.disable_notification(mem).is_err() {
                 break;
             }
@@ -437,9 +479,12 @@ impl VirtioDevice for Block {
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 popped += 1;
                 let head = chain.head_index();
-                // The chain iterator is bounded (queue size, 4 GiB in total) and stops at
-                // a descriptor it cannot read.
-                let descs: Vec<Descriptor> = chain.collect();
+                // Bounded (queue size, 4 GiB in total); stops at a descriptor it cannot
+                // read; refuses indirect tables (not offered).
+                let Ok(descs) = chain_descriptors(queue, mem, head) else {
+                    needs_reset = true;
+                    break 'outer;
+                };
                 let used = match self.execute(&descs, mem) {
                     Some(n) => n,
                     None => {
@@ -458,7 +503,10 @@ impl VirtioDevice for Block {
                 _ => break,
             }
         }
-        used_any && queue.needs_notification(mem).unwrap_or(true)
+        Processed {
+            interrupt: used_any && queue.needs_notification(mem).unwrap_or(true),
+            needs_reset,
+        }
     }
 }
 
@@ -470,7 +518,10 @@ mod tests {
     use crate::virtio::{MmioTransport, VIRTIO_F_VERSION_1};
     use proptest::prelude::*;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY};
+    use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
+    use virtio_bindings::virtio_mmio::{
+        VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_STATUS,
+    };
     use vmm_sys_util::eventfd::EventFd;
 
     const SECTORS: u64 = 64;
@@ -845,6 +896,114 @@ mod tests {
         r.d.set_avail_idx(1000);
         r.t.write(u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), &0u32.to_le_bytes());
         assert_eq!(r.d.used_idx(), 2);
+    }
+
+    fn needs_reset(t: &mut MmioTransport<Block>) -> bool {
+        let mut b = [0u8; 4];
+        t.read(u64::from(VIRTIO_MMIO_STATUS), &mut b);
+        u32::from_le_bytes(b) & VIRTIO_CONFIG_S_NEEDS_RESET != 0
+    }
+
+    #[test]
+    fn indirect_descriptors_are_refused_without_the_feature() {
+        // VIRTIO_F_INDIRECT_DESC is not offered, so the driver must not use
+        // VIRTQ_DESC_F_INDIRECT (VIRTIO 1.2, 2.7.5.3.1). The device does not follow the
+        // table: it needs a reset, and the request is not executed.
+        const TABLE: u64 = DATA + 0x3000;
+        for head_is_indirect in [true, false] {
+            let mut r = rig(false);
+            r.d.write(BUF, &[0x66; 512]);
+            r.header(VIRTIO_BLK_T_OUT, 2);
+            r.d.write_desc_at(TABLE, 0, HDR, 16, F_NEXT, 1);
+            r.d.write_desc_at(TABLE, 1, BUF, 512, F_NEXT, 2);
+            r.d.write_desc_at(TABLE, 2, STATUS, 1, F_WRITE, 0);
+            if head_is_indirect {
+                r.d.write_desc(0, TABLE, 48, F_INDIRECT, 0);
+            } else {
+                // A direct header, then an indirect table (also forbidden with the
+                // feature: INDIRECT and NEXT together).
+                r.d.write_desc(0, HDR, 16, F_NEXT, 1);
+                r.d.write_desc(1, TABLE + 16, 32, F_INDIRECT, 0);
+            }
+            r.d.publish(0);
+            r.t.write(u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), &0u32.to_le_bytes());
+            assert_eq!(r.file_bytes(2, 512), vec![2u8; 512], "disk written");
+            assert_eq!(r.d.read_u8(STATUS), 0xaa, "status written");
+            assert_eq!(r.d.used_idx(), 0, "chain completed");
+            assert!(needs_reset(&mut r.t));
+            assert_eq!(r.t.device().stats().writes, 0);
+            // Dead until reset; after a reset the same request, direct, works.
+            r.d.init(&mut r.t, u64::MAX);
+            let mut d = Driver::new(16);
+            d.mem = r.d.mem.clone();
+            r.d = d;
+            assert_eq!(
+                r.submit(&[(HDR, 16, false), (BUF, 512, false), (STATUS, 1, true)]),
+                (1, OK)
+            );
+            assert_eq!(r.file_bytes(2, 512), vec![0x66; 512]);
+        }
+    }
+
+    #[test]
+    fn misaligned_used_ring_is_refused_and_nothing_lands_at_address_zero() {
+        let file = disk_file(SECTORS);
+        let blk = Block::from_file(file.try_clone().expect("clone"), Path::new("t"), false)
+            .expect("block");
+        let mut d = Driver::new(16);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut t = MmioTransport::new(blk, d.mem.clone(), irq.try_clone().expect("eventfd"));
+        let s = d.negotiate(&mut t, u64::MAX);
+        d.setup_queue(&mut t, 16, DESC, AVAIL, USED + 2);
+        reg_write(&mut t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert!(needs_reset(&mut t));
+        // A request published anyway is not served, and guest address 0 (where the
+        // rejected address used to leave the used ring) is untouched.
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+        d.write(HDR, &h);
+        d.write(BUF, &[0x55; 512]);
+        let head = d.add_chain(&[(HDR, 16, false), (BUF, 512, false), (STATUS, 1, true)]);
+        d.publish(head);
+        t.write(u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), &0u32.to_le_bytes());
+        assert_eq!(d.read(0, 64), vec![0u8; 64]);
+        assert_eq!(d.read(USED, 64), vec![0u8; 64]);
+        let mut b = [0u8; 512];
+        file.read_exact_at(&mut b, 0).expect("read");
+        assert_eq!(b, [0u8; 512]);
+        assert_eq!(t.device().stats(), BlockStats::default());
+    }
+
+    #[test]
+    fn partial_writes_count_the_bytes_that_reached_the_disk() {
+        let mut r = rig(false);
+        r.d.write(BUF, &[0x3c; 512]);
+        r.header(VIRTIO_BLK_T_OUT, 7);
+        // The second data buffer lies outside guest memory: the first sector is written,
+        // then the request fails.
+        let (_, st) = r.submit(&[
+            (HDR, 16, false),
+            (BUF, 512, false),
+            (MEM_SIZE - 256, 512, false),
+            (STATUS, 1, true),
+        ]);
+        assert_eq!(st, IOERR);
+        assert_eq!(r.file_bytes(7, 512), vec![0x3c; 512]);
+        assert_eq!(r.file_bytes(8, 512), vec![8u8; 512]);
+        let s = r.t.device().stats();
+        assert_eq!((s.writes, s.errors, s.bytes_written), (0, 1, 512));
+        // The same for reads: what reached guest memory is counted.
+        r.header(VIRTIO_BLK_T_IN, 9);
+        let (_, st) = r.submit(&[
+            (HDR, 16, false),
+            (BUF, 512, true),
+            (MEM_SIZE - 256, 512, true),
+            (STATUS, 1, true),
+        ]);
+        assert_eq!(st, IOERR);
+        assert_eq!(r.d.read(BUF, 512), vec![9u8; 512]);
+        let s = r.t.device().stats();
+        assert_eq!((s.reads, s.errors, s.bytes_read), (0, 2, 512));
     }
 
     #[test]
