@@ -1,4 +1,5 @@
-//! virtio-blk (VIRTIO 1.2, section 5.2) backed by a host file.
+//! virtio-blk (VIRTIO 1.2, section 5.2) backed by a host file: a regular file or a block
+//! device, locked while in use ([`Block::open`]).
 //!
 //! One request queue. Requests: `VIRTIO_BLK_T_IN` (read), `T_OUT` (write), `T_FLUSH`
 //! (fdatasync) and `T_GET_ID` (a 20-byte serial); anything else completes with
@@ -20,7 +21,7 @@
 //! make the VMM allocate. The byte counters of [`BlockStats`] count what actually moved,
 //! including the part of a failed request transferred before it failed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{chain_descriptors, Processed, VirtioDevice};
+use crate::host_file::{self, FileKind, LockError};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -59,6 +61,22 @@ pub enum BlockError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// It is not a regular file (on a filesystem that stores data) or a block device.
+    #[error("disk image {path} is {kind}, not a regular file or block device")]
+    NotADisk {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// It could not be locked (another user holds it, or locking failed).
+    #[error("disk image {path} {source}")]
+    Lock {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: LockError,
     },
     /// Its size could not be determined.
     #[error("cannot determine the size of disk image {path}: {source}")]
@@ -201,16 +219,37 @@ fn write_all_at_counted(
 }
 
 impl Block {
-    /// Opens `path` (read-write unless `read_only`) as a virtio-blk disk.
+    /// Opens `path` (read-write unless `read_only`) as a virtio-blk disk: it must be a
+    /// regular file on a filesystem that stores data, or a block device (not a
+    /// character device, FIFO, directory, or procfs/sysfs/... file; see
+    /// [`host_file::kind`]), and is locked for the life of the device (see
+    /// [`host_file::lock`]: exclusive when read-write, shared when read-only, as QEMU
+    /// does), so two VMs, or two `--disk` of one VM, cannot both write it.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let err_path = || path.to_path_buf();
+        let file = host_file::open(path, !read_only).map_err(|source| BlockError::Open {
+            path: err_path(),
+            source,
+        })?;
+        match host_file::kind(&file) {
+            Ok(FileKind::Regular | FileKind::BlockDevice) => {}
+            Ok(FileKind::Other(kind)) => {
+                return Err(BlockError::NotADisk {
+                    path: err_path(),
+                    kind,
+                })
+            }
+            Err(source) => {
+                return Err(BlockError::Open {
+                    path: err_path(),
+                    source,
+                })
+            }
+        }
+        host_file::lock(&file, !read_only).map_err(|source| BlockError::Lock {
+            path: err_path(),
+            source,
+        })?;
         Self::from_file(file, path, read_only)
     }
 
@@ -517,6 +556,7 @@ mod tests {
     use crate::virtio::testutil::*;
     use crate::virtio::{MmioTransport, VIRTIO_F_VERSION_1};
     use proptest::prelude::*;
+    use std::fs::OpenOptions;
     use std::sync::atomic::{AtomicU64, Ordering};
     use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
     use virtio_bindings::virtio_mmio::{
@@ -1016,6 +1056,39 @@ mod tests {
             .err()
             .expect("error");
         assert!(e.to_string().contains("/nonexistent/vpmu/disk.img"), "{e}");
+    }
+
+    #[test]
+    fn open_refuses_non_disks_and_locked_images() {
+        let e = Block::open(Path::new("/dev/zero"), true)
+            .err()
+            .expect("error");
+        assert!(matches!(
+            e,
+            BlockError::NotADisk {
+                kind: "a character device",
+                ..
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            "disk image /dev/zero is a character device, not a regular file or block device"
+        );
+        let p = std::env::temp_dir().join(format!("vpmu-blk-lock-{}", std::process::id()));
+        std::fs::write(&p, [0u8; 1024]).expect("write");
+        let rw = Block::open(&p, false).expect("first open");
+        let e = Block::open(&p, true).err().expect("locked");
+        assert!(
+            e.to_string()
+                .ends_with("is locked: another process (or another --disk of this VM) has it open"),
+            "{e}"
+        );
+        drop(rw);
+        let ro = Block::open(&p, true).expect("read-only");
+        let ro2 = Block::open(&p, true).expect("second read-only");
+        assert!(Block::open(&p, false).is_err());
+        drop((ro, ro2));
+        std::fs::remove_file(&p).expect("unlink");
     }
 
     proptest! {
