@@ -14,6 +14,9 @@
 //! loader error becomes a [`LoadError`].
 
 use std::io::Cursor;
+use std::path::Path;
+
+use devices::host_file::{read_regular, ReadError};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
@@ -62,19 +65,38 @@ pub struct Loaded {
     pub kernel_end: u64,
 }
 
-/// Reads the kernel image bytes (from the file or the embedded image).
-pub fn read_kernel(image: &KernelImage) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
+/// Reads a kernel or initrd file (`what`): a regular file of at most `limit` bytes, both
+/// checked before reading (`devices::host_file::read_regular`), so `/dev/zero`, a FIFO or
+/// a huge file is one clear error instead of exhausting memory or blocking.
+pub fn read_input(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    read_regular(path, limit).map_err(|e| match e {
+        ReadError::Io(source) => LoadError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        },
+        ReadError::NotRegular(kind) => LoadError::NotRegular {
+            what,
+            path: path.to_path_buf(),
+            kind,
+        },
+        ReadError::TooLarge { size, .. } => LoadError::TooLarge {
+            what,
+            size,
+            mem: limit,
+        },
+    })
+}
+
+/// Reads the kernel image bytes (from the file, at most `mem` bytes, or the embedded
+/// image).
+pub fn read_kernel(
+    image: &KernelImage,
+    mem: u64,
+) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
     match image {
         KernelImage::Builtin { bytes, .. } => Ok(std::borrow::Cow::Borrowed(bytes)),
-        KernelImage::File(path) => {
-            std::fs::read(path)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|source| LoadError::Read {
-                    what: "kernel",
-                    path: path.clone(),
-                    source,
-                })
-        }
+        KernelImage::File(path) => read_input("kernel", path, mem).map(std::borrow::Cow::Owned),
     }
 }
 
@@ -115,7 +137,7 @@ fn invalid(
 
 /// Loads the kernel named by `config` into `mem` and writes its command line.
 pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, LoadError> {
-    let bytes = read_kernel(&config.kernel)?;
+    let bytes = read_kernel(&config.kernel, config.memory)?;
     if bytes.len() as u64 >= config.memory {
         return Err(LoadError::TooLarge {
             what: "kernel",
@@ -227,11 +249,7 @@ pub fn load_initrd(
     let Some(path) = &config.initrd else {
         return Ok(None);
     };
-    let data = std::fs::read(path).map_err(|source| LoadError::Read {
-        what: "initrd",
-        path: path.clone(),
-        source,
-    })?;
+    let data = read_input("initrd", path, config.memory)?;
     let size = data.len() as u64;
     let max = loaded.setup_header.map(|h| h.initrd_addr_max).unwrap_or(0);
     let addr =
@@ -267,5 +285,43 @@ mod tests {
         assert_eq!(detect(b""), None);
         assert_eq!(detect(&[0x7f, b'E', b'L']), None);
         assert_eq!(detect(&[0u8; 4096]), None);
+    }
+
+    #[test]
+    fn initrds_must_be_regular_files_that_fit() {
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).expect("memory");
+        let mut config = VmConfig::new(KernelImage::File("vmlinux".into()));
+        config.memory = 32 << 20;
+        let loaded = Loaded {
+            boot: Boot::Pvh { entry: 0x100_0000 },
+            setup_header: None,
+            kernel_end: 0x200_0000,
+        };
+        let dir = std::env::temp_dir().join(format!("vpmu-loader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fifo = dir.join("initrd.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let big = dir.join("initrd.big");
+        std::fs::write(&big, vec![0u8; (32 << 20) + 1]).expect("write");
+        for (path, want) in [
+            (
+                "/dev/zero".into(),
+                "initrd /dev/zero is a character device, not a regular file",
+            ),
+            (fifo.clone(), "is a FIFO, not a regular file"),
+            (
+                big.clone(),
+                "initrd (33554433 bytes) does not fit in guest memory",
+            ),
+        ] {
+            config.initrd = Some(path);
+            let e = load_initrd(&mem, &config, &loaded).expect_err("refused");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
