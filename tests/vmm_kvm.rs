@@ -257,6 +257,30 @@ fn input_files_must_be_regular_and_small_enough_before_reading() {
     );
 }
 
+#[test]
+fn freestanding_cmdline_must_be_printable_ascii() {
+    need_kvm!("freestanding_cmdline_must_be_printable_ascii");
+    let long = "x".repeat(4097);
+    for bad in ["period=1\n", "a\tb", "caf\u{e9}", "\u{7f}", long.as_str()] {
+        assert_clean_error(
+            &["run", "--kernel", "builtin:demo", "--cmdline", bad],
+            "printable ASCII",
+        );
+    }
+    // The longest accepted argument string, all printable.
+    let ok = format!("period=1000000 {}", "~".repeat(4096 - 15));
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:demo",
+        "--pmu",
+        "off",
+        "--cmdline",
+        &ok,
+    ]);
+    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
+}
+
 /// `rdmsr IA32_MISC_ENABLE`, then report bit 0 (fast strings), bit 11 (BTS_UNAVAIL) and
 /// bit 12 (PEBS_UNAVAIL) as V bits 0..2 through the debug-exit port.
 const READ_MISC_ENABLE: &str = "b9a00100000f3289c383e301c1e80a83e00609d866baf400eff4ebfd";

@@ -71,7 +71,8 @@ pub enum LoadError {
         /// Guest memory size.
         mem: u64,
     },
-    /// The command line is too long or contains a NUL.
+    /// The command line is too long, contains a NUL, or (freestanding guests) is not
+    /// printable ASCII.
     #[error("kernel command line rejected: {0}")]
     Cmdline(String),
     /// An initrd was given for a freestanding guest.

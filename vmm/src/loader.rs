@@ -65,6 +65,10 @@ pub struct Loaded {
     pub kernel_end: u64,
 }
 
+/// Longest argument string a freestanding guest gets (docs/GUESTS.md: the guests read at
+/// most this many bytes).
+pub const FREESTANDING_CMDLINE_MAX: usize = 4096;
+
 /// Reads a kernel or initrd file (`what`): a regular file of at most `limit` bytes, both
 /// checked before reading (`devices::host_file::read_regular`), so `/dev/zero`, a FIFO or
 /// a huge file is one clear error instead of exhausting memory or blocking.
@@ -222,16 +226,39 @@ fn write_linux_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), LoadE
         .map_err(|e| LoadError::Cmdline(e.to_string()))
 }
 
+/// Checks a freestanding guest's argument string against the boot contract
+/// (docs/GUESTS.md): printable ASCII (0x20..=0x7e), at most [`FREESTANDING_CMDLINE_MAX`]
+/// bytes.
+pub fn check_freestanding_cmdline(cmdline: &str) -> Result<(), LoadError> {
+    let rule = || {
+        format!(
+            "a freestanding guest's argument string must be printable ASCII (0x20-0x7e), \
+             at most {FREESTANDING_CMDLINE_MAX} bytes"
+        )
+    };
+    if let Some(i) = cmdline.bytes().position(|b| !(0x20..=0x7e).contains(&b)) {
+        let c = cmdline[i..].chars().next().unwrap_or_default();
+        return Err(LoadError::Cmdline(format!(
+            "{}; byte {i} is {:?}",
+            rule(),
+            c
+        )));
+    }
+    if cmdline.len() > FREESTANDING_CMDLINE_MAX {
+        return Err(LoadError::Cmdline(format!(
+            "{}; it has {} bytes",
+            rule(),
+            cmdline.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes a freestanding guest's argument string; returns its address (0 when empty).
 fn write_raw_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, LoadError> {
+    check_freestanding_cmdline(cmdline)?;
     if cmdline.is_empty() {
         return Ok(0);
-    }
-    if cmdline.len() >= arch::layout::CMDLINE_MAX_SIZE || cmdline.as_bytes().contains(&0) {
-        return Err(LoadError::Cmdline(format!(
-            "must be shorter than {} bytes and contain no NUL",
-            arch::layout::CMDLINE_MAX_SIZE
-        )));
     }
     let mut b = cmdline.as_bytes().to_vec();
     b.push(0);
@@ -323,5 +350,29 @@ mod tests {
             assert!(e.to_string().contains(want), "{e}");
         }
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn freestanding_cmdline_is_printable_ascii_of_bounded_length() {
+        let max = "~".repeat(FREESTANDING_CMDLINE_MAX);
+        for ok in ["", "period=1000 expect=intel:v4,gp4", " !~", max.as_str()] {
+            check_freestanding_cmdline(ok).expect(ok);
+        }
+        let long = "x".repeat(FREESTANDING_CMDLINE_MAX + 1);
+        for (bad, why) in [
+            ("a\nb", "byte 1 is '\\n'"),
+            ("tab\there", "byte 3 is '\\t'"),
+            ("nul\0", "byte 3 is '\\0'"),
+            ("caf\u{e9}", "byte 3 is '\u{e9}'"),
+            ("\u{7f}", "byte 0 is '\\u{7f}'"),
+            (long.as_str(), "it has 4097 bytes"),
+        ] {
+            let e = check_freestanding_cmdline(bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("printable ASCII (0x20-0x7e), at most 4096 bytes"),
+                "{e}"
+            );
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
     }
 }
