@@ -212,21 +212,20 @@ fn read_only_disk_refuses_the_guest_write() {
 #[test]
 fn disk_errors_are_one_clear_line() {
     need_kvm!("disk_errors_are_one_clear_line");
-    for (args, needle) in [
-        (
-            vec!["--disk", "/nonexistent/vpmu/perf.img"],
-            "cannot open disk image /nonexistent/vpmu/perf.img",
-        ),
-        (vec!["--disk", ",ro"], "--disk ',ro': expected PATH"),
-    ] {
-        let mut all = vec!["run", "--kernel", "builtin:demo"];
-        all.extend(args);
-        let o = vmm(&all);
-        let e = err(&o);
-        assert_eq!(status(&o), 2, "{all:?}: {e}");
-        assert!(e.contains(needle), "{all:?}: expected {needle:?} in {e:?}");
-        assert_eq!(e.trim_end().lines().count(), 1, "{e:?}");
-    }
+    assert_clean_error(
+        &[
+            "run",
+            "--kernel",
+            "builtin:demo",
+            "--disk",
+            "/nonexistent/vpmu/perf.img",
+        ],
+        "cannot open disk image /nonexistent/vpmu/perf.img",
+    );
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--disk", ",ro"],
+        "--disk ',ro': expected PATH",
+    );
     let tiny = write_scratch("tiny.img", &[0u8; 100]);
     let o = vmm(&["run", "--kernel", "builtin:demo", "--disk", &tiny]);
     assert_eq!(status(&o), 2);
@@ -264,4 +263,116 @@ fn freestanding_guest_with_a_disk_still_runs() {
     assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
     assert_eq!(plain, 0);
     assert!(!out(&o).contains("virtio_mmio"), "{}", out(&o));
+}
+
+#[test]
+fn disks_must_be_regular_files_or_block_devices() {
+    need_kvm!("disks_must_be_regular_files_or_block_devices");
+    let fifo = mkfifo(&scratch("disk.fifo"));
+    for (disk, what) in [
+        ("/dev/null", "a character device"),
+        ("/dev/zero,ro", "a character device"),
+        (fifo.as_str(), "a FIFO"),
+        // (read-write, a directory cannot even be opened: "Is a directory")
+        ("/,ro", "a directory"),
+        // Kernel interfaces that look like regular files: procfs and sysfs.
+        ("/proc/self/status,ro", "a file on procfs"),
+        ("/sys/kernel/address_bits,ro", "a file on sysfs"),
+    ] {
+        let path = disk.strip_suffix(",ro").unwrap_or(disk);
+        if !std::path::Path::new(path).exists() {
+            continue;
+        }
+        assert_clean_error(
+            &["run", "--kernel", "builtin:demo", "--disk", disk],
+            &format!("disk image {path} is {what}, not a regular file or block device"),
+        );
+    }
+}
+
+/// Takes an OFD lock on all of `f` (F_OFD_SETLK, like vpmu-vmm and QEMU).
+fn ofd_lock(f: &std::fs::File, exclusive: bool) {
+    use std::os::unix::io::AsRawFd;
+    let fl = libc::flock {
+        l_type: if exclusive {
+            libc::F_WRLCK
+        } else {
+            libc::F_RDLCK
+        } as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: F_OFD_SETLK reads the struct flock, which outlives the call; f is open.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    assert_eq!(r, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn disk_images_are_locked() {
+    need_kvm!("disk_images_are_locked");
+    let disk = write_scratch("locked.img", &vec![0u8; 4096]);
+    let ro = format!("{disk},ro");
+    let held = "is locked: another process (or another --disk of this VM) has it open";
+    // Two --disk of one image in one VM: the second cannot lock it.
+    for (a, b) in [(&disk, &disk), (&disk, &ro), (&ro, &disk)] {
+        assert_clean_error(
+            &["run", "--kernel", "builtin:demo", "--disk", a, "--disk", b],
+            &format!("disk image {disk} {held}"),
+        );
+    }
+    // Read-only users share the image.
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:demo",
+        "--pmu",
+        "off",
+        "--disk",
+        &ro,
+        "--disk",
+        &ro,
+    ]);
+    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
+    // A lock held by another process (this test): exclusive keeps everyone out, shared
+    // keeps writers out.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .expect("open image");
+    ofd_lock(&f, true);
+    for spec in [&disk, &ro] {
+        assert_clean_error(
+            &["run", "--kernel", "builtin:demo", "--disk", spec],
+            &format!("disk image {disk} {held}"),
+        );
+    }
+    ofd_lock(&f, false);
+    assert_clean_error(
+        &["run", "--kernel", "builtin:demo", "--disk", &disk],
+        &format!("disk image {disk} {held}"),
+    );
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:demo",
+        "--pmu",
+        "off",
+        "--disk",
+        &ro,
+    ]);
+    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
+    drop(f);
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:demo",
+        "--pmu",
+        "off",
+        "--disk",
+        &disk,
+    ]);
+    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
 }

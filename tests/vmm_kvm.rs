@@ -104,22 +104,6 @@ fn hostile_port_writes_never_break_the_vmm() {
     assert!(err(&o).contains("stray port accesses"), "{}", err(&o));
 }
 
-fn assert_clean_error(args: &[&str], needle: &str) {
-    let o = vmm(args);
-    let e = err(&o);
-    assert_eq!(status(&o), 2, "args {args:?}: stderr {e}");
-    assert!(
-        e.contains(needle),
-        "args {args:?}: expected {needle:?} in {e:?}"
-    );
-    assert!(!e.contains("panicked"), "{e}");
-    assert_eq!(
-        e.trim_end().lines().count(),
-        1,
-        "one clear line, got: {e:?}"
-    );
-}
-
 #[test]
 fn bad_kernel_files_give_clear_errors() {
     need_kvm!("bad_kernel_files_give_clear_errors");
@@ -215,6 +199,86 @@ fn absurd_configuration_is_refused() {
         ],
         "/nonexistent.toml",
     );
+}
+
+#[test]
+fn input_files_must_be_regular_and_small_enough_before_reading() {
+    need_kvm!("input_files_must_be_regular_and_small_enough_before_reading");
+    // A character device that never ends, a FIFO nobody writes, a directory and a
+    // procfs file: refused before a byte is read (no memory exhaustion, no hang).
+    let fifo = mkfifo(&scratch("kernel.fifo"));
+    for (kernel, what) in [
+        ("/dev/zero", "is a character device, not a regular file"),
+        (fifo.as_str(), "is a FIFO, not a regular file"),
+        ("/", "is a directory, not a regular file"),
+        (
+            "/proc/self/environ",
+            "is a file on procfs, not a regular file",
+        ),
+    ] {
+        assert_clean_error(
+            &["run", "--kernel", kernel],
+            &format!("kernel {kernel} {what}"),
+        );
+    }
+    // Policies: the same, plus a size limit well below "all of memory".
+    for (policy, what) in [
+        ("/dev/zero", "is a character device, not a regular file"),
+        (fifo.as_str(), "is a FIFO, not a regular file"),
+    ] {
+        assert_clean_error(
+            &[
+                "run",
+                "--kernel",
+                "builtin:demo",
+                "--pmu",
+                "userspace",
+                "--pmu-policy",
+                policy,
+            ],
+            &format!("policy {policy} {what}"),
+        );
+    }
+    // 5 MiB of TOML comments: valid, but over the 4 MiB limit.
+    let big = "# padding padding padding padding padding padding padding padding pad\n"
+        .repeat(5 << 20 >> 6);
+    let big = write_scratch("big-policy.toml", big.as_bytes());
+    assert_clean_error(
+        &[
+            "run",
+            "--kernel",
+            "builtin:demo",
+            "--pmu",
+            "userspace",
+            "--pmu-policy",
+            &big,
+        ],
+        "bytes, more than the limit of 4194304 bytes",
+    );
+}
+
+#[test]
+fn freestanding_cmdline_must_be_printable_ascii() {
+    need_kvm!("freestanding_cmdline_must_be_printable_ascii");
+    let long = "x".repeat(4097);
+    for bad in ["period=1\n", "a\tb", "caf\u{e9}", "\u{7f}", long.as_str()] {
+        assert_clean_error(
+            &["run", "--kernel", "builtin:demo", "--cmdline", bad],
+            "printable ASCII",
+        );
+    }
+    // The longest accepted argument string, all printable.
+    let ok = format!("period=1000000 {}", "~".repeat(4096 - 15));
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:demo",
+        "--pmu",
+        "off",
+        "--cmdline",
+        &ok,
+    ]);
+    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
 }
 
 /// `rdmsr IA32_MISC_ENABLE`, then report bit 0 (fast strings), bit 11 (BTS_UNAVAIL) and

@@ -21,6 +21,48 @@ pub fn vmm(args: &[&str]) -> Output {
         .expect("spawning vpmu-vmm")
 }
 
+/// Runs `vpmu-vmm` with `args` under a 30 s timeout and a 4 GiB address-space limit:
+/// for hostile inputs that must be refused at once, so that a VMM that reads forever or
+/// blocks fails the test quickly (abort or status 124) instead of exhausting the host.
+pub fn vmm_bounded(args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4194304 && exec timeout 30 \"$0\" \"$@\"")
+        .arg(bin())
+        .args(args)
+        .output()
+        .expect("spawning vpmu-vmm")
+}
+
+/// Asserts that `vpmu-vmm args` (run by [`vmm_bounded`]) fails with status 2 and exactly
+/// one stderr line containing `needle`, without a panic.
+pub fn assert_clean_error(args: &[&str], needle: &str) {
+    let o = vmm_bounded(args);
+    let e = err(&o);
+    assert_eq!(status(&o), 2, "args {args:?}: stderr {e}");
+    assert!(
+        e.contains(needle),
+        "args {args:?}: expected {needle:?} in {e:?}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(
+        e.trim_end().lines().count(),
+        1,
+        "one clear line, got: {e:?}"
+    );
+}
+
+/// Makes a FIFO at `path` (a scratch path); returns it as a String.
+pub fn mkfifo(path: &Path) -> String {
+    let _ = std::fs::remove_file(path);
+    let st = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("spawning mkfifo");
+    assert!(st.success(), "mkfifo {}", path.display());
+    path.to_string_lossy().into_owned()
+}
+
 /// Exit status (panics on death by signal, which is a test failure anyway).
 pub fn status(o: &Output) -> i32 {
     o.status

@@ -38,6 +38,16 @@ pub enum LoadError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The file is not a regular file (a device, a FIFO, a directory, a procfs file...).
+    #[error("{what} {path} is {kind}, not a regular file")]
+    NotRegular {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// The kernel is neither a bzImage nor an ELF64 image.
     #[error("{0}: not a bzImage or an ELF64 x86_64 image (bad magic)")]
     UnknownFormat(String),
@@ -61,7 +71,8 @@ pub enum LoadError {
         /// Guest memory size.
         mem: u64,
     },
-    /// The command line is too long or contains a NUL.
+    /// The command line is too long, contains a NUL, or (freestanding guests) is not
+    /// printable ASCII.
     #[error("kernel command line rejected: {0}")]
     Cmdline(String),
     /// An initrd was given for a freestanding guest.

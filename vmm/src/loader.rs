@@ -14,6 +14,9 @@
 //! loader error becomes a [`LoadError`].
 
 use std::io::Cursor;
+use std::path::Path;
+
+use devices::host_file::{read_regular, ReadError};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
@@ -62,19 +65,42 @@ pub struct Loaded {
     pub kernel_end: u64,
 }
 
-/// Reads the kernel image bytes (from the file or the embedded image).
-pub fn read_kernel(image: &KernelImage) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
+/// Longest argument string a freestanding guest gets (docs/GUESTS.md: the guests read at
+/// most this many bytes).
+pub const FREESTANDING_CMDLINE_MAX: usize = 4096;
+
+/// Reads a kernel or initrd file (`what`): a regular file of at most `limit` bytes, both
+/// checked before reading (`devices::host_file::read_regular`), so `/dev/zero`, a FIFO or
+/// a huge file is one clear error instead of exhausting memory or blocking.
+pub fn read_input(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    read_regular(path, limit).map_err(|e| match e {
+        ReadError::Io(source) => LoadError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        },
+        ReadError::NotRegular(kind) => LoadError::NotRegular {
+            what,
+            path: path.to_path_buf(),
+            kind,
+        },
+        ReadError::TooLarge { size, .. } => LoadError::TooLarge {
+            what,
+            size,
+            mem: limit,
+        },
+    })
+}
+
+/// Reads the kernel image bytes (from the file, at most `mem` bytes, or the embedded
+/// image).
+pub fn read_kernel(
+    image: &KernelImage,
+    mem: u64,
+) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
     match image {
         KernelImage::Builtin { bytes, .. } => Ok(std::borrow::Cow::Borrowed(bytes)),
-        KernelImage::File(path) => {
-            std::fs::read(path)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|source| LoadError::Read {
-                    what: "kernel",
-                    path: path.clone(),
-                    source,
-                })
-        }
+        KernelImage::File(path) => read_input("kernel", path, mem).map(std::borrow::Cow::Owned),
     }
 }
 
@@ -115,7 +141,7 @@ fn invalid(
 
 /// Loads the kernel named by `config` into `mem` and writes its command line.
 pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, LoadError> {
-    let bytes = read_kernel(&config.kernel)?;
+    let bytes = read_kernel(&config.kernel, config.memory)?;
     if bytes.len() as u64 >= config.memory {
         return Err(LoadError::TooLarge {
             what: "kernel",
@@ -200,16 +226,39 @@ fn write_linux_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), LoadE
         .map_err(|e| LoadError::Cmdline(e.to_string()))
 }
 
+/// Checks a freestanding guest's argument string against the boot contract
+/// (docs/GUESTS.md): printable ASCII (0x20..=0x7e), at most [`FREESTANDING_CMDLINE_MAX`]
+/// bytes.
+pub fn check_freestanding_cmdline(cmdline: &str) -> Result<(), LoadError> {
+    let rule = || {
+        format!(
+            "a freestanding guest's argument string must be printable ASCII (0x20-0x7e), \
+             at most {FREESTANDING_CMDLINE_MAX} bytes"
+        )
+    };
+    if let Some(i) = cmdline.bytes().position(|b| !(0x20..=0x7e).contains(&b)) {
+        let c = cmdline[i..].chars().next().unwrap_or_default();
+        return Err(LoadError::Cmdline(format!(
+            "{}; byte {i} is {:?}",
+            rule(),
+            c
+        )));
+    }
+    if cmdline.len() > FREESTANDING_CMDLINE_MAX {
+        return Err(LoadError::Cmdline(format!(
+            "{}; it has {} bytes",
+            rule(),
+            cmdline.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes a freestanding guest's argument string; returns its address (0 when empty).
 fn write_raw_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, LoadError> {
+    check_freestanding_cmdline(cmdline)?;
     if cmdline.is_empty() {
         return Ok(0);
-    }
-    if cmdline.len() >= arch::layout::CMDLINE_MAX_SIZE || cmdline.as_bytes().contains(&0) {
-        return Err(LoadError::Cmdline(format!(
-            "must be shorter than {} bytes and contain no NUL",
-            arch::layout::CMDLINE_MAX_SIZE
-        )));
     }
     let mut b = cmdline.as_bytes().to_vec();
     b.push(0);
@@ -227,11 +276,7 @@ pub fn load_initrd(
     let Some(path) = &config.initrd else {
         return Ok(None);
     };
-    let data = std::fs::read(path).map_err(|source| LoadError::Read {
-        what: "initrd",
-        path: path.clone(),
-        source,
-    })?;
+    let data = read_input("initrd", path, config.memory)?;
     let size = data.len() as u64;
     let max = loaded.setup_header.map(|h| h.initrd_addr_max).unwrap_or(0);
     let addr =
@@ -267,5 +312,67 @@ mod tests {
         assert_eq!(detect(b""), None);
         assert_eq!(detect(&[0x7f, b'E', b'L']), None);
         assert_eq!(detect(&[0u8; 4096]), None);
+    }
+
+    #[test]
+    fn initrds_must_be_regular_files_that_fit() {
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).expect("memory");
+        let mut config = VmConfig::new(KernelImage::File("vmlinux".into()));
+        config.memory = 32 << 20;
+        let loaded = Loaded {
+            boot: Boot::Pvh { entry: 0x100_0000 },
+            setup_header: None,
+            kernel_end: 0x200_0000,
+        };
+        let dir = std::env::temp_dir().join(format!("vpmu-loader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fifo = dir.join("initrd.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let big = dir.join("initrd.big");
+        std::fs::write(&big, vec![0u8; (32 << 20) + 1]).expect("write");
+        for (path, want) in [
+            (
+                "/dev/zero".into(),
+                "initrd /dev/zero is a character device, not a regular file",
+            ),
+            (fifo.clone(), "is a FIFO, not a regular file"),
+            (
+                big.clone(),
+                "initrd (33554433 bytes) does not fit in guest memory",
+            ),
+        ] {
+            config.initrd = Some(path);
+            let e = load_initrd(&mem, &config, &loaded).expect_err("refused");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn freestanding_cmdline_is_printable_ascii_of_bounded_length() {
+        let max = "~".repeat(FREESTANDING_CMDLINE_MAX);
+        for ok in ["", "period=1000 expect=intel:v4,gp4", " !~", max.as_str()] {
+            check_freestanding_cmdline(ok).expect(ok);
+        }
+        let long = "x".repeat(FREESTANDING_CMDLINE_MAX + 1);
+        for (bad, why) in [
+            ("a\nb", "byte 1 is '\\n'"),
+            ("tab\there", "byte 3 is '\\t'"),
+            ("nul\0", "byte 3 is '\\0'"),
+            ("caf\u{e9}", "byte 3 is '\u{e9}'"),
+            ("\u{7f}", "byte 0 is '\\u{7f}'"),
+            (long.as_str(), "it has 4097 bytes"),
+        ] {
+            let e = check_freestanding_cmdline(bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("printable ASCII (0x20-0x7e), at most 4096 bytes"),
+                "{e}"
+            );
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
     }
 }

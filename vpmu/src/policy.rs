@@ -31,6 +31,11 @@ use thiserror::Error;
 pub const MAX_EVENT_SELECT: u16 = 0xfff;
 /// Largest fixed-counter index the 32-bit `fixed_counter_bitmap` can name.
 pub const MAX_FIXED_COUNTER: u8 = 31;
+/// Largest policy file the VMM reads (4 MiB), checked before reading. At most 300 rules
+/// can apply to one vendor (`KVM_PMU_EVENT_FILTER_MAX_EVENTS`), a few dozen bytes each,
+/// so this leaves room for generous comments while keeping `--pmu-policy /dev/zero` or a
+/// runaway file from exhausting memory.
+pub const MAX_POLICY_BYTES: u64 = 4 << 20;
 
 /// What the listed events get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -1,4 +1,5 @@
-//! virtio-blk (VIRTIO 1.2, section 5.2) backed by a host file.
+//! virtio-blk (VIRTIO 1.2, section 5.2) backed by a host file: a regular file or a block
+//! device, locked while in use ([`Block::open`]).
 //!
 //! One request queue. Requests: `VIRTIO_BLK_T_IN` (read), `T_OUT` (write), `T_FLUSH`
 //! (fdatasync) and `T_GET_ID` (a 20-byte serial); anything else completes with
@@ -14,11 +15,14 @@
 //! to the driver unprocessed with a used length of 0. Any other malformed request (short
 //! header, data not a multiple of 512 bytes, sectors past the end, sector arithmetic
 //! overflowing, buffers outside guest memory, a write to a read-only disk) completes with
-//! `VIRTIO_BLK_S_IOERR`. Nothing here panics on guest input; I/O is done in bounded
-//! chunks, so a huge descriptor does not make the VMM allocate.
+//! `VIRTIO_BLK_S_IOERR`. An indirect descriptor (`VIRTIO_F_INDIRECT_DESC` is not offered)
+//! stops the queue and makes the device need a reset ([`Processed::needs_reset`]). Nothing
+//! here panics on guest input; I/O is done in bounded chunks, so a huge descriptor does not
+//! make the VMM allocate. The byte counters of [`BlockStats`] count what actually moved,
+//! including the part of a failed request transferred before it failed.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -32,7 +36,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::VirtioDevice;
+use super::{chain_descriptors, Processed, VirtioDevice};
+use crate::host_file::{self, FileKind, LockError};
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -56,6 +61,22 @@ pub enum BlockError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// It is not a regular file (on a filesystem that stores data) or a block device.
+    #[error("disk image {path} is {kind}, not a regular file or block device")]
+    NotADisk {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// It could not be locked (another user holds it, or locking failed).
+    #[error("disk image {path} {source}")]
+    Lock {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: LockError,
     },
     /// Its size could not be determined.
     #[error("cannot determine the size of disk image {path}: {source}")]
@@ -84,9 +105,9 @@ pub struct BlockStats {
     pub writes: u64,
     /// Completed flushes.
     pub flushes: u64,
-    /// Bytes read from the file into guest memory.
+    /// Bytes read from the file into guest memory (failed requests included).
     pub bytes_read: u64,
-    /// Bytes written from guest memory to the file.
+    /// Bytes written from guest memory to the file (failed requests included).
     pub bytes_written: u64,
     /// Requests completed with IOERR or UNSUPP.
     pub errors: u64,
@@ -174,17 +195,61 @@ impl Segments {
     }
 }
 
+/// `FileExt::write_all_at`, adding every byte written to `moved` as it goes (so a write
+/// that fails half-way still counts its first half).
+fn write_all_at_counted(
+    file: &File,
+    mut buf: &[u8],
+    mut off: u64,
+    moved: &mut u64,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.write_at(buf, off) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                *moved += n as u64;
+                buf = &buf[n..];
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl Block {
-    /// Opens `path` (read-write unless `read_only`) as a virtio-blk disk.
+    /// Opens `path` (read-write unless `read_only`) as a virtio-blk disk: it must be a
+    /// regular file on a filesystem that stores data, or a block device (not a
+    /// character device, FIFO, directory, or procfs/sysfs/... file; see
+    /// [`host_file::kind`]), and is locked for the life of the device (see
+    /// [`host_file::lock`]: exclusive when read-write, shared when read-only, as QEMU
+    /// does), so two VMs, or two `--disk` of one VM, cannot both write it.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let err_path = || path.to_path_buf();
+        let file = host_file::open(path, !read_only).map_err(|source| BlockError::Open {
+            path: err_path(),
+            source,
+        })?;
+        match host_file::kind(&file) {
+            Ok(FileKind::Regular | FileKind::BlockDevice) => {}
+            Ok(FileKind::Other(kind)) => {
+                return Err(BlockError::NotADisk {
+                    path: err_path(),
+                    kind,
+                })
+            }
+            Err(source) => {
+                return Err(BlockError::Open {
+                    path: err_path(),
+                    source,
+                })
+            }
+        }
+        host_file::lock(&file, !read_only).map_err(|source| BlockError::Lock {
+            path: err_path(),
+            source,
+        })?;
         Self::from_file(file, path, read_only)
     }
 
@@ -250,6 +315,9 @@ impl Block {
     }
 
     /// Moves stream bytes `start..start + len` of `segs` to or from the file at `pos`.
+    /// Returns how many bytes reached their destination (guest memory for
+    /// [`Dir::ToGuest`], the file for [`Dir::FromGuest`]), also when the transfer then
+    /// failed, and whether it completed.
     fn transfer(
         &self,
         mem: &GuestMemoryMmap,
@@ -258,24 +326,27 @@ impl Block {
         len: u64,
         pos: u64,
         dir: Dir,
-    ) -> Result<(), ()> {
+    ) -> (u64, Result<(), ()>) {
         let mut buf = vec![0u8; CHUNK.min(len as usize)];
         let mut off = pos;
-        segs.for_each(start, start + len, |a, n| {
+        let mut moved = 0u64;
+        let done = segs.for_each(start, start + len, |a, n| {
             let b = &mut buf[..n];
             match dir {
                 Dir::ToGuest => {
                     self.file.read_exact_at(b, off).map_err(|_| ())?;
                     mem.write_slice(b, a).map_err(|_| ())?;
+                    moved += n as u64;
                 }
                 Dir::FromGuest => {
                     mem.read_slice(b, a).map_err(|_| ())?;
-                    self.file.write_all_at(b, off).map_err(|_| ())?;
+                    write_all_at_counted(&self.file, b, off, &mut moved).map_err(|_| ())?;
                 }
             }
             off += n as u64;
             Ok(())
-        })
+        });
+        (moved, done)
     }
 
     /// Byte offset of `sector` if `len` bytes from there lie within the disk.
@@ -341,10 +412,11 @@ impl Block {
                 let Some(pos) = self.checked_range(sector, data_in_len) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
-                match self.transfer(mem, writable, 0, data_in_len, pos, Dir::ToGuest) {
+                let (moved, r) = self.transfer(mem, writable, 0, data_in_len, pos, Dir::ToGuest);
+                self.stats.bytes_read += moved;
+                match r {
                     Ok(()) => {
                         self.stats.reads += 1;
-                        self.stats.bytes_read += data_in_len;
                         (VIRTIO_BLK_S_OK, data_in_len)
                     }
                     Err(()) => (VIRTIO_BLK_S_IOERR, 0),
@@ -357,10 +429,13 @@ impl Block {
                 let Some(pos) = self.checked_range(sector, data_out_len) else {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 };
-                match self.transfer(mem, readable, HEADER_LEN, data_out_len, pos, Dir::FromGuest) {
+                let (moved, r) =
+                    self.transfer(mem, readable, HEADER_LEN, data_out_len, pos, Dir::FromGuest);
+                // Partial writes of a failed request reached the disk too: count them.
+                self.stats.bytes_written += moved;
+                match r {
                     Ok(()) => {
                         self.stats.writes += 1;
-                        self.stats.bytes_written += data_out_len;
                         (VIRTIO_BLK_S_OK, 0)
                     }
                     Err(()) => (VIRTIO_BLK_S_IOERR, 0),
@@ -427,9 +502,15 @@ impl VirtioDevice for Block {
         // Nothing is writable without VIRTIO_BLK_F_CONFIG_WCE.
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Processed {
         let mut used_any = false;
-        loop {
+        let mut needs_reset = false;
+        'outer: loop {
             if queue.disable_notification(mem).is_err() {
                 break;
             }
@@ -437,9 +518,12 @@ impl VirtioDevice for Block {
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 popped += 1;
                 let head = chain.head_index();
-                // The chain iterator is bounded (queue size, 4 GiB in total) and stops at
-                // a descriptor it cannot read.
-                let descs: Vec<Descriptor> = chain.collect();
+                // Bounded (queue size, 4 GiB in total); stops at a descriptor it cannot
+                // read; refuses indirect tables (not offered).
+                let Ok(descs) = chain_descriptors(queue, mem, head) else {
+                    needs_reset = true;
+                    break 'outer;
+                };
                 let used = match self.execute(&descs, mem) {
                     Some(n) => n,
                     None => {
@@ -458,7 +542,10 @@ impl VirtioDevice for Block {
                 _ => break,
             }
         }
-        used_any && queue.needs_notification(mem).unwrap_or(true)
+        Processed {
+            interrupt: used_any && queue.needs_notification(mem).unwrap_or(true),
+            needs_reset,
+        }
     }
 }
 
@@ -469,8 +556,12 @@ mod tests {
     use crate::virtio::testutil::*;
     use crate::virtio::{MmioTransport, VIRTIO_F_VERSION_1};
     use proptest::prelude::*;
+    use std::fs::OpenOptions;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY};
+    use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET};
+    use virtio_bindings::virtio_mmio::{
+        VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_STATUS,
+    };
     use vmm_sys_util::eventfd::EventFd;
 
     const SECTORS: u64 = 64;
@@ -847,6 +938,114 @@ mod tests {
         assert_eq!(r.d.used_idx(), 2);
     }
 
+    fn needs_reset(t: &mut MmioTransport<Block>) -> bool {
+        let mut b = [0u8; 4];
+        t.read(u64::from(VIRTIO_MMIO_STATUS), &mut b);
+        u32::from_le_bytes(b) & VIRTIO_CONFIG_S_NEEDS_RESET != 0
+    }
+
+    #[test]
+    fn indirect_descriptors_are_refused_without_the_feature() {
+        // VIRTIO_F_INDIRECT_DESC is not offered, so the driver must not use
+        // VIRTQ_DESC_F_INDIRECT (VIRTIO 1.2, 2.7.5.3.1). The device does not follow the
+        // table: it needs a reset, and the request is not executed.
+        const TABLE: u64 = DATA + 0x3000;
+        for head_is_indirect in [true, false] {
+            let mut r = rig(false);
+            r.d.write(BUF, &[0x66; 512]);
+            r.header(VIRTIO_BLK_T_OUT, 2);
+            r.d.write_desc_at(TABLE, 0, HDR, 16, F_NEXT, 1);
+            r.d.write_desc_at(TABLE, 1, BUF, 512, F_NEXT, 2);
+            r.d.write_desc_at(TABLE, 2, STATUS, 1, F_WRITE, 0);
+            if head_is_indirect {
+                r.d.write_desc(0, TABLE, 48, F_INDIRECT, 0);
+            } else {
+                // A direct header, then an indirect table (also forbidden with the
+                // feature: INDIRECT and NEXT together).
+                r.d.write_desc(0, HDR, 16, F_NEXT, 1);
+                r.d.write_desc(1, TABLE + 16, 32, F_INDIRECT, 0);
+            }
+            r.d.publish(0);
+            r.t.write(u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), &0u32.to_le_bytes());
+            assert_eq!(r.file_bytes(2, 512), vec![2u8; 512], "disk written");
+            assert_eq!(r.d.read_u8(STATUS), 0xaa, "status written");
+            assert_eq!(r.d.used_idx(), 0, "chain completed");
+            assert!(needs_reset(&mut r.t));
+            assert_eq!(r.t.device().stats().writes, 0);
+            // Dead until reset; after a reset the same request, direct, works.
+            r.d.init(&mut r.t, u64::MAX);
+            let mut d = Driver::new(16);
+            d.mem = r.d.mem.clone();
+            r.d = d;
+            assert_eq!(
+                r.submit(&[(HDR, 16, false), (BUF, 512, false), (STATUS, 1, true)]),
+                (1, OK)
+            );
+            assert_eq!(r.file_bytes(2, 512), vec![0x66; 512]);
+        }
+    }
+
+    #[test]
+    fn misaligned_used_ring_is_refused_and_nothing_lands_at_address_zero() {
+        let file = disk_file(SECTORS);
+        let blk = Block::from_file(file.try_clone().expect("clone"), Path::new("t"), false)
+            .expect("block");
+        let mut d = Driver::new(16);
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut t = MmioTransport::new(blk, d.mem.clone(), irq.try_clone().expect("eventfd"));
+        let s = d.negotiate(&mut t, u64::MAX);
+        d.setup_queue(&mut t, 16, DESC, AVAIL, USED + 2);
+        reg_write(&mut t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert!(needs_reset(&mut t));
+        // A request published anyway is not served, and guest address 0 (where the
+        // rejected address used to leave the used ring) is untouched.
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+        d.write(HDR, &h);
+        d.write(BUF, &[0x55; 512]);
+        let head = d.add_chain(&[(HDR, 16, false), (BUF, 512, false), (STATUS, 1, true)]);
+        d.publish(head);
+        t.write(u64::from(VIRTIO_MMIO_QUEUE_NOTIFY), &0u32.to_le_bytes());
+        assert_eq!(d.read(0, 64), vec![0u8; 64]);
+        assert_eq!(d.read(USED, 64), vec![0u8; 64]);
+        let mut b = [0u8; 512];
+        file.read_exact_at(&mut b, 0).expect("read");
+        assert_eq!(b, [0u8; 512]);
+        assert_eq!(t.device().stats(), BlockStats::default());
+    }
+
+    #[test]
+    fn partial_writes_count_the_bytes_that_reached_the_disk() {
+        let mut r = rig(false);
+        r.d.write(BUF, &[0x3c; 512]);
+        r.header(VIRTIO_BLK_T_OUT, 7);
+        // The second data buffer lies outside guest memory: the first sector is written,
+        // then the request fails.
+        let (_, st) = r.submit(&[
+            (HDR, 16, false),
+            (BUF, 512, false),
+            (MEM_SIZE - 256, 512, false),
+            (STATUS, 1, true),
+        ]);
+        assert_eq!(st, IOERR);
+        assert_eq!(r.file_bytes(7, 512), vec![0x3c; 512]);
+        assert_eq!(r.file_bytes(8, 512), vec![8u8; 512]);
+        let s = r.t.device().stats();
+        assert_eq!((s.writes, s.errors, s.bytes_written), (0, 1, 512));
+        // The same for reads: what reached guest memory is counted.
+        r.header(VIRTIO_BLK_T_IN, 9);
+        let (_, st) = r.submit(&[
+            (HDR, 16, false),
+            (BUF, 512, true),
+            (MEM_SIZE - 256, 512, true),
+            (STATUS, 1, true),
+        ]);
+        assert_eq!(st, IOERR);
+        assert_eq!(r.d.read(BUF, 512), vec![9u8; 512]);
+        let s = r.t.device().stats();
+        assert_eq!((s.reads, s.errors, s.bytes_read), (0, 2, 512));
+    }
+
     #[test]
     fn too_small_and_missing_files() {
         assert!(matches!(
@@ -857,6 +1056,39 @@ mod tests {
             .err()
             .expect("error");
         assert!(e.to_string().contains("/nonexistent/vpmu/disk.img"), "{e}");
+    }
+
+    #[test]
+    fn open_refuses_non_disks_and_locked_images() {
+        let e = Block::open(Path::new("/dev/zero"), true)
+            .err()
+            .expect("error");
+        assert!(matches!(
+            e,
+            BlockError::NotADisk {
+                kind: "a character device",
+                ..
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            "disk image /dev/zero is a character device, not a regular file or block device"
+        );
+        let p = std::env::temp_dir().join(format!("vpmu-blk-lock-{}", std::process::id()));
+        std::fs::write(&p, [0u8; 1024]).expect("write");
+        let rw = Block::open(&p, false).expect("first open");
+        let e = Block::open(&p, true).err().expect("locked");
+        assert!(
+            e.to_string()
+                .ends_with("is locked: another process (or another --disk of this VM) has it open"),
+            "{e}"
+        );
+        drop(rw);
+        let ro = Block::open(&p, true).expect("read-only");
+        let ro2 = Block::open(&p, true).expect("second read-only");
+        assert!(Block::open(&p, false).is_err());
+        drop((ro, ro2));
+        std::fs::remove_file(&p).expect("unlink");
     }
 
     proptest! {

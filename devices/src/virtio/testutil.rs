@@ -6,6 +6,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{MmioTransport, VirtioDevice};
 use crate::mmio::MmioDevice;
+use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 
 /// Guest memory size of the mock.
@@ -21,6 +22,7 @@ pub const DATA: u64 = 0x10000;
 
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
+pub const F_INDIRECT: u16 = 4;
 
 /// One buffer of a chain: (guest address, length, device-writable).
 pub type Buf = (u64, u32, bool);
@@ -55,7 +57,12 @@ impl Driver {
     }
 
     pub fn write_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let a = GuestAddress(DESC + 16 * u64::from(idx));
+        self.write_desc_at(DESC, idx, addr, len, flags, next);
+    }
+
+    /// Writes descriptor `idx` of the table at `table` (the queue's or an indirect one).
+    pub fn write_desc_at(&self, table: u64, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let a = GuestAddress(table + 16 * u64::from(idx));
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&addr.to_le_bytes());
         raw[8..12].copy_from_slice(&len.to_le_bytes());
@@ -125,9 +132,20 @@ impl Driver {
     }
 
     /// The Linux virtio_mmio/virtio core initialisation sequence, accepting `features`
-    /// (masked by what the device offers) and setting up queue 0.
+    /// (masked by what the device offers) and setting up queue 0 at the default layout.
     pub fn init<D: VirtioDevice>(&self, t: &mut MmioTransport<D>, features: u64) {
-        use virtio_bindings::virtio_config::*;
+        let s = self.negotiate(t, features);
+        self.setup_queue(t, u32::from(self.size), DESC, AVAIL, USED);
+        reg_write(t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(
+            reg_read(t, VIRTIO_MMIO_STATUS),
+            s | VIRTIO_CONFIG_S_DRIVER_OK
+        );
+    }
+
+    /// Reset, ACKNOWLEDGE, DRIVER, feature negotiation and FEATURES_OK; returns the
+    /// status written last.
+    pub fn negotiate<D: VirtioDevice>(&self, t: &mut MmioTransport<D>, features: u64) -> u32 {
         reg_write(t, VIRTIO_MMIO_STATUS, 0);
         reg_write(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
         reg_write(
@@ -147,21 +165,43 @@ impl Driver {
         let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
         reg_write(t, VIRTIO_MMIO_STATUS, s);
         assert_eq!(reg_read(t, VIRTIO_MMIO_STATUS), s, "FEATURES_OK refused");
+        s
+    }
+
+    /// Selects queue 0, writes its size and ring addresses (64-bit, low half first, as
+    /// Linux does) and sets it ready.
+    pub fn setup_queue<D: VirtioDevice>(
+        &self,
+        t: &mut MmioTransport<D>,
+        size: u32,
+        desc: u64,
+        avail: u64,
+        used: u64,
+    ) {
         reg_write(t, VIRTIO_MMIO_QUEUE_SEL, 0);
         assert_eq!(reg_read(t, VIRTIO_MMIO_QUEUE_READY), 0);
         assert!(reg_read(t, VIRTIO_MMIO_QUEUE_NUM_MAX) >= u32::from(self.size));
-        reg_write(t, VIRTIO_MMIO_QUEUE_NUM, u32::from(self.size));
-        reg_write(t, VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
-        reg_write(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-        reg_write(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
-        reg_write(t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-        reg_write(t, VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
-        reg_write(t, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+        reg_write(t, VIRTIO_MMIO_QUEUE_NUM, size);
+        for (lo, hi, addr) in [
+            (
+                VIRTIO_MMIO_QUEUE_DESC_LOW,
+                VIRTIO_MMIO_QUEUE_DESC_HIGH,
+                desc,
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
+                avail,
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_USED_LOW,
+                VIRTIO_MMIO_QUEUE_USED_HIGH,
+                used,
+            ),
+        ] {
+            reg_write(t, lo, addr as u32);
+            reg_write(t, hi, (addr >> 32) as u32);
+        }
         reg_write(t, VIRTIO_MMIO_QUEUE_READY, 1);
-        reg_write(t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
-        assert_eq!(
-            reg_read(t, VIRTIO_MMIO_STATUS),
-            s | VIRTIO_CONFIG_S_DRIVER_OK
-        );
     }
 }

@@ -20,6 +20,7 @@
 
 use std::sync::Arc;
 
+use devices::host_file::{read_regular, ReadError};
 use kvm_bindings::{
     kvm_enable_cap, CpuId, KVM_CAP_PMU_CAPABILITY, KVM_CAP_X86_USER_SPACE_MSR,
     KVM_MSR_EXIT_REASON_FILTER,
@@ -87,9 +88,17 @@ fn load_policy(
             "builtin default".to_string(),
         ),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-                op: format!("reading policy {}", path.display()),
-                source,
+            // A regular file of at most MAX_POLICY_BYTES, checked before reading.
+            let bytes =
+                read_regular(path, vpmu::policy::MAX_POLICY_BYTES).map_err(|e| match e {
+                    ReadError::Io(source) => Error::Io {
+                        op: format!("reading policy {}", path.display()),
+                        source,
+                    },
+                    e => Error::PmuConfig(format!("policy {} {e}", path.display())),
+                })?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                Error::PmuConfig(format!("policy {} is not UTF-8 text", path.display()))
             })?;
             let p = Policy::from_toml(&text)
                 .map_err(|e| Error::PmuConfig(format!("{}: {e}", path.display())))?;
