@@ -83,7 +83,8 @@ struct PmuArgs {
     /// (architectural events only).
     #[arg(long, value_name = "FILE")]
     pmu_policy: Option<PathBuf>,
-    /// Guest PMU layout: `host` (the host's exact layout) or e.g.
+    /// Guest PMU layout: `host` (the layout KVM offers, or the default emulated one for
+    /// `userspace` on a host without a PMU) or e.g.
     /// `intel:version=5,gp=8,fixed=4` (see docs/PMU-MODEL.md).
     #[arg(long, value_name = "SPEC", default_value = "host")]
     pmu_layout: String,
