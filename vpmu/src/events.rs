@@ -88,6 +88,62 @@ pub const INTEL_EVENTS: &[NamedEvent] = &[
     NamedEvent::new("lbr-inserts", 0xe4, 0x01, "LBR Inserts"),
 ];
 
+/// The Intel named events, by name: `INTEL_EVENTS[e as usize]` is event `e` (a test
+/// checks every position), so tables below say which event they mean, not where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntelEvent {
+    /// `Cycles`.
+    Cycles,
+    /// `Instructions`.
+    Instructions,
+    /// `RefCycles`.
+    RefCycles,
+    /// `Branches`.
+    Branches,
+    /// `BranchMisses`.
+    BranchMisses,
+    /// `CacheReferences`.
+    CacheReferences,
+    /// `CacheMisses`.
+    CacheMisses,
+    /// `TopdownSlots`.
+    TopdownSlots,
+    /// `TopdownBeBound`.
+    TopdownBeBound,
+    /// `TopdownBadSpec`.
+    TopdownBadSpec,
+    /// `TopdownFeBound`.
+    TopdownFeBound,
+    /// `TopdownRetiring`.
+    TopdownRetiring,
+    /// `LbrInserts`.
+    LbrInserts,
+}
+
+impl IntelEvent {
+    /// Every Intel named event, in `INTEL_EVENTS` order.
+    pub const ALL: [IntelEvent; 13] = [
+        IntelEvent::Cycles,
+        IntelEvent::Instructions,
+        IntelEvent::RefCycles,
+        IntelEvent::Branches,
+        IntelEvent::BranchMisses,
+        IntelEvent::CacheReferences,
+        IntelEvent::CacheMisses,
+        IntelEvent::TopdownSlots,
+        IntelEvent::TopdownBeBound,
+        IntelEvent::TopdownBadSpec,
+        IntelEvent::TopdownFeBound,
+        IntelEvent::TopdownRetiring,
+        IntelEvent::LbrInserts,
+    ];
+
+    /// Its name and encoding.
+    pub const fn event(self) -> &'static NamedEvent {
+        &INTEL_EVENTS[self as usize]
+    }
+}
+
 /// AMD named events (family 17h and later, i.e. Zen).
 pub const AMD_EVENTS: &[NamedEvent] = &[
     NamedEvent::new("cycles", 0x76, 0x00, "Cycles not in halt (PMCx076)"),
@@ -169,55 +225,55 @@ pub struct ArchEvent {
 pub const INTEL_ARCH_EVENTS: [ArchEvent; 13] = [
     ArchEvent {
         ebx_bit: 0,
-        event: &INTEL_EVENTS[0],
+        event: IntelEvent::Cycles.event(),
     }, // UnHalted Core Cycles
     ArchEvent {
         ebx_bit: 1,
-        event: &INTEL_EVENTS[1],
+        event: IntelEvent::Instructions.event(),
     }, // Instructions Retired
     ArchEvent {
         ebx_bit: 2,
-        event: &INTEL_EVENTS[2],
+        event: IntelEvent::RefCycles.event(),
     }, // UnHalted Reference Cycles
     ArchEvent {
         ebx_bit: 3,
-        event: &INTEL_EVENTS[5],
+        event: IntelEvent::CacheReferences.event(),
     }, // LLC References
     ArchEvent {
         ebx_bit: 4,
-        event: &INTEL_EVENTS[6],
+        event: IntelEvent::CacheMisses.event(),
     }, // LLC Misses
     ArchEvent {
         ebx_bit: 5,
-        event: &INTEL_EVENTS[3],
+        event: IntelEvent::Branches.event(),
     }, // Branch Instructions Retired
     ArchEvent {
         ebx_bit: 6,
-        event: &INTEL_EVENTS[4],
+        event: IntelEvent::BranchMisses.event(),
     }, // Branch Misses Retired
     ArchEvent {
         ebx_bit: 7,
-        event: &INTEL_EVENTS[7],
+        event: IntelEvent::TopdownSlots.event(),
     }, // Topdown Slots
     ArchEvent {
         ebx_bit: 8,
-        event: &INTEL_EVENTS[8],
+        event: IntelEvent::TopdownBeBound.event(),
     }, // Topdown Backend Bound
     ArchEvent {
         ebx_bit: 9,
-        event: &INTEL_EVENTS[9],
+        event: IntelEvent::TopdownBadSpec.event(),
     }, // Topdown Bad Speculation
     ArchEvent {
         ebx_bit: 10,
-        event: &INTEL_EVENTS[10],
+        event: IntelEvent::TopdownFeBound.event(),
     }, // Topdown Frontend Bound
     ArchEvent {
         ebx_bit: 11,
-        event: &INTEL_EVENTS[11],
+        event: IntelEvent::TopdownRetiring.event(),
     }, // Topdown Retiring
     ArchEvent {
         ebx_bit: 12,
-        event: &INTEL_EVENTS[12],
+        event: IntelEvent::LbrInserts.event(),
     }, // LBR Inserts
 ];
 
@@ -239,22 +295,22 @@ pub struct FixedCounter {
 pub const INTEL_FIXED_COUNTERS: [FixedCounter; 4] = [
     FixedCounter {
         index: 0,
-        event: &INTEL_EVENTS[1],
+        event: IntelEvent::Instructions.event(),
         perf_encoding: 0x00c0,
     },
     FixedCounter {
         index: 1,
-        event: &INTEL_EVENTS[0],
+        event: IntelEvent::Cycles.event(),
         perf_encoding: 0x003c,
     },
     FixedCounter {
         index: 2,
-        event: &INTEL_EVENTS[2],
+        event: IntelEvent::RefCycles.event(),
         perf_encoding: 0x0300,
     },
     FixedCounter {
         index: 3,
-        event: &INTEL_EVENTS[7],
+        event: IntelEvent::TopdownSlots.event(),
         perf_encoding: 0x01a4,
     },
 ];
@@ -273,4 +329,32 @@ pub fn fixed_counter_name(idx: u8) -> Option<&'static str> {
     INTEL_FIXED_COUNTERS
         .get(usize::from(idx))
         .map(|f| f.event.name)
+}
+
+#[cfg(test)]
+mod intel_event_tests {
+    use super::*;
+
+    #[test]
+    fn intel_event_ids_name_their_table_entries() {
+        let names = [
+            "cycles",
+            "instructions",
+            "ref-cycles",
+            "branches",
+            "branch-misses",
+            "cache-references",
+            "cache-misses",
+            "topdown-slots",
+            "topdown-be-bound",
+            "topdown-bad-spec",
+            "topdown-fe-bound",
+            "topdown-retiring",
+            "lbr-inserts",
+        ];
+        assert_eq!(IntelEvent::ALL.len(), INTEL_EVENTS.len());
+        for (e, n) in IntelEvent::ALL.iter().zip(names) {
+            assert_eq!(e.event().name, n, "{e:?}");
+        }
+    }
 }

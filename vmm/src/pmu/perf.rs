@@ -41,18 +41,25 @@ pub fn gp_attr(vendor: Vendor, sel: &EventSelector) -> perf_event_attr {
     a
 }
 
-/// Builds the perf attributes for Intel fixed counter `index` with its FIXED_CTR_CTRL
-/// field; `None` for counters without a generic perf equivalent.
-pub fn fixed_attr(index: u8, field: u8) -> Option<perf_event_attr> {
-    let config = match index {
-        0 => sys::bindings::PERF_COUNT_HW_INSTRUCTIONS,
-        1 => sys::bindings::PERF_COUNT_HW_CPU_CYCLES,
-        2 => sys::bindings::PERF_COUNT_HW_REF_CPU_CYCLES,
-        _ => return None,
+/// Builds the perf attributes for a decided fixed-counter programming (its event comes from
+/// `vpmu::events`, via [`vpmu::guest::Programming`]); `None` for events without a generic
+/// perf equivalent (topdown slots).
+pub fn fixed_attr(p: &vpmu::guest::Programming) -> Option<perf_event_attr> {
+    use vpmu::events::IntelEvent;
+    let ev = p.selector;
+    let is = |e: IntelEvent| ev.event == e.event().event && ev.umask == e.event().umask;
+    let config = if is(IntelEvent::Instructions) {
+        sys::bindings::PERF_COUNT_HW_INSTRUCTIONS
+    } else if is(IntelEvent::Cycles) {
+        sys::bindings::PERF_COUNT_HW_CPU_CYCLES
+    } else if is(IntelEvent::RefCycles) {
+        sys::bindings::PERF_COUNT_HW_REF_CPU_CYCLES
+    } else {
+        return None;
     };
     let mut a = base_attr(sys::bindings::PERF_TYPE_HARDWARE, u64::from(config));
-    a.set_exclude_kernel(u64::from(field & 0x1 == 0));
-    a.set_exclude_user(u64::from(field & 0x2 == 0));
+    a.set_exclude_kernel(u64::from(!ev.os));
+    a.set_exclude_user(u64::from(!ev.usr));
     Some(a)
 }
 
@@ -195,9 +202,24 @@ mod tests {
         assert_eq!(a.exclude_kernel(), 0);
     }
 
+    /// Fixed counter `i` programmed with `field`, as the vPMU core decides it.
+    fn fixed(i: u8, field: u64) -> vpmu::guest::Programming {
+        let layout = vpmu::cpuid::default_emulated_layout(Vendor::Intel);
+        let policy = vpmu::policy::Policy::from_toml("action = \"deny\"\n")
+            .unwrap()
+            .compile(Vendor::Intel, 4)
+            .unwrap();
+        let mut g = vpmu::guest::GuestPmu::new(&layout, std::sync::Arc::new(policy));
+        let w = g.write(0x38d, field << (4 * u32::from(i))).unwrap();
+        w.reprogrammed
+            .into_iter()
+            .find(|p| p.counter == vpmu::state::CounterId::Fixed(i))
+            .unwrap()
+    }
+
     #[test]
     fn fixed_attr_maps_intel_fixed_counters() {
-        let a = fixed_attr(0, 0x3).unwrap();
+        let a = fixed_attr(&fixed(0, 0x3)).unwrap();
         assert_eq!(
             (a.type_, a.config),
             (
@@ -206,13 +228,16 @@ mod tests {
             )
         );
         assert_eq!((a.exclude_kernel(), a.exclude_user()), (0, 0));
-        let a = fixed_attr(2, 0x2).unwrap();
+        let a = fixed_attr(&fixed(1, 0x1)).unwrap();
+        assert_eq!(a.config, u64::from(sys::bindings::PERF_COUNT_HW_CPU_CYCLES));
+        assert_eq!((a.exclude_kernel(), a.exclude_user()), (0, 1));
+        let a = fixed_attr(&fixed(2, 0x2)).unwrap();
         assert_eq!(
             a.config,
             u64::from(sys::bindings::PERF_COUNT_HW_REF_CPU_CYCLES)
         );
         assert_eq!((a.exclude_kernel(), a.exclude_user()), (1, 0));
-        assert!(fixed_attr(3, 0x3).is_none());
+        assert!(fixed_attr(&fixed(3, 0x3)).is_none());
     }
 
     static SIGNALS: AtomicU32 = AtomicU32::new(0);

@@ -267,12 +267,12 @@ impl UserspacePmu {
                     self.perf.retain(|(c, _)| *c != id);
                     Feed::Idle
                 } else {
-                    match (id, p.fixed_field) {
-                        (CounterId::Gp(_), _) => {
+                    match id {
+                        CounterId::Gp(_) => {
                             let attr = perf::gp_attr(self.vendor, &sel);
                             self.open_perf(id, attr, msr, value, Some(&sel), "the event")
                         }
-                        (CounterId::Fixed(i), Some(field)) => match perf::fixed_attr(i, field) {
+                        CounterId::Fixed(i) => match perf::fixed_attr(&p) {
                             Some(attr) => {
                                 let what = format!("fixed counter {i}");
                                 self.open_perf(id, attr, msr, value, None, &what)
@@ -286,7 +286,6 @@ impl UserspacePmu {
                                 &format!("fixed counter {i}: no host perf equivalent"),
                             ),
                         },
-                        (CounterId::Fixed(_), None) => Feed::Idle,
                     }
                 }
             }
