@@ -45,6 +45,7 @@ enum Cmd {
         json: bool,
     },
     /// Measure vPMU overhead by mode, side by side (JSON, markdown and SVG reports).
+    #[cfg(target_arch = "x86_64")]
     Bench(bench::BenchArgs),
     /// List the built-in guests, or write one to a file.
     Guests {
@@ -296,6 +297,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        #[cfg(target_arch = "x86_64")]
         Cmd::Bench(a) => match bench::run(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

@@ -149,10 +149,7 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     f.property_string("compatible", "ns16550a")?;
     f.property_array_u64("reg", &[uart_base, layout::MMIO_LEN])?;
     f.property_u32("clock-frequency", UART_CLOCK_HZ)?;
-    f.property_array_u32(
-        "interrupts",
-        &irq(IRQ_TYPE_SPI, uart_spi, IRQ_EDGE_RISING),
-    )?;
+    f.property_array_u32("interrupts", &irq(IRQ_TYPE_SPI, uart_spi, IRQ_EDGE_RISING))?;
     f.end_node(uart)?;
 
     for &(base, spi) in &cfg.virtio {
