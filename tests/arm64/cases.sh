@@ -18,7 +18,9 @@ linux() { # NAME CPUS GUEST-CMD EXTRA-CMDLINE
 	case_ "$1" run --kernel /l2/Image --initrd /l2/initramfs.cpio.gz --cpus "$2" --memory 512M \
 		--cmdline "$C $4 vpmu.cmd=$(b64 "$3")"
 }
+# shellcheck disable=SC2016 # expands in L2
 linux boot1 1 'echo L2-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)' ''
+# shellcheck disable=SC2016
 linux boot2 2 'echo L2-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)' ''
 linux reboot 1 'echo about to reboot' 'vpmu.exit=reboot'
 linux panic 1 'echo c > /proc/sysrq-trigger' ''
