@@ -329,6 +329,27 @@ fn arm64_linux_panic_gives_nonzero_status() {
 }
 
 #[test]
+fn arm64_linux_virtio_blk_disk_round_trip() {
+    let Some(c) = case("arm64_linux_virtio_blk_disk_round_trip", "disk") else {
+        return;
+    };
+    expect_linux("disk", &c, 1);
+    c.check(
+        "disk",
+        c.has("L2-READ vpmu-arm64-disk-ok"),
+        "L2 should read back what it wrote to /dev/vda",
+    );
+    c.check("disk", c.status == Some(0), "status 0");
+    // L1's view of the image, printed by cases.sh between two cases (so in no case's text).
+    if let Some(Rig::Ran { log, .. }) = RIG.get() {
+        assert!(
+            log.contains("L1-DISK vpmu-arm64-disk-ok"),
+            "L1 should find in the disk image what L2 wrote; console:\n{log}"
+        );
+    }
+}
+
+#[test]
 fn arm64_freestanding_guest_exits_with_its_code() {
     for name in ["exit-guest", "exit-guest-2cpus"] {
         let Some(c) = case("arm64_freestanding_guest_exits_with_its_code", name) else {

@@ -14,9 +14,11 @@ case_() { # NAME VPMU-VMM-ARGS...
 	st=$?
 	echo "ARM64-CASE $name status $st time $t0 $(cut -d' ' -f1 /proc/uptime)"
 }
-linux() { # NAME CPUS GUEST-CMD EXTRA-CMDLINE
-	case_ "$1" run --kernel /l2/Image --initrd /l2/initramfs.cpio.gz --cpus "$2" --memory 512M \
-		--cmdline "$C $4 vpmu.cmd=$(b64 "$3")"
+linux() { # NAME CPUS GUEST-CMD EXTRA-CMDLINE [VPMU-VMM-ARGS...]
+	n=$1 cpus=$2 cmd=$3 extra=$4
+	shift 4
+	case_ "$n" run --kernel /l2/Image --initrd /l2/initramfs.cpio.gz --cpus "$cpus" --memory 512M \
+		--cmdline "$C $extra vpmu.cmd=$(b64 "$cmd")" "$@"
 }
 # shellcheck disable=SC2016 # expands in L2
 linux boot1 1 'echo L2-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)' ''
@@ -24,6 +26,13 @@ linux boot1 1 'echo L2-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)' ''
 linux boot2 2 'echo L2-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)' ''
 linux reboot 1 'echo about to reboot' 'vpmu.exit=reboot'
 linux panic 1 'echo c > /proc/sysrq-trigger' ''
+# virtio-blk on virtio-mmio (device tree node, SPI through an irqfd): write, read back in
+# L2, then read in L1 what L2 wrote.
+truncate -s 8M /tmp/disk.img
+# shellcheck disable=SC2016 # expands in L2
+linux disk 1 'echo vpmu-arm64-disk-ok | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null && sync &&
+echo L2-READ $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1)' '' --disk /tmp/disk.img
+echo "L1-DISK $(head -c 19 /tmp/disk.img)"
 case_ exit-guest run --kernel /files/exit.img --memory 64M
 case_ exit-guest-2cpus run --kernel /files/exit.img --memory 64M --cpus 2
 case_ poweroff-guest run --kernel /files/poweroff.img --memory 64M

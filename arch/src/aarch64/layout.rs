@@ -106,7 +106,7 @@ mod tests {
         assert!(gic_redist_base(32) >= 0x3000_0000);
         assert_eq!(gic_redist_base(1) + gic_redist_size(1), GIC_DIST_BASE);
         assert_eq!(GIC_DIST_BASE + GIC_DIST_SIZE, DEBUG_EXIT_BASE);
-        assert!(DEBUG_EXIT_BASE + MMIO_LEN <= SERIAL_BASE);
+        const { assert!(DEBUG_EXIT_BASE + MMIO_LEN <= SERIAL_BASE) };
         assert_eq!(SERIAL_BASE + MMIO_LEN, VIRTIO_MMIO_BASE);
         let (last, spi) = virtio_mmio(MAX_VIRTIO - 1).unwrap();
         assert!(last + MMIO_LEN <= DRAM_START);
