@@ -22,7 +22,7 @@ use std::time::Instant;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// Whole-run limit for the one rig run (QEMU is killed after it).
-const RUN_TIMEOUT_S: u32 = 600;
+const RUN_TIMEOUT_S: u32 = 480;
 
 fn say(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{msg}");

@@ -10,7 +10,8 @@ case_() { # NAME VPMU-VMM-ARGS...
 	shift
 	echo "ARM64-CASE $name begin"
 	t0=$(cut -d' ' -f1 /proc/uptime)
-	/bin/vpmu-vmm "$@"
+	# a hung VM costs 120 s of this case, not the whole run (status 137 then)
+	timeout -s KILL 120 /bin/vpmu-vmm "$@"
 	st=$?
 	echo "ARM64-CASE $name status $st time $t0 $(cut -d' ' -f1 /proc/uptime)"
 }
