@@ -11,7 +11,6 @@
 //! PSCI, device tree; see `aarch64/mod.rs`).
 
 pub mod config;
-#[cfg(target_arch = "x86_64")]
 pub mod console;
 pub mod error;
 pub mod kick;
@@ -29,6 +28,9 @@ pub mod vm;
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+// `console` names the vCPU threads' shared state `crate::vcpu::Shared`: on aarch64, the arm64 one.
+#[cfg(target_arch = "aarch64")]
+use aarch64::vcpu;
 
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::vm::{probe_host, run, RunReport};

@@ -202,13 +202,13 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     }
 
     let shared = Arc::new(vcpu::Shared {
-        serial,
+        serial: serial.clone(),
         debug_exit: Mutex::new(devices::DebugExit::new()),
         mmio,
         stopping: AtomicBool::new(false),
         outcome: Mutex::new(None),
         tids: (0..config.cpus).map(|_| AtomicI32::new(0)).collect(),
-        stop_evt: eventfd(0)?,
+        stop_evt: eventfd(libc::EFD_NONBLOCK)?,
         started,
         first_entry_ns: AtomicU64::new(0),
     });
@@ -225,12 +225,11 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         handles.push(h);
     }
 
-    // Wait for the end (a blocking eventfd read; retried if a signal interrupts it).
-    while !shared.stopping.load(Ordering::SeqCst) {
-        if shared.stop_evt.read().is_err() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    // Wait for the end; forward stdin to the UART when it is a terminal (as on x86).
+    let stdin_is_tty = matches!(config.console, Console::Stdio)
+        // SAFETY: isatty on fd 0 has no preconditions.
+        && unsafe { libc::isatty(0) } == 1;
+    crate::console::wait_for_stop(&shared, stdin_is_tty.then(|| serial.clone()));
     let mut vcpus = Vec::new();
     for (i, h) in handles.into_iter().enumerate() {
         // Keep kicking until the thread leaves KVM_RUN (a kick can race with entry).
