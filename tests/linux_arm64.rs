@@ -165,6 +165,8 @@ fn run_rig() -> Rig {
         .arg(guests.join("exit.img"))
         .arg("--file")
         .arg(guests.join("poweroff.img"))
+        .arg("--file")
+        .arg(guests.join("fuzz.img"))
         .args(["--l1-cmd", "sh /files/cases.sh"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -376,6 +378,33 @@ fn arm64_freestanding_guest_exits_with_its_code() {
         "poweroff-guest",
         c.status == Some(0),
         "PSCI SYSTEM_OFF gives 0",
+    );
+}
+
+#[test]
+fn arm64_guest_mmio_fuzz_never_breaks_the_vmm() {
+    let Some(c) = case("arm64_guest_mmio_fuzz_never_breaks_the_vmm", "fuzz-guest") else {
+        return;
+    };
+    c.check(
+        "fuzz-guest",
+        c.status == Some(85),
+        "the guest survives and exits with 42",
+    );
+    c.check("fuzz-guest", !c.has("panicked"), "no VMM panic");
+    // --stats: "vcpu0: exits N (mmio M, kicks K)": the 10000 accesses all exited to the VMM.
+    let mmio = c.text.lines().find_map(|l| {
+        l.split("(mmio ")
+            .nth(1)?
+            .split(',')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    c.check(
+        "fuzz-guest",
+        mmio.is_some_and(|m| m >= 10_000),
+        "vCPU 0 should have made at least 10000 MMIO exits",
     );
 }
 

@@ -3,6 +3,7 @@
 # (aarch64-linux-gnu-as/ld/objcopy, from gcc-aarch64-linux-gnu: scripts/setup-arm64.sh):
 #   OUT/exit.img      debug-exit with 42 -> vpmu-vmm status 85
 #   OUT/poweroff.img  PSCI SYSTEM_OFF   -> vpmu-vmm status 0
+#   OUT/fuzz.img      10000 random MMIO loads/stores around the devices, then debug-exit 42 -> 85
 # Both are raw arm64 Images (64-byte Image header), booted with `vpmu-vmm run --kernel`.
 # usage: resources/guests-arm64/build.sh [OUT]   (default resources/out/guests-arm64)
 set -euo pipefail
@@ -22,6 +23,7 @@ build() { # NAME ASFLAGS...
 	aarch64-linux-gnu-objcopy -O binary "$tmp/$name.elf" "$tmp/$name.img"
 	if ! cmp -s "$tmp/$name.img" "$OUT/$name.img"; then cp "$tmp/$name.img" "$OUT/$name.img"; fi
 }
-build exit --defsym POWEROFF=0 --defsym EXIT_CODE=42
-build poweroff --defsym POWEROFF=1 --defsym EXIT_CODE=0
-echo "guests-arm64: $OUT/exit.img $OUT/poweroff.img"
+build exit --defsym POWEROFF=0 --defsym EXIT_CODE=42 --defsym FUZZ=0
+build poweroff --defsym POWEROFF=1 --defsym EXIT_CODE=0 --defsym FUZZ=0
+build fuzz --defsym POWEROFF=0 --defsym EXIT_CODE=42 --defsym FUZZ=10000
+echo "guests-arm64: $OUT/exit.img $OUT/poweroff.img $OUT/fuzz.img"

@@ -2,7 +2,8 @@
 # Runs in the arm64 rig's L1 (resources/nested-arm64/run.sh --l1-cmd 'sh /files/cases.sh'
 # --file tests/arm64/cases.sh --file <guest images>): each case runs vpmu-vmm once and is
 # framed by "ARM64-CASE <name> begin" / "ARM64-CASE <name> status <n>" (parsed by
-# tests/linux_arm64.rs). One L1 boot serves every case.
+# tests/linux_arm64.rs). One L1 boot serves every case. Guest images: exit.img,
+# poweroff.img, fuzz.img (resources/guests-arm64/build.sh).
 C=$(cat /l2/cmdline)
 b64() { printf '%s' "$1" | base64 -w0; }
 case_() { # NAME VPMU-VMM-ARGS...
@@ -37,6 +38,7 @@ echo "L1-DISK $(head -c 19 /tmp/disk.img)"
 case_ exit-guest run --kernel /files/exit.img --memory 64M
 case_ exit-guest-2cpus run --kernel /files/exit.img --memory 64M --cpus 2
 case_ poweroff-guest run --kernel /files/poweroff.img --memory 64M
+case_ fuzz-guest run --kernel /files/fuzz.img --memory 64M --stats
 head -c 100000 /l2/Image >/tmp/truncated.img
 head -c 4096 /dev/urandom >/tmp/garbage.img
 case_ bad-missing run --kernel /nonexistent/Image --memory 64M
