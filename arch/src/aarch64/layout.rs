@@ -119,6 +119,18 @@ mod tests {
     }
 
     #[test]
+    fn guest_image_cmdline_uses_this_uart() {
+        // resources/linux/build-image.sh --arch arm64 writes earlycon=uart,mmio,$ARM64_UART_BASE
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../resources/linux/build-image.sh");
+        let text = std::fs::read_to_string(&script).expect("build-image.sh");
+        assert!(
+            text.contains(&format!("ARM64_UART_BASE:-{SERIAL_BASE:#x}}}")),
+            "build-image.sh's ARM64_UART_BASE default must be {SERIAL_BASE:#x}"
+        );
+    }
+
+    #[test]
     fn boot_structures() {
         let m = 512 << 20;
         assert_eq!(fdt_addr(m), Some(DRAM_START + m - FDT_MAX_SIZE));
