@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README, .ci/run): installs what the tests need, then
 # runs formatting, lints, and every test in the workspace (unit, property, integration
-# under /dev/kvm, and the nested-KVM Linux tests under QEMU TCG).
+# under /dev/kvm, and the nested-KVM Linux tests under QEMU TCG: x86 and arm64, the latter
+# with the aarch64 vpmu-vmm cross-built by scripts/cross-aarch64.sh).
 #
 #   bash scripts/test.sh            # everything
 #   QUICK=1 bash scripts/test.sh    # skip the nested Linux tests (they print why)
@@ -31,6 +32,16 @@ echo "== cargo build --release"
 cargo build --workspace --release
 if [ "${QUICK:-0}" = 1 ]; then
   export VPMU_SKIP_NESTED="QUICK=1 was set"
+elif [ -z "${VPMU_SKIP_ARM64:-}" ]; then
+  # The arm64 rig (tests/linux_arm64.rs): Debian's arm64 packages, then the aarch64 build.
+  # Without the packages (not root, no sudo) those tests skip and say why.
+  if ! scripts/setup-arm64.sh --check >/dev/null 2>&1 && ! scripts/setup-arm64.sh; then
+    export VPMU_SKIP_ARM64="scripts/setup-arm64.sh could not install the arm64 packages (run it as root)"
+    echo "== arm64: $VPMU_SKIP_ARM64"
+  else
+    echo "== scripts/cross-aarch64.sh (aarch64 vpmu-vmm)"
+    scripts/cross-aarch64.sh
+  fi
 fi
 echo "== cargo test"
 cargo test --workspace --release -- --test-threads=2

@@ -16,6 +16,7 @@ use vmm::outcome::STATUS_VMM_ERROR;
 use vmm::{Console, DiskConfig, KernelImage, PmuSettings, VmConfig};
 use vpmu::discovery::PmuMode;
 
+#[cfg(target_arch = "x86_64")]
 mod validate;
 
 #[derive(Parser)]
@@ -51,6 +52,7 @@ enum Cmd {
     /// probe, the conformance guest under every mode (refusals must match the probe), a
     /// Linux guest with perf where possible, and the bench of the in-kernel modes.
     /// Writes DIR/validate.json and DIR/validate.md; exit status 1 if a step failed.
+    #[cfg(target_arch = "x86_64")]
     Validate {
         /// Output directory.
         #[arg(long, value_name = "DIR", default_value = "target/validate")]
@@ -60,6 +62,7 @@ enum Cmd {
         full_bench: bool,
     },
     /// Measure vPMU overhead by mode, side by side (JSON, markdown and SVG reports).
+    #[cfg(target_arch = "x86_64")]
     Bench(bench::BenchArgs),
     /// List the built-in guests, or write one to a file.
     Guests {
@@ -312,6 +315,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        #[cfg(target_arch = "x86_64")]
         Cmd::Validate { out, full_bench } => match validate::validate(&out, !full_bench) {
             Ok(r) => {
                 println!("{}", r.summary);
@@ -331,6 +335,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        #[cfg(target_arch = "x86_64")]
         Cmd::Bench(a) => match bench::run(a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

@@ -1,4 +1,6 @@
-//! x86_64 boot structures for vpmu-vmm.
+//! Boot structures for vpmu-vmm: x86_64 (the modules at the top level, x86_64 hosts only)
+//! and arm64 ([`aarch64`], plain values, compiled on every host so that it is unit-tested
+//! everywhere; vmm applies it on aarch64 hosts).
 //!
 //! Every module produces plain values (or writes them to guest memory); none of them
 //! issue KVM ioctls, so the vmm decides when and on which vCPU to apply them.
@@ -19,15 +21,25 @@
 //! - [`cpuid`]: per-vCPU CPUID topology normalisation (APIC ids, core counts); leaves
 //!   describing the PMU are deliberately left to the `vpmu` crate.
 #![deny(missing_docs)]
-#![cfg(target_arch = "x86_64")]
 
+pub mod aarch64;
+#[cfg(target_arch = "x86_64")]
 pub mod acpi;
+#[cfg(target_arch = "x86_64")]
 pub mod cpuid;
+#[cfg(target_arch = "x86_64")]
 pub mod e820;
+#[cfg(target_arch = "x86_64")]
 pub mod gdt;
+#[cfg(target_arch = "x86_64")]
 pub mod layout;
+#[cfg(target_arch = "x86_64")]
 pub mod mptable;
+#[cfg(target_arch = "x86_64")]
 pub mod paging;
+#[cfg(target_arch = "x86_64")]
 pub mod pvh;
+#[cfg(target_arch = "x86_64")]
 pub mod regs;
+#[cfg(target_arch = "x86_64")]
 pub mod zero_page;

@@ -1,3 +1,4 @@
+#![cfg(target_arch = "x86_64")]
 //! Boots tiny 64-bit guests on the host's KVM with this crate's boot structures
 //! (GDT/TSS, identity paging, long-mode registers, MSRs, CPUID). Skipped, with a note on
 //! stderr, when /dev/kvm cannot be opened.

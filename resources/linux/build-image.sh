@@ -16,9 +16,9 @@
 # unpacked from arm64 .debs with dpkg-deb -x; vpmu-work cross-compiled with
 # aarch64-linux-gnu-gcc; the same /init), config, kernel-release, vpmu-work, and
 #   cmdline       for vpmu-vmm's aarch64 backend (16550 UART on MMIO, device tree):
-#                 "console=ttyS0 earlycon=uart,mmio,$ARM64_UART_BASE panic=-1 quiet";
-#                 ARM64_UART_BASE (env, default 0x40000000) is a placeholder that the
-#                 aarch64 backend must fix once its memory map exists
+#                 "console=ttyS0 earlycon=uart,mmio,$ARM64_UART_BASE reboot=panic_warm panic=-1 quiet";
+#                 ARM64_UART_BASE (env, default 0x40002000) is where vpmu-vmm's aarch64
+#                 backend puts its 16550 (arch/src/aarch64/layout.rs SERIAL_BASE)
 #   cmdline-qemu  for QEMU's -M virt (PL011): "console=ttyAMA0 panic=-1 quiet"
 #
 # usage: resources/linux/build-image.sh [--arch amd64|arm64] [--out DIR] [--cache DIR] [--generic-kernel]
@@ -134,11 +134,12 @@ KERNEL_PKG_VERSION=$CLOUD_PKG_VERSION
 if [ "$ARCH" = amd64 ]; then
 	CMDLINE='console=ttyS0 reboot=t panic=-1 pci=off 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet'
 else
-	# vpmu-vmm's aarch64 backend (not written yet) is assumed to give the guest a 16550 UART
-	# on MMIO, described in its device tree; the address is its choice: fix the default here
-	# when the backend fixes its memory map.
-	ARM64_UART_BASE=${ARM64_UART_BASE:-0x40000000}
-	CMDLINE="console=ttyS0 earlycon=uart,mmio,$ARM64_UART_BASE panic=-1 quiet"
+	# vpmu-vmm's aarch64 backend gives the guest a 16550 UART on MMIO at 0x40002000
+	# (arch/src/aarch64/layout.rs SERIAL_BASE), described in its device tree.
+	# reboot=panic_warm: a panic resets with PSCI SYSTEM_RESET2 (warm), which vpmu-vmm
+	# reports as a guest crash (status 8), while `reboot` stays a plain SYSTEM_RESET (0).
+	ARM64_UART_BASE=${ARM64_UART_BASE:-0x40002000}
+	CMDLINE="console=ttyS0 earlycon=uart,mmio,$ARM64_UART_BASE reboot=panic_warm panic=-1 quiet"
 	CMDLINE_QEMU='console=ttyAMA0 panic=-1 quiet'
 fi
 

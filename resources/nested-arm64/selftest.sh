@@ -7,7 +7,7 @@
 #                   + `perf report` name the vpmu_work_* functions; perf.data comes back
 #                   through a virtio-blk disk (--disk-out) as a tar archive, and (when the
 #                   host has perf) the host's `perf report --symfs` names them too
-#   3. l2-vpmu-vmm  only when an aarch64 vpmu-vmm binary exists (scripts/cross-aarch64.sh):
+#   3. l2-vpmu-vmm  when the aarch64 vpmu-vmm binary exists (scripts/cross-aarch64.sh):
 #                   vpmu-vmm boots L2 and the command exits 0; otherwise "SKIPPED: ..."
 # usage: resources/nested-arm64/selftest.sh [--no-build] [--keep-logs DIR]
 # Prints "ARM64-RIG: ok <check> (<s> s)", "ARM64-RIG: FAIL <check>: <why>" (and the log),
@@ -127,7 +127,7 @@ if [ -x "$vmm" ]; then
 	elif ! grep -q '^VPMU-GUEST: command exit 0' "$log"; then fail l2-vpmu-vmm "no 'VPMU-GUEST: command exit 0'" "$log"
 	else ok l2-vpmu-vmm; fi
 else
-	echo "SKIPPED: l2-vpmu-vmm: no aarch64 vpmu-vmm at $vmm (scripts/cross-aarch64.sh; the aarch64 backend does not exist yet)"
+	echo "SKIPPED: l2-vpmu-vmm: no aarch64 vpmu-vmm at $vmm (build it: scripts/cross-aarch64.sh)"
 fi
 
 exit "$failed"

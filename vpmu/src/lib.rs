@@ -11,16 +11,30 @@
 //! - `selector`: event-selector decoding and vetting.
 //! - `policy`: the operator's event allowlist (TOML), compiled to a KVM filter and a matcher.
 //!
+//! On aarch64 hosts the x86-only modules (`cpuid`, `discovery`, `policy`, `guest`, `inkernel`,
+//! `mediated`: x86 CPUID/MSR
+//! APIs and KVM's x86 event filter) are left out, and `discovery` is the arm64 probe
+//! (`aarch64/discovery.rs`: the same names for the modes and the host report).
+//!
 //! This crate must not depend on `vmm`.
 
 pub mod config;
+#[cfg(target_arch = "x86_64")]
 pub mod cpuid;
+#[cfg(target_arch = "x86_64")]
+pub mod discovery;
+#[cfg(target_arch = "aarch64")]
+#[path = "aarch64/discovery.rs"]
 pub mod discovery;
 pub mod events;
+#[cfg(target_arch = "x86_64")]
 pub mod guest;
+#[cfg(target_arch = "x86_64")]
 pub mod inkernel;
+#[cfg(target_arch = "x86_64")]
 pub mod mediated;
 pub mod model;
+#[cfg(target_arch = "x86_64")]
 pub mod policy;
 pub mod selector;
 pub mod state;

@@ -1,0 +1,51 @@
+#!/bin/sh
+# Runs in the arm64 rig's L1 (resources/nested-arm64/run.sh --l1-cmd 'sh /files/cases.sh'
+# --file tests/arm64/cases.sh --file <guest images>): each case runs vpmu-vmm once and is
+# framed by "ARM64-CASE <name> begin" / "ARM64-CASE <name> status <n>" (parsed by
+# tests/linux_arm64.rs). One L1 boot serves every case. Guest images: exit.img,
+# poweroff.img, fuzz.img (resources/guests-arm64/build.sh).
+C=$(cat /l2/cmdline)
+b64() { printf '%s' "$1" | base64 -w0; }
+case_() { # NAME VPMU-VMM-ARGS...
+	name=$1
+	shift
+	echo "ARM64-CASE $name begin"
+	t0=$(cut -d' ' -f1 /proc/uptime)
+	# a hung VM costs 120 s of this case, not the whole run (status 137 then)
+	timeout -s KILL 120 /bin/vpmu-vmm "$@"
+	st=$?
+	echo "ARM64-CASE $name status $st time $t0 $(cut -d' ' -f1 /proc/uptime)"
+}
+linux() { # NAME CPUS GUEST-CMD EXTRA-CMDLINE [VPMU-VMM-ARGS...]
+	n=$1 cpus=$2 cmd=$3 extra=$4
+	shift 4
+	case_ "$n" run --kernel /l2/Image --initrd /l2/initramfs.cpio.gz --cpus "$cpus" --memory 512M \
+		--cmdline "$C $extra vpmu.cmd=$(b64 "$cmd")" "$@"
+}
+# shellcheck disable=SC2016 # expands in L2
+linux boot1 1 'echo L2-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)' ''
+# shellcheck disable=SC2016
+linux boot2 2 'echo L2-CPUS-ONLINE $(cat /sys/devices/system/cpu/online)' ''
+linux reboot 1 'echo about to reboot' 'vpmu.exit=reboot'
+linux panic 1 'echo c > /proc/sysrq-trigger' ''
+# virtio-blk on virtio-mmio (device tree node, SPI through an irqfd): write, read back in
+# L2, then read in L1 what L2 wrote.
+truncate -s 8M /tmp/disk.img
+# shellcheck disable=SC2016 # expands in L2
+linux disk 1 'echo vpmu-arm64-disk-ok | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null && sync &&
+echo L2-READ $(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1)' '' --disk /tmp/disk.img
+echo "L1-DISK $(head -c 19 /tmp/disk.img)"
+case_ exit-guest run --kernel /files/exit.img --memory 64M
+case_ exit-guest-2cpus run --kernel /files/exit.img --memory 64M --cpus 2
+case_ poweroff-guest run --kernel /files/poweroff.img --memory 64M
+case_ fuzz-guest run --kernel /files/fuzz.img --memory 64M --stats
+head -c 100000 /l2/Image >/tmp/truncated.img
+head -c 4096 /dev/urandom >/tmp/garbage.img
+case_ bad-missing run --kernel /nonexistent/Image --memory 64M
+case_ bad-garbage run --kernel /tmp/garbage.img --memory 64M
+case_ bad-truncated run --kernel /tmp/truncated.img --memory 64M
+case_ bad-toolarge run --kernel /l2/Image --memory 16M
+case_ bad-memory run --kernel /files/exit.img --memory 5T
+case_ bad-cpus run --kernel /files/exit.img --cpus 0
+case_ bad-pmu run --kernel /files/exit.img --pmu emulated
+case_ probe probe

@@ -1,0 +1,448 @@
+//! The aarch64 backend under the arm64 nested rig (docs/NESTED.md, "arm64"): QEMU TCG
+//! aarch64 with EL2 -> L1 arm64 Linux with KVM -> the cross-built aarch64 vpmu-vmm -> L2 arm64
+//! Linux (resources/linux/build-image.sh --arch arm64) and the freestanding arm64 guests
+//! (resources/guests-arm64).
+//!
+//! One L1 boot runs every case (tests/arm64/cases.sh, ~50 s on 2 cores); each test checks
+//! its own case in that run. Before it: scripts/cross-aarch64.sh (the aarch64 vpmu-vmm),
+//! resources/guests-arm64/build.sh and resources/nested-arm64/build-l1.sh (cached).
+//!
+//! Skips (printing "SKIPPED: <test>: <why>" and passing) when VPMU_SKIP_NESTED or
+//! VPMU_SKIP_ARM64 is set (any value but "" or "0"; scripts/test.sh sets them for QUICK=1 and
+//! when scripts/setup-arm64.sh could not install the packages), or when a prerequisite of the
+//! rig is missing (qemu-system-aarch64, Debian's rustc with the aarch64 std, the cross
+//! binutils): scripts/setup-arm64.sh installs them. A failing cross build or rig run FAILS.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// Whole-run limit for the one rig run (QEMU is killed after it).
+const RUN_TIMEOUT_S: u32 = 480;
+
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// One case of tests/arm64/cases.sh.
+#[derive(Debug, Default, Clone)]
+struct Case {
+    status: Option<i32>,
+    /// Console lines between its begin and status markers.
+    text: String,
+    /// Host wall time from the begin marker to the status marker, s.
+    wall_s: f64,
+    /// Host wall time from the begin marker to "VPMU-GUEST: init reached", s.
+    to_init_s: Option<f64>,
+}
+
+impl Case {
+    fn has(&self, s: &str) -> bool {
+        self.text.contains(s)
+    }
+    fn check(&self, name: &str, cond: bool, what: &str) {
+        assert!(
+            cond,
+            "arm64 case {name}: {what}\n--- status {:?}; console:\n{}",
+            self.status, self.text
+        );
+    }
+}
+
+/// The rig run: cases by name, or why it could not run (skip) / failed (panic message).
+enum Rig {
+    Skip(String),
+    Ran {
+        cases: BTreeMap<String, Case>,
+        log: String,
+    },
+    Failed(String),
+}
+
+static RIG: OnceLock<Rig> = OnceLock::new();
+
+fn skip_env() -> Option<String> {
+    for var in ["VPMU_SKIP_NESTED", "VPMU_SKIP_ARM64"] {
+        if let Ok(v) = std::env::var(var) {
+            if !v.is_empty() && v != "0" {
+                return Some(format!("{var}={v}"));
+            }
+        }
+    }
+    None
+}
+
+fn missing_prerequisites() -> Option<String> {
+    let mut missing = Vec::new();
+    let ok = |cmd: &str, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok("qemu-system-aarch64", "--version") {
+        missing.push("qemu-system-aarch64 (qemu-system-arm)");
+    }
+    if !ok("aarch64-linux-gnu-gcc", "--version") {
+        missing.push("aarch64-linux-gnu-gcc (gcc-aarch64-linux-gnu)");
+    }
+    if !ok("/usr/bin/rustc", "--version") {
+        missing.push("/usr/bin/rustc (rustc-web, libstd-rust-web-dev:arm64)");
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the arm64 rig needs {} (run scripts/setup-arm64.sh as root)",
+            missing.join(", ")
+        )
+    })
+}
+
+fn step(what: &str, cmd: &mut Command) -> Result<(), String> {
+    let t = Instant::now();
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    say(&format!(
+        "linux_arm64: {what}: {} ({:.1} s)",
+        out.status,
+        t.elapsed().as_secs_f64()
+    ));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn run_rig() -> Rig {
+    if let Some(why) = skip_env() {
+        return Rig::Skip(why);
+    }
+    if let Some(why) = missing_prerequisites() {
+        return Rig::Skip(why);
+    }
+    let repo = Path::new(REPO);
+    let steps = [
+        (
+            "scripts/cross-aarch64.sh",
+            repo.join("scripts/cross-aarch64.sh"),
+        ),
+        (
+            "resources/guests-arm64/build.sh",
+            repo.join("resources/guests-arm64/build.sh"),
+        ),
+        (
+            "resources/nested-arm64/build-l1.sh",
+            repo.join("resources/nested-arm64/build-l1.sh"),
+        ),
+    ];
+    for (what, path) in steps {
+        if let Err(e) = step(what, &mut Command::new(path)) {
+            return Rig::Failed(e);
+        }
+    }
+    let vmm = repo.join("target-aarch64/aarch64-unknown-linux-gnu/release/vpmu-vmm");
+    let guests = repo.join("resources/out/guests-arm64");
+    let t0 = Instant::now();
+    let mut child = match Command::new(repo.join("resources/nested-arm64/run.sh"))
+        .arg("--vmm")
+        .arg(&vmm)
+        .args(["--timeout", &RUN_TIMEOUT_S.to_string()])
+        .arg("--file")
+        .arg(repo.join("tests/arm64/cases.sh"))
+        .arg("--file")
+        .arg(guests.join("exit.img"))
+        .arg("--file")
+        .arg(guests.join("poweroff.img"))
+        .arg("--file")
+        .arg(guests.join("fuzz.img"))
+        .args(["--l1-cmd", "sh /files/cases.sh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return Rig::Failed(format!("cannot run resources/nested-arm64/run.sh: {e}")),
+    };
+    // Time-stamp the console lines as they arrive (L1's clocks run on QEMU's icount).
+    let mut lines: Vec<(f64, String)> = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            lines.push((t0.elapsed().as_secs_f64(), line));
+        }
+    }
+    let out = match child.wait_with_output() {
+        Ok(o) => o,
+        Err(e) => return Rig::Failed(format!("run.sh: {e}")),
+    };
+    let whole = t0.elapsed().as_secs_f64();
+    let log: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !log.contains("NESTED: kvm ready") {
+        return Rig::Failed(format!(
+            "L1 has no working /dev/kvm ('NESTED: kvm ready' missing); run.sh: {stderr}\n{log}"
+        ));
+    }
+    let mut cases = BTreeMap::new();
+    let mut cur: Option<(String, f64, Case)> = None;
+    let mut l1_init = None;
+    for (t, line) in &lines {
+        let line = line.trim_end();
+        if line.starts_with("NESTED: L1 init reached") {
+            l1_init = Some(*t);
+        }
+        if let Some(rest) = line.strip_prefix("ARM64-CASE ") {
+            let mut w = rest.split_whitespace();
+            let (name, what) = (w.next().unwrap_or(""), w.next().unwrap_or(""));
+            if what == "begin" {
+                cur = Some((name.to_string(), *t, Case::default()));
+                continue;
+            }
+            if what == "status" {
+                if let Some((n, t_begin, mut c)) = cur.take() {
+                    c.status = w.next().and_then(|s| s.parse().ok());
+                    c.wall_s = t - t_begin;
+                    cases.insert(n, c);
+                }
+                continue;
+            }
+        }
+        if let Some((_, t_begin, c)) = cur.as_mut() {
+            if c.to_init_s.is_none() && line.starts_with("VPMU-GUEST: init reached") {
+                c.to_init_s = Some(*t - *t_begin);
+            }
+            c.text.push_str(line);
+            c.text.push('\n');
+        }
+    }
+    say(&format!(
+        "ARM64-TIMING: TCG rig: L1 boot to /init {} s, whole run {whole:.1} s",
+        l1_init.map_or("?".into(), |t| format!("{t:.1}"))
+    ));
+    for (n, c) in &cases {
+        say(&format!(
+            "ARM64-TIMING: case {n}: status {:?}, wall {:.2} s{}",
+            c.status,
+            c.wall_s,
+            c.to_init_s
+                .map_or(String::new(), |t| format!(", L2 to /init {t:.2} s"))
+        ));
+    }
+    Rig::Ran { cases, log }
+}
+
+/// The named case, or None when the rig is skipped (reason printed).
+fn case(test: &str, name: &str) -> Option<Case> {
+    match RIG.get_or_init(run_rig) {
+        Rig::Skip(why) => {
+            println!("SKIPPED: {test}: {why}");
+            say(&format!("SKIPPED: {test}: {why}"));
+            None
+        }
+        Rig::Failed(e) => panic!("{test}: the arm64 rig failed: {e}"),
+        Rig::Ran { cases, log } => match cases.get(name) {
+            Some(c) => Some(c.clone()),
+            None => panic!("{test}: case {name} did not finish; console log:\n{log}"),
+        },
+    }
+}
+
+fn expect_linux(name: &str, c: &Case, cpus: u32) {
+    c.check(
+        name,
+        c.has("VPMU-GUEST: init reached") && c.has(&format!(" cpus={cpus}\n")),
+        &format!("L2 should reach /init seeing {cpus} CPU(s)"),
+    );
+}
+
+#[test]
+fn arm64_linux_boots_to_init_with_1_vcpu_and_powers_off() {
+    let Some(c) = case(
+        "arm64_linux_boots_to_init_with_1_vcpu_and_powers_off",
+        "boot1",
+    ) else {
+        return;
+    };
+    expect_linux("boot1", &c, 1);
+    c.check(
+        "boot1",
+        c.has("L2-CPUS-ONLINE 0\n"),
+        "L2 should have CPU 0 online",
+    );
+    c.check("boot1", c.has("reboot: Power down"), "L2 should power off");
+    c.check(
+        "boot1",
+        c.status == Some(0),
+        "PSCI SYSTEM_OFF gives status 0",
+    );
+}
+
+#[test]
+fn arm64_linux_boots_with_2_vcpus() {
+    let Some(c) = case("arm64_linux_boots_with_2_vcpus", "boot2") else {
+        return;
+    };
+    expect_linux("boot2", &c, 2);
+    c.check(
+        "boot2",
+        c.has("L2-CPUS-ONLINE 0-1\n"),
+        "L2 should bring up the second CPU (PSCI CPU_ON)",
+    );
+    c.check("boot2", c.status == Some(0), "status 0 after poweroff");
+}
+
+#[test]
+fn arm64_linux_reboot_gives_status_0() {
+    let Some(c) = case("arm64_linux_reboot_gives_status_0", "reboot") else {
+        return;
+    };
+    expect_linux("reboot", &c, 1);
+    c.check(
+        "reboot",
+        c.status == Some(0),
+        "PSCI SYSTEM_RESET gives status 0",
+    );
+    c.check("reboot", !c.has("Power down"), "a reboot, not a poweroff");
+}
+
+#[test]
+fn arm64_linux_panic_gives_nonzero_status() {
+    let Some(c) = case("arm64_linux_panic_gives_nonzero_status", "panic") else {
+        return;
+    };
+    expect_linux("panic", &c, 1);
+    c.check("panic", c.has("Kernel panic"), "L2 should panic");
+    c.check(
+        "panic",
+        c.status == Some(8),
+        "a panic (reboot=panic_warm: PSCI SYSTEM_RESET2) gives status 8",
+    );
+}
+
+#[test]
+fn arm64_linux_virtio_blk_disk_round_trip() {
+    let Some(c) = case("arm64_linux_virtio_blk_disk_round_trip", "disk") else {
+        return;
+    };
+    expect_linux("disk", &c, 1);
+    c.check(
+        "disk",
+        c.has("L2-READ vpmu-arm64-disk-ok"),
+        "L2 should read back what it wrote to /dev/vda",
+    );
+    c.check("disk", c.status == Some(0), "status 0");
+    // L1's view of the image, printed by cases.sh between two cases (so in no case's text).
+    if let Some(Rig::Ran { log, .. }) = RIG.get() {
+        assert!(
+            log.contains("L1-DISK vpmu-arm64-disk-ok"),
+            "L1 should find in the disk image what L2 wrote; console:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn arm64_freestanding_guest_exits_with_its_code() {
+    for name in ["exit-guest", "exit-guest-2cpus"] {
+        let Some(c) = case("arm64_freestanding_guest_exits_with_its_code", name) else {
+            return;
+        };
+        c.check(
+            name,
+            c.has("VPMU-ARM64-GUEST: x0 points at a device tree"),
+            "the guest should find the device tree in X0",
+        );
+        c.check(
+            name,
+            c.status == Some((42 << 1) | 1),
+            "debug-exit 42 gives 85",
+        );
+    }
+    let Some(c) = case(
+        "arm64_freestanding_guest_exits_with_its_code",
+        "poweroff-guest",
+    ) else {
+        return;
+    };
+    c.check(
+        "poweroff-guest",
+        c.status == Some(0),
+        "PSCI SYSTEM_OFF gives 0",
+    );
+}
+
+#[test]
+fn arm64_guest_mmio_fuzz_never_breaks_the_vmm() {
+    let Some(c) = case("arm64_guest_mmio_fuzz_never_breaks_the_vmm", "fuzz-guest") else {
+        return;
+    };
+    c.check(
+        "fuzz-guest",
+        c.status == Some(85),
+        "the guest survives and exits with 42",
+    );
+    c.check("fuzz-guest", !c.has("panicked"), "no VMM panic");
+    // --stats: "vcpu0: exits N (mmio M, kicks K)": the 10000 accesses all exited to the VMM.
+    let mmio = c.text.lines().find_map(|l| {
+        l.split("(mmio ")
+            .nth(1)?
+            .split(',')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    c.check(
+        "fuzz-guest",
+        mmio.is_some_and(|m| m >= 10_000),
+        "vCPU 0 should have made at least 10000 MMIO exits",
+    );
+}
+
+#[test]
+fn arm64_bad_input_gives_one_line_and_status_2() {
+    for (name, want) in [
+        ("bad-missing", "cannot read kernel"),
+        ("bad-garbage", "not an arm64 Image"),
+        ("bad-truncated", "truncated"),
+        ("bad-toolarge", "does not fit in guest memory"),
+        ("bad-memory", "--memory"),
+        ("bad-cpus", "--cpus"),
+        ("bad-pmu", "not implemented yet"),
+    ] {
+        let Some(c) = case("arm64_bad_input_gives_one_line_and_status_2", name) else {
+            return;
+        };
+        c.check(name, c.status == Some(2), "bad input gives status 2");
+        let lines: Vec<&str> = c.text.lines().filter(|l| !l.trim().is_empty()).collect();
+        c.check(
+            name,
+            lines.len() == 1 && lines[0].starts_with("vpmu-vmm: ") && lines[0].contains(want),
+            &format!("exactly one 'vpmu-vmm: ...{want}...' line"),
+        );
+        c.check(name, !c.has("panicked"), "no panic");
+    }
+}
+
+#[test]
+fn arm64_probe_reports_only_pmu_off() {
+    let Some(c) = case("arm64_probe_reports_only_pmu_off", "probe") else {
+        return;
+    };
+    c.check("probe", c.status == Some(0), "probe succeeds");
+    c.check("probe", c.has("--pmu off: available"), "off is available");
+    c.check(
+        "probe",
+        c.has("--pmu emulated: unavailable"),
+        "emulated is not (yet)",
+    );
+}

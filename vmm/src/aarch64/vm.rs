@@ -1,0 +1,292 @@
+//! The arm64 VM lifecycle: [`run`] turns a [`VmConfig`] into a KVM VM (memory at
+//! `layout::DRAM_START`, vCPUs, GICv3, devices), boots it and collects how it ended.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_userspace_memory_region, kvm_vcpu_init};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use arch::aarch64::layout;
+
+use super::{boot, gic, vcpu};
+use crate::config::{Console, VmConfig};
+use crate::error::{ConfigError, Error, Result};
+use crate::outcome::Outcome;
+
+pub use super::vcpu::VcpuStats;
+
+/// What a finished run reports.
+#[derive(Debug, serde::Serialize)]
+pub struct RunReport {
+    /// How the VM ended.
+    pub outcome: Outcome,
+    /// Per-vCPU exit statistics.
+    pub vcpus: Vec<VcpuStats>,
+    /// Per-vCPU vPMU summaries (none on arm64 yet).
+    pub pmu: Vec<serde_json::Value>,
+    /// One line per vCPU for humans (none on arm64 yet).
+    #[serde(skip)]
+    pub pmu_lines: Vec<String>,
+    /// The vPMU mode.
+    pub pmu_mode: String,
+    /// Nanoseconds from VMM start to vCPU 0's first KVM_RUN.
+    pub start_to_first_entry_ns: u64,
+    /// Wall time of the whole run.
+    pub wall_ns: u64,
+    /// Stray MMIO accesses (no device there).
+    pub unhandled_mmio: u64,
+    /// One line per virtio-blk disk for humans.
+    #[serde(skip)]
+    pub disk_lines: Vec<String>,
+}
+
+impl RunReport {
+    /// Statistics as text (for `--stats`).
+    pub fn stats_text(&self) -> String {
+        let mut s = format!(
+            "vpmu-vmm: {} | {} | start to first guest entry {:.2} ms | wall {:.1} ms | stray MMIO accesses {}\n",
+            self.pmu_mode,
+            self.outcome,
+            self.start_to_first_entry_ns as f64 / 1e6,
+            self.wall_ns as f64 / 1e6,
+            self.unhandled_mmio
+        );
+        for (i, v) in self.vcpus.iter().enumerate() {
+            s.push_str(&format!(
+                "vcpu{i}: exits {} (mmio {}, kicks {})\n",
+                v.exits, v.mmio, v.interrupted
+            ));
+        }
+        for line in self.pmu_lines.iter().chain(&self.disk_lines) {
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.trim_end().to_string()
+    }
+}
+
+/// Host report for `vpmu-vmm probe` and `--pmu auto`.
+pub fn probe_host() -> Result<vpmu::discovery::HostPmu> {
+    let host = vpmu::discovery::HostPmu::probe_system();
+    if let Some(e) = &host.kvm_error {
+        return Err(Error::KvmOpen(e.clone()));
+    }
+    Ok(host)
+}
+
+fn console_writer(console: &Console) -> Box<dyn Write + Send> {
+    match console {
+        Console::Stdio => Box::new(std::io::stdout()),
+        Console::Capture(buf) => Box::new(devices::CaptureWriter(buf.clone())),
+        Console::Null => Box::new(std::io::sink()),
+    }
+}
+
+fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(layout::DRAM_START), size as usize)])
+            .map_err(|e| Error::Memory(e.to_string()))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM's use of
+        // it (the vCPU threads are joined before `mem` is dropped in `run`).
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(mem)
+}
+
+fn eventfd(flags: i32) -> Result<EventFd> {
+    EventFd::new(flags).map_err(|source| Error::Io {
+        op: "eventfd".into(),
+        source,
+    })
+}
+
+/// Builds the VM described by `config`, runs it to the end, and reports.
+pub fn run(config: VmConfig) -> Result<RunReport> {
+    let started = Instant::now();
+    config.validate()?;
+    if config.memory > layout::DRAM_MAX_SIZE {
+        return Err(ConfigError::Memory(config.memory).into());
+    }
+    if config.pmu.mode != vpmu::discovery::PmuMode::Off {
+        return Err(Error::PmuUnavailable {
+            mode: config.pmu.mode.to_string(),
+            reason: "the arm64 vPMU is not implemented yet: only --pmu off works on aarch64 hosts"
+                .into(),
+        });
+    }
+    if config.disks.len() > layout::MAX_VIRTIO {
+        return Err(ConfigError::Disk(format!("at most {} disks", layout::MAX_VIRTIO)).into());
+    }
+    crate::kick::install_handler().map_err(|source| Error::Io {
+        op: "installing the vCPU kick signal handler".into(),
+        source,
+    })?;
+    let disks = config
+        .disks
+        .iter()
+        .map(|d| devices::virtio::Block::open(&d.path, d.read_only))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+
+    let kvm = Kvm::new().map_err(|e| Error::KvmOpen(e.to_string()))?;
+    if !kvm.check_extension(Cap::ArmPsci02) {
+        return Err(Error::Device("KVM lacks KVM_CAP_ARM_PSCI_0_2".into()));
+    }
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+
+    // Memory, then the kernel: bad images are reported before any vCPU exists.
+    let mem = create_memory(&vm, config.memory)?;
+    let loaded = boot::load_kernel(&mem, &config)?;
+    let initrd = boot::load_initrd(&mem, &config, &loaded)?;
+
+    // vCPUs (all of them before the vGIC), then the vGIC.
+    let mut preferred = kvm_vcpu_init::default();
+    vm.get_preferred_target(&mut preferred)
+        .map_err(Error::kvm("KVM_ARM_PREFERRED_TARGET"))?;
+    let mut fds = Vec::with_capacity(usize::from(config.cpus));
+    let mut mpidrs = Vec::with_capacity(usize::from(config.cpus));
+    for i in 0..config.cpus {
+        let fd = vcpu::create(&vm, i, &preferred)?;
+        mpidrs.push(vcpu::mpidr(&fd)?);
+        fds.push(fd);
+    }
+    let _gic = gic::create(&vm, u32::from(config.cpus))?;
+
+    // Devices: interrupts through irqfds, GSI n = SPI n (INTID 32 + n).
+    let serial_evt = eventfd(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&serial_evt, layout::SERIAL_SPI)
+        .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
+    let serial = Arc::new(Mutex::new(devices::Serial::with_eventfd(
+        serial_evt,
+        console_writer(&config.console),
+    )));
+    let mut mmio = devices::MmioBus::new();
+    let mut virtio = Vec::with_capacity(disks.len());
+    let mut disk_devs = Vec::with_capacity(disks.len());
+    for (i, blk) in disks.into_iter().enumerate() {
+        let (base, spi) = layout::virtio_mmio(i)
+            .ok_or_else(|| Error::Device(format!("no MMIO window for disk {i}")))?;
+        let evt = eventfd(libc::EFD_NONBLOCK)?;
+        vm.register_irqfd(&evt, spi)
+            .map_err(Error::kvm("KVM_IRQFD (virtio)"))?;
+        let dev = Arc::new(Mutex::new(devices::virtio::MmioTransport::new(
+            blk,
+            mem.clone(),
+            evt,
+        )));
+        mmio.insert(base, devices::virtio::MMIO_REGION_SIZE, dev.clone())
+            .map_err(|e| Error::Device(e.to_string()))?;
+        virtio.push((base, spi));
+        disk_devs.push(dev);
+    }
+
+    let fdt = boot::write_fdt(&mem, &config, mpidrs, initrd, virtio)?;
+    for (i, fd) in fds.iter().enumerate() {
+        vcpu::set_boot_regs(fd, i as u8, loaded.entry, fdt)?;
+    }
+
+    let shared = Arc::new(vcpu::Shared {
+        serial: serial.clone(),
+        debug_exit: Mutex::new(devices::DebugExit::new()),
+        mmio,
+        stopping: AtomicBool::new(false),
+        outcome: Mutex::new(None),
+        tids: (0..config.cpus).map(|_| AtomicI32::new(0)).collect(),
+        stop_evt: eventfd(libc::EFD_NONBLOCK)?,
+        started,
+        first_entry_ns: AtomicU64::new(0),
+    });
+    let mut handles = Vec::with_capacity(fds.len());
+    for (i, fd) in fds.into_iter().enumerate() {
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || vcpu::run(i as u8, fd, sh))
+            .map_err(|source| Error::Io {
+                op: "spawning a vCPU thread".into(),
+                source,
+            })?;
+        handles.push(h);
+    }
+
+    // Wait for the end; forward stdin to the UART when it is a terminal (as on x86).
+    let stdin_is_tty = matches!(config.console, Console::Stdio)
+        // SAFETY: isatty on fd 0 has no preconditions.
+        && unsafe { libc::isatty(0) } == 1;
+    crate::console::wait_for_stop(&shared, stdin_is_tty.then(|| serial.clone()));
+    let mut vcpus = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        // Keep kicking until the thread leaves KVM_RUN (a kick can race with entry).
+        while !h.is_finished() {
+            let tid = shared
+                .tids
+                .get(i)
+                .map(|t| t.load(Ordering::SeqCst))
+                .unwrap_or(0);
+            if tid > 0 {
+                let _ = crate::kick::kick(tid);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match h.join() {
+            Ok(stats) => vcpus.push(stats),
+            Err(_) => shared.end(Outcome::VmmError {
+                vcpu: i as u8,
+                detail: "vCPU thread panicked".into(),
+            }),
+        }
+    }
+    let outcome = shared
+        .outcome
+        .lock()
+        .ok()
+        .and_then(|o| o.clone())
+        .unwrap_or(Outcome::VmmError {
+            vcpu: 0,
+            detail: "VM stopped without an outcome".into(),
+        });
+    let _ = std::io::stdout().flush();
+    Ok(RunReport {
+        outcome,
+        vcpus,
+        pmu: Vec::new(),
+        pmu_lines: Vec::new(),
+        pmu_mode: "pmu off (arm64: no PMUv3 for the guest)".into(),
+        start_to_first_entry_ns: shared.first_entry_ns.load(Ordering::SeqCst),
+        wall_ns: started.elapsed().as_nanos() as u64,
+        unhandled_mmio: {
+            let st = shared.mmio.stats();
+            st.unknown_reads + st.unknown_writes
+        },
+        disk_lines: disk_devs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let t = d.lock().unwrap_or_else(|e| e.into_inner());
+                let s = t.device().stats();
+                format!(
+                    "disk{i}: {} sectors{} | reads {} ({} bytes), writes {} ({} bytes), flushes {}, errors {}",
+                    t.device().capacity(),
+                    if t.device().read_only() { " ro" } else { "" },
+                    s.reads, s.bytes_read, s.writes, s.bytes_written, s.flushes, s.errors
+                )
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,273 @@
+//! Host capability discovery on aarch64 hosts: the parallel of the x86 `discovery` module,
+//! with the same names for what the VMM and the CLI use ([`PmuMode`], [`HostPmu`],
+//! [`Availability`], `probe_system`, `availability`, `report`, `probe_report`).
+//!
+//! The arm64 vPMU is not implemented yet: only `--pmu off` is available; the other modes
+//! are reported unavailable with that reason. The probe still records what a future vPMU
+//! needs: KVM's arm64 PMU and PSCI capabilities and the host's PMUv3 perf PMUs
+//! (`/sys/bus/event_source/devices/armv8_pmuv3*`).
+
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// How the guest gets its PMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PmuMode {
+    /// No PMU: the vCPUs are created without KVM_ARM_VCPU_PMU_V3 (PMU registers UNDEF).
+    Off,
+    /// KVM's perf-based vPMU (KVM_ARM_VCPU_PMU_V3) — not implemented on arm64 yet.
+    Emulated,
+    /// A mediated passthrough vPMU — not on arm64.
+    Passthrough,
+    /// The VMM's own vPMU — not on arm64.
+    Userspace,
+}
+
+impl PmuMode {
+    /// Every mode, in presentation order.
+    pub const ALL: [PmuMode; 4] = [
+        PmuMode::Off,
+        PmuMode::Emulated,
+        PmuMode::Passthrough,
+        PmuMode::Userspace,
+    ];
+
+    /// The mode's command-line name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PmuMode::Off => "off",
+            PmuMode::Emulated => "emulated",
+            PmuMode::Passthrough => "passthrough",
+            PmuMode::Userspace => "userspace",
+        }
+    }
+}
+
+impl fmt::Display for PmuMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown mode name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown PMU mode {0:?} (expected off, emulated, passthrough or userspace)")]
+pub struct ParseModeError(pub String);
+
+impl FromStr for PmuMode {
+    type Err = ParseModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PmuMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s.trim())
+            .ok_or_else(|| ParseModeError(s.to_string()))
+    }
+}
+
+/// Can a mode run here?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Availability {
+    /// Yes.
+    Available,
+    /// No, because `reason`; `remedy` says what would change that.
+    Unavailable {
+        /// The most fundamental blocker.
+        reason: String,
+        /// What to do about it.
+        remedy: String,
+    },
+}
+
+impl Availability {
+    /// Whether the mode is available.
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available)
+    }
+}
+
+/// A host perf PMU found in sysfs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PerfPmu {
+    /// Directory name under /sys/bus/event_source/devices.
+    pub name: String,
+    /// Its perf `type` (what KVM_ARM_VCPU_PMU_V3_SET_PMU takes).
+    pub pmu_type: u32,
+}
+
+/// Everything discovery learned about the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostPmu {
+    /// Host architecture.
+    pub arch: &'static str,
+    /// Why KVM is unusable, if it is.
+    pub kvm_error: Option<String>,
+    /// KVM_CAP_ARM_PMU_V3.
+    pub kvm_pmu_v3: bool,
+    /// KVM_CAP_ARM_PSCI_0_2.
+    pub kvm_psci_0_2: bool,
+    /// Host PMUv3 perf PMUs (`armv8_pmuv3*`, and other `armv8_*` core PMUs).
+    pub perf_pmus: Vec<PerfPmu>,
+}
+
+/// `vpmu-vmm probe --json`: the host facts plus each mode's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    /// Host facts.
+    pub host: HostPmu,
+    /// Each mode.
+    pub modes: Vec<ModeReport>,
+    /// Whether the host has a hardware PMU at all.
+    pub hardware_pmu: bool,
+}
+
+/// One mode's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeReport {
+    /// The mode.
+    pub mode: PmuMode,
+    /// Available or not, and why.
+    pub availability: Availability,
+    /// Extra information.
+    pub note: Option<String>,
+}
+
+/// Core perf PMUs in `dir` (/sys/bus/event_source/devices): names starting with `armv8`.
+pub fn perf_pmus_in(dir: &std::path::Path) -> Vec<PerfPmu> {
+    let mut v: Vec<PerfPmu> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("armv8") {
+                return None;
+            }
+            let t = std::fs::read_to_string(e.path().join("type")).ok()?;
+            Some(PerfPmu {
+                name,
+                pmu_type: t.trim().parse().ok()?,
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+impl HostPmu {
+    /// Probes this host: /dev/kvm and its arm64 capabilities, sysfs perf PMUs. Never fails.
+    pub fn probe_system() -> HostPmu {
+        let (kvm_error, kvm_pmu_v3, kvm_psci_0_2) = match kvm_ioctls::Kvm::new() {
+            Ok(kvm) => (
+                None,
+                kvm.check_extension(kvm_ioctls::Cap::ArmPmuV3),
+                kvm.check_extension(kvm_ioctls::Cap::ArmPsci02),
+            ),
+            Err(e) => (Some(e.to_string()), false, false),
+        };
+        HostPmu {
+            arch: "aarch64",
+            kvm_error,
+            kvm_pmu_v3,
+            kvm_psci_0_2,
+            perf_pmus: perf_pmus_in(std::path::Path::new("/sys/bus/event_source/devices")),
+        }
+    }
+
+    /// Whether the host has a hardware PMU perf can use.
+    pub fn hardware_pmu(&self) -> bool {
+        !self.perf_pmus.is_empty()
+    }
+
+    /// Can `mode` run here?
+    pub fn availability(&self, mode: PmuMode) -> Availability {
+        match mode {
+            PmuMode::Off => Availability::Available,
+            _ => Availability::Unavailable {
+                reason: "the arm64 vPMU is not implemented yet (only --pmu off on aarch64)".into(),
+                remedy: "use --pmu off".into(),
+            },
+        }
+    }
+
+    /// The host facts plus each mode's verdict.
+    pub fn probe_report(&self) -> ProbeReport {
+        ProbeReport {
+            host: self.clone(),
+            modes: PmuMode::ALL
+                .into_iter()
+                .map(|mode| ModeReport {
+                    mode,
+                    availability: self.availability(mode),
+                    note: None,
+                })
+                .collect(),
+            hardware_pmu: self.hardware_pmu(),
+        }
+    }
+
+    /// Human-readable report for `vpmu-vmm probe`.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        let _ = writeln!(s, "host: {}", self.arch);
+        match &self.kvm_error {
+            Some(e) => {
+                let _ = writeln!(s, "KVM: unusable: {e}");
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "KVM: usable; KVM_CAP_ARM_PMU_V3 {}, KVM_CAP_ARM_PSCI_0_2 {}",
+                    yn(self.kvm_pmu_v3),
+                    yn(self.kvm_psci_0_2)
+                );
+            }
+        }
+        if self.perf_pmus.is_empty() {
+            let _ = writeln!(
+                s,
+                "host PMU: none (no armv8_* PMU in /sys/bus/event_source/devices)"
+            );
+        }
+        for p in &self.perf_pmus {
+            let _ = writeln!(s, "host PMU: {} (perf type {})", p.name, p.pmu_type);
+        }
+        for mode in PmuMode::ALL {
+            match self.availability(mode) {
+                Availability::Available => {
+                    let _ = writeln!(s, "--pmu {mode}: available");
+                }
+                Availability::Unavailable { reason, remedy } => {
+                    let _ = writeln!(s, "--pmu {mode}: unavailable: {reason} ({remedy})");
+                }
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_off_is_available() {
+        let h = HostPmu {
+            arch: "aarch64",
+            kvm_error: None,
+            kvm_pmu_v3: true,
+            kvm_psci_0_2: true,
+            perf_pmus: vec![],
+        };
+        assert!(h.availability(PmuMode::Off).is_available());
+        assert!(!h.availability(PmuMode::Emulated).is_available());
+        assert!(h.report().contains("--pmu emulated: unavailable"));
+        assert_eq!("off".parse::<PmuMode>(), Ok(PmuMode::Off));
+    }
+}
