@@ -364,3 +364,51 @@ fn policy_compile_warnings_reach_the_operator() {
         "{e}"
     );
 }
+
+#[test]
+fn pmu_options_are_checked_even_when_off() {
+    need_kvm!("pmu_options_are_checked_even_when_off");
+    // A broken policy is an error before boot, whatever the mode (it used to be ignored
+    // under the default `--pmu off`, and the user believed it applied).
+    let broken = write_scratch(
+        "broken-off.toml",
+        b"action = \"allow\"\n[[event]]\nnme = \"cycles\"\n",
+    );
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:conformance",
+        "--pmu-policy",
+        &broken,
+    ]);
+    assert_eq!(status(&o), 2, "{}", err(&o));
+    assert!(err(&o).contains("line 3"), "{}", err(&o));
+    // Valid options that cannot take effect: the run goes on, each one warned about.
+    let good = repo_file("resources/policies/default.toml");
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:conformance",
+        "--pmu-policy",
+        &good,
+        "--pmu-layout",
+        "intel:gp=2",
+        "--cmdline",
+        "expect=none",
+    ]);
+    let e = err(&o);
+    assert_eq!(status(&o), 1, "{e}");
+    assert!(
+        e.contains("--pmu-policy") && e.contains("has no effect under --pmu off"),
+        "{e}"
+    );
+    assert!(e.contains("--pmu-layout intel:gp=2 has no effect"), "{e}");
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:conformance",
+        "--pmu-layout",
+        "intel:bogus=1",
+    ]);
+    assert_eq!(status(&o), 2, "{}", err(&o));
+}

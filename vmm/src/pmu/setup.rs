@@ -82,7 +82,28 @@ fn load_policy(
     vendor: vpmu::Vendor,
     layout: &PmuConfig,
 ) -> Result<(CompiledPolicy, String)> {
-    let (policy, name) = match &config.pmu.policy {
+    let (policy, name) = read_policy(config)?;
+    let num_fixed = match layout {
+        PmuConfig::Intel(i) => i.num_fixed,
+        _ => 0,
+    };
+    let compiled = policy
+        .compile(vendor, num_fixed)
+        .map_err(|e| Error::PmuConfig(format!("{name}: {e}")))?;
+    // The operator's own file: say what it cannot do here. (The builtin default's skipped
+    // rules, e.g. ref-cycles on AMD, are documented in resources/policies/default.toml.)
+    if config.pmu.policy.is_some() {
+        for w in compiled.warnings() {
+            eprintln!("vpmu-vmm: warning: policy {name}: {w}");
+        }
+    }
+    Ok((compiled, name))
+}
+
+/// Reads and parses the policy file (or the builtin default): every file given is checked
+/// before boot, whatever the mode.
+fn read_policy(config: &VmConfig) -> Result<(Policy, String)> {
+    Ok(match &config.pmu.policy {
         None => (
             Policy::default_architectural(),
             "builtin default".to_string(),
@@ -104,22 +125,37 @@ fn load_policy(
                 .map_err(|e| Error::PmuConfig(format!("{}: {e}", path.display())))?;
             (p, path.display().to_string())
         }
-    };
-    let num_fixed = match layout {
-        PmuConfig::Intel(i) => i.num_fixed,
-        _ => 0,
-    };
-    let compiled = policy
-        .compile(vendor, num_fixed)
-        .map_err(|e| Error::PmuConfig(format!("{name}: {e}")))?;
-    // The operator's own file: say what it cannot do here. (The builtin default's skipped
-    // rules, e.g. ref-cycles on AMD, are documented in resources/policies/default.toml.)
-    if config.pmu.policy.is_some() {
-        for w in compiled.warnings() {
-            eprintln!("vpmu-vmm: warning: policy {name}: {w}");
-        }
+    })
+}
+
+/// `--pmu off`: the PMU options that cannot take effect are still checked (a broken policy
+/// or layout is an error, not silently ignored) and each gets a warning.
+fn check_unused_pmu_options(config: &VmConfig) -> Result<()> {
+    if let Some(path) = &config.pmu.policy {
+        read_policy(config)?;
+        eprintln!(
+            "vpmu-vmm: warning: --pmu-policy {} has no effect under --pmu off (the guest has no PMU)",
+            path.display()
+        );
     }
-    Ok((compiled, name))
+    if config.pmu.layout != "host" {
+        let _: vpmu::cpuid::LayoutRequest = config
+            .pmu
+            .layout
+            .parse()
+            .map_err(|e: vpmu::cpuid::LayoutError| Error::PmuConfig(e.to_string()))?;
+        eprintln!(
+            "vpmu-vmm: warning: --pmu-layout {} has no effect under --pmu off",
+            config.pmu.layout
+        );
+    }
+    if let Some(path) = &config.pmu.audit {
+        eprintln!(
+            "vpmu-vmm: warning: --pmu-audit {} has no effect under --pmu off (nothing to audit)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Why this KVM cannot enforce a compiled allowlist, if it cannot.
@@ -338,6 +374,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         ebusy_explanation: None,
     };
     if mode == PmuMode::Off {
+        check_unused_pmu_options(config)?;
         plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
         // CPUID cannot hide AMD's legacy counters, and KVM answers some PMU MSRs with 0
         // even with its vPMU off (e.g. AMD PERF_CTR0-3, on Intel hosts too). Where KVM has
