@@ -128,6 +128,9 @@ struct RunArgs {
     memory: String,
     #[command(flatten)]
     pmu: PmuArgs,
+    /// Run without the seccomp filters (for debugging a "forbidden system call" error).
+    #[arg(long)]
+    no_seccomp: bool,
     /// A virtio-blk disk (virtio-mmio) backed by the raw image file PATH; `,ro` makes it
     /// read-only. Repeatable: /dev/vda, /dev/vdb, ... (at most 8). Linux guests find them
     /// in the ACPI DSDT (_HID LNRO0005); only with `acpi=off` in --cmdline is
@@ -154,6 +157,9 @@ struct DemoArgs {
     cmdline: String,
     #[command(flatten)]
     pmu: PmuArgs,
+    /// Run without the seccomp filters (for debugging a "forbidden system call" error).
+    #[arg(long)]
+    no_seccomp: bool,
     /// Print VM exit statistics and vPMU summaries to stderr at the end.
     #[arg(long)]
     stats: bool,
@@ -256,6 +262,7 @@ fn main() -> ExitCode {
                 pmu,
                 console: Console::Stdio,
                 disks,
+                seccomp: !a.no_seccomp,
             };
             match vmm::run(config) {
                 Ok(report) => {
@@ -289,6 +296,7 @@ fn main() -> ExitCode {
             config.cpus = cpus;
             config.cmdline = a.cmdline;
             config.pmu = pmu;
+            config.seccomp = !a.no_seccomp;
             match vmm::run(config) {
                 Ok(report) => {
                     // The demo reports its own code V through 0xf4; give V back as-is.

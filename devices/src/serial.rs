@@ -86,7 +86,7 @@ pub struct Serial {
 impl Serial {
     /// A UART writing to `out`, with a fresh non-blocking interrupt eventfd.
     pub fn new(out: Box<dyn Write + Send>) -> Result<Self, SerialError> {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(SerialError::EventFd)?;
+        let evt = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(SerialError::EventFd)?;
         Ok(Self::with_eventfd(evt, out))
     }
 
@@ -155,6 +155,16 @@ impl PioDevice for Serial {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn interrupt_eventfd_is_close_on_exec() {
+        use std::os::unix::io::AsRawFd;
+        let s = Serial::new(Box::new(std::io::sink())).unwrap();
+        // SAFETY: F_GETFD on a descriptor this test owns.
+        let flags = unsafe { libc::fcntl(s.irq_evt().as_raw_fd(), libc::F_GETFD) };
+        assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "{flags}");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

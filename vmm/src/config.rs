@@ -160,6 +160,10 @@ pub struct VmConfig {
     pub console: Console,
     /// virtio-blk disks (virtio-mmio), in guest order (/dev/vda, /dev/vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// Install the seccomp filters (`vmm::seccomp`): on the vCPU threads, and on the main
+    /// thread once the vCPUs run. Off by default for library use (a filtered main thread
+    /// cannot build another VM); the CLI turns it on unless `--no-seccomp`.
+    pub seccomp: bool,
 }
 
 impl VmConfig {
@@ -174,6 +178,7 @@ impl VmConfig {
             pmu: PmuSettings::default(),
             console: Console::Stdio,
             disks: Vec::new(),
+            seccomp: false,
         }
     }
 

@@ -123,6 +123,9 @@ pub enum Error {
     /// The PMU configuration (layout, policy, audit file) is invalid.
     #[error("PMU configuration: {0}")]
     PmuConfig(String),
+    /// A seccomp filter could not be built or installed.
+    #[error("seccomp: {0}")]
+    Seccomp(String),
     /// An OS-level failure (threads, signals, timers, files).
     #[error("{op}: {source}")]
     Io {

@@ -397,7 +397,8 @@ mod tests {
             stopping: AtomicBool::new(false),
             outcome: Mutex::new(None),
             tids: Vec::new(),
-            stop_evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            stop_evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .expect("eventfd"),
             started: Instant::now(),
             first_entry_ns: std::sync::atomic::AtomicU64::new(0),
         });

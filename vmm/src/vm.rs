@@ -305,10 +305,11 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     }
 
     // Devices.
-    let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
-        op: "eventfd".into(),
-        source,
-    })?;
+    let serial_evt =
+        EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| Error::Io {
+            op: "eventfd".into(),
+            source,
+        })?;
     let serial_irq = serial_evt.try_clone().map_err(|source| Error::Io {
         op: "eventfd".into(),
         source,
@@ -369,10 +370,11 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     for (i, blk) in disks.into_iter().enumerate() {
         let (base, gsi) = DiskConfig::mmio(i)
             .ok_or_else(|| Error::Device(format!("no interrupt line for disk {i}")))?;
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
-            op: "eventfd".into(),
-            source,
-        })?;
+        let evt =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| Error::Io {
+                op: "eventfd".into(),
+                source,
+            })?;
         vm.register_irqfd(&evt, gsi)
             .map_err(Error::kvm("KVM_IRQFD"))?;
         let dev = Arc::new(Mutex::new(devices::virtio::MmioTransport::new(
@@ -392,14 +394,17 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         stopping: AtomicBool::new(false),
         outcome: Mutex::new(None),
         tids: (0..config.cpus).map(|_| AtomicI32::new(0)).collect(),
-        stop_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
-            op: "eventfd".into(),
-            source,
+        stop_evt: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
+            Error::Io {
+                op: "eventfd".into(),
+                source,
+            }
         })?,
         started,
         first_entry_ns: AtomicU64::new(0),
     });
 
+    let seccomp = config.seccomp;
     let mut handles = Vec::with_capacity(fds.len());
     for (i, fd) in fds.into_iter().enumerate() {
         let tsc_khz = fd.get_tsc_khz().map(u64::from).unwrap_or(0);
@@ -418,7 +423,18 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         };
         let h = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
-            .spawn(move || vcpu.run())
+            .spawn(move || {
+                #[cfg(target_arch = "x86_64")]
+                if seccomp {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+                        vcpu.shared.end(Outcome::VmmError {
+                            vcpu: vcpu.index,
+                            detail: e.to_string(),
+                        });
+                    }
+                }
+                vcpu.run()
+            })
             .map_err(|source| Error::Io {
                 op: "spawning a vCPU thread".into(),
                 source,
@@ -429,6 +445,14 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let stdin_is_tty = matches!(config.console, Console::Stdio)
         // SAFETY: isatty on fd 0 has no preconditions.
         && unsafe { libc::isatty(0) } == 1;
+    if config.seccomp {
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Main) {
+            shared.end(Outcome::VmmError {
+                vcpu: 0,
+                detail: e.to_string(),
+            });
+        }
+    }
     crate::console::wait_for_stop(
         &shared,
         if stdin_is_tty {

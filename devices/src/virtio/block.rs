@@ -607,7 +607,7 @@ mod tests {
         )
         .expect("block");
         let d = Driver::new(16);
-        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).expect("eventfd");
         let mut t = MmioTransport::new(blk, d.mem.clone(), irq.try_clone().expect("eventfd"));
         d.init(&mut t, u64::MAX);
         Rig { t, d, irq, file }
@@ -991,7 +991,7 @@ mod tests {
         let blk = Block::from_file(file.try_clone().expect("clone"), Path::new("t"), false)
             .expect("block");
         let mut d = Driver::new(16);
-        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).expect("eventfd");
         let mut t = MmioTransport::new(blk, d.mem.clone(), irq.try_clone().expect("eventfd"));
         let s = d.negotiate(&mut t, u64::MAX);
         d.setup_queue(&mut t, 16, DESC, AVAIL, USED + 2);

@@ -111,7 +111,7 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
 }
 
 fn eventfd(flags: i32) -> Result<EventFd> {
-    EventFd::new(flags).map_err(|source| Error::Io {
+    EventFd::new(flags | libc::EFD_CLOEXEC).map_err(|source| Error::Io {
         op: "eventfd".into(),
         source,
     })
