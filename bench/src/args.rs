@@ -61,7 +61,7 @@ pub struct BenchArgs {
     /// Write only bench.json (no bench.md, no overhead.svg).
     #[arg(long)]
     pub json_only: bool,
-    /// No progress line on stderr.
+    /// No progress line on stderr (it is only drawn when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
     /// Linux-guest workloads instead of the freestanding matrix: `perf stat` / `perf

@@ -25,7 +25,7 @@ pub mod report;
 pub mod runner;
 pub mod stats;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 pub use args::BenchArgs;
@@ -33,6 +33,17 @@ pub use error::Error;
 
 /// Guest memory of each bench VM.
 pub const GUEST_MEMORY: u64 = 256 << 20;
+
+/// Whether to draw the `\r`-rewritten progress line: only on a terminal (a log file or a
+/// pipe would collect every rewrite), and never with `--no-progress`.
+pub fn progress_enabled(no_progress: bool, stderr_is_terminal: bool) -> bool {
+    !no_progress && stderr_is_terminal
+}
+
+/// [`progress_enabled`] for this process's stderr.
+pub fn stderr_progress(no_progress: bool) -> bool {
+    progress_enabled(no_progress, std::io::stderr().is_terminal())
+}
 
 /// A single, rewritten progress line on stderr: `\r[12/48] userspace lfsr sample:1000 rep 3/5`.
 struct ProgressLine {
@@ -98,7 +109,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     let settings = args.settings(tsc_khz).map_err(Error::Args)?;
 
     let mut line = ProgressLine {
-        enabled: !args.no_progress,
+        enabled: stderr_progress(args.no_progress),
         width: 0,
     };
     let measured = {
@@ -130,4 +141,20 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         eprintln!("bench: wrote {}", p.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_enabled;
+
+    #[test]
+    fn progress_only_on_a_terminal() {
+        assert!(progress_enabled(false, true));
+        assert!(
+            !progress_enabled(false, false),
+            "a log file gets no \\r line"
+        );
+        assert!(!progress_enabled(true, true), "--no-progress wins");
+        assert!(!progress_enabled(true, false));
+    }
 }

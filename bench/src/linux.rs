@@ -1625,7 +1625,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
             .join(","),
         s.reps
     );
-    let progress = !args.no_progress;
+    let progress = crate::stderr_progress(args.no_progress);
     let log = args.out.join("linux-console.log");
     let g = match env {
         Environment::NestedTcg => gather_nested(&s, &exe, &base_cmdline, &scripts, &log, progress),
