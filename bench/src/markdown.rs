@@ -248,30 +248,51 @@ pub fn render(r: &BenchReport) -> String {
     if !sampling.is_empty() {
         let _ = writeln!(
             o,
-            "\n## Sampling: PMIs delivered and PMI latency\n\nExpected samples = workload time x frequency. Latency = counter overflow to guest PMI handler entry, from guest TSC stamps; `mean` is median [min..max] of the per-run means, `min`/`max` the extremes over all PMIs.\n"
+            "\n## Sampling: PMIs delivered and PMI latency\n\nExpected samples = workload time x frequency. Latency = counter overflow to guest PMI handler entry, from guest TSC stamps. The guest reports, per workload repetition, the min, max and sum of its PMIs' latencies; `p50`/`p90`/`p99` are percentiles of the per-repetition mean over every repetition of every run (not means of means), `min`/`max` the extremes over all PMIs. A repetition whose figures cannot be true (a latency longer than its workload region, earlier than the arming, or an inconsistent sum) is left out and counted under `rejected`.\n"
         );
         let _ = writeln!(
             o,
-            "| mode | frequency | workload | delivered | expected | accuracy % | mean latency µs | min µs | max µs |"
+            "| mode | frequency | workload | delivered | expected | accuracy % | latency p50 µs | p90 µs | p99 µs | min µs | max µs | rejected |"
         );
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut reasons: Vec<String> = Vec::new();
         for c in sampling {
             let Some(s) = &c.summary else { continue };
             let f = |x: Option<Summary>| {
                 x.map(|v| count(v.median.round()))
                     .unwrap_or_else(|| "—".into())
             };
-            let (mean, lo, hi) = match &s.pmi_latency {
-                Some(l) => (
-                    range(&l.mean_ns.map(|x| x / 1000.0)),
-                    num(l.min_ns / 1000.0),
-                    num(l.max_ns / 1000.0),
+            let us = |x: Option<f64>| x.map(|v| num(v / 1000.0)).unwrap_or_else(|| "—".into());
+            let (p50, p90, p99, lo, hi, rej) = match &s.pmi_latency {
+                Some(l) => {
+                    let p = l.rep_mean_ns;
+                    for r in &l.rejected {
+                        reasons.push(format!(
+                            "{} {} {} run {} rep {}: {}",
+                            c.mode, c.activity, c.workload, r.run, r.guest_rep, r.reason
+                        ));
+                    }
+                    (
+                        us(p.map(|p| p.p50)),
+                        us(p.map(|p| p.p90)),
+                        us(p.map(|p| p.p99)),
+                        us(l.min_ns),
+                        us(l.max_ns),
+                        format!("{}/{}", l.rejected.len(), l.rejected.len() + l.reps),
+                    )
+                }
+                None => (
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
                 ),
-                None => ("—".into(), "—".into(), "—".into()),
             };
             let _ = writeln!(
                 o,
-                "| {} | {} Hz | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} Hz | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.mode,
                 c.activity.sample_hz().unwrap_or(0),
                 c.workload,
@@ -280,10 +301,19 @@ pub fn render(r: &BenchReport) -> String {
                 s.sample_accuracy_pct
                     .map(|x| range(&x))
                     .unwrap_or_else(|| "—".into()),
-                mean,
+                p50,
+                p90,
+                p99,
                 lo,
-                hi
+                hi,
+                rej
             );
+        }
+        if !reasons.is_empty() {
+            let _ = writeln!(o, "\nRejected latency figures:\n");
+            for r in &reasons {
+                let _ = writeln!(o, "- {}", cell(r));
+            }
         }
     }
 

@@ -6,12 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Activity, Mode, Workload};
 use crate::parse::Rep;
-use crate::stats::Summary;
+use crate::stats::{Percentiles, Summary};
 
 /// Name of the schema, stored in `schema`.
 pub const SCHEMA_NAME: &str = "vpmu-vmm-bench";
 /// Version of the schema, stored in `schema_version`; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The whole report (`bench.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,16 +195,39 @@ pub enum CellStatus {
 }
 
 /// PMI delivery latency over a cell's runs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+///
+/// The guest reports one aggregate per workload repetition (`n`, `min`, `max`, `sum` of
+/// its PMIs' latencies), so the distribution is over repetitions (every guest repetition
+/// of every run), not over single PMIs. Aggregates that cannot be true
+/// ([`crate::parse::Latency::implausible`]) are left out and listed in `rejected`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PmiLatency {
-    /// Per-run mean latency (ns): median/min/max over runs.
-    pub mean_ns: Summary,
-    /// Smallest single latency seen in any run (ns).
-    pub min_ns: f64,
-    /// Largest single latency seen in any run (ns).
-    pub max_ns: f64,
-    /// PMIs measured in all runs.
+    /// Mean latency of each accepted repetition (ns): p50/p90/p99/min/max over them.
+    /// None when every repetition was rejected.
+    pub rep_mean_ns: Option<Percentiles>,
+    /// Worst single latency of each accepted repetition (ns): p50/p90/p99/min/max.
+    pub rep_max_ns: Option<Percentiles>,
+    /// Smallest single latency in any accepted repetition (ns).
+    pub min_ns: Option<f64>,
+    /// Largest single latency in any accepted repetition (ns).
+    pub max_ns: Option<f64>,
+    /// PMIs in the accepted repetitions.
     pub pmis: u64,
+    /// Repetitions whose latency aggregate was accepted.
+    pub reps: usize,
+    /// Repetitions whose latency aggregate was rejected, with the reason.
+    pub rejected: Vec<RejectedLatency>,
+}
+
+/// A guest repetition's latency aggregate left out of the statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedLatency {
+    /// The run (`RunSample.rep`).
+    pub run: u32,
+    /// The guest's repetition inside that run (`Rep.rep`).
+    pub guest_rep: u64,
+    /// Why ([`crate::parse::Latency::implausible`]).
+    pub reason: String,
 }
 
 /// The per-cell statistics.
@@ -229,7 +252,8 @@ pub struct CellSummary {
     pub expected_samples: Option<Summary>,
     /// Delivered / expected x 100 per run, when sampling.
     pub sample_accuracy_pct: Option<Summary>,
-    /// PMI delivery latency, when the guest measured it.
+    /// PMI delivery latency, when the guest measured it (percentiles, implausible
+    /// aggregates rejected).
     pub pmi_latency: Option<PmiLatency>,
 }
 
