@@ -2,6 +2,7 @@
 //! turning raw runs into per-cell statistics.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use crate::model::{self, Activity, CellKey, Mode, Workload};
 use crate::parse::{parse_output, Rep};
@@ -61,6 +62,9 @@ pub struct Settings {
     pub chase_buf_kib: u64,
     /// MSR-cost workload iterations; 0 skips the MSR-cost runs.
     pub msr_iters: u64,
+    /// No VM run starts once this much time has passed since the start (`--quick`:
+    /// [`crate::estimate::QUICK_TIME_BUDGET_S`]); the runs left out are counted and listed.
+    pub time_budget: Option<Duration>,
 }
 
 /// Progress callback: (jobs done, jobs total, label).
@@ -75,6 +79,8 @@ pub struct Measured {
     pub cells: Vec<CellReport>,
     pub msr_cost: MsrCost,
     pub vmm: VmmFigures,
+    /// VM runs not started because the time budget was spent.
+    pub skipped_runs: usize,
 }
 
 /// The guest command line of one workload run.
@@ -191,6 +197,7 @@ fn calibrate(
     s: &Settings,
     w: Workload,
     progress: &mut dyn FnMut(&str),
+    over_budget: &mut dyn FnMut() -> bool,
 ) -> Result<u64, String> {
     let target_ticks = s.target_ms.saturating_mul(s.tsc_khz).max(1);
     let cal = Settings {
@@ -199,6 +206,10 @@ fn calibrate(
     };
     let mut iters: u64 = 100_000;
     for _ in 0..8 {
+        if over_budget() {
+            // Whatever was reached; the matrix will not run anyway.
+            return Ok(iters);
+        }
         progress(&format!("calibrating {w} (iters={iters})"));
         let cmd = guest_cmdline(&cal, w, iters, Activity::None);
         let raw = match b.run(Mode::Off, &cmd) {
@@ -225,12 +236,31 @@ fn calibrate(
     Ok(iters)
 }
 
-/// Runs everything.
+/// Runs everything, against the wall clock for `s.time_budget`.
 pub fn execute(
     b: &mut dyn Backend,
     s: &Settings,
     progress: Progress<'_>,
 ) -> Result<Measured, String> {
+    let started = Instant::now();
+    execute_with_clock(b, s, progress, &mut || started.elapsed())
+}
+
+/// [`execute`] with the time since the start given by `elapsed` (a fake clock in tests).
+pub fn execute_with_clock(
+    b: &mut dyn Backend,
+    s: &Settings,
+    progress: Progress<'_>,
+    elapsed: &mut dyn FnMut() -> Duration,
+) -> Result<Measured, String> {
+    let mut over_budget = || s.time_budget.is_some_and(|limit| elapsed() >= limit);
+    let budget_note = |s: &Settings| {
+        format!(
+            "skipped: the time budget of {} s was spent",
+            s.time_budget.map_or(0, |d| d.as_secs())
+        )
+    };
+    let mut skipped_runs = 0usize;
     if s.reps == 0 {
         return Err("--reps must be at least 1".into());
     }
@@ -281,7 +311,7 @@ pub fn execute(
         None => {
             for &w in &s.workloads {
                 let mut p = |l: &str| progress(done, total, l);
-                let n = calibrate(b, s, w, &mut p)?;
+                let n = calibrate(b, s, w, &mut p, &mut over_budget)?;
                 done += 1;
                 iters.insert(w.to_string(), n);
             }
@@ -298,6 +328,15 @@ pub fn execute(
     for job in &jobs {
         let k = job.cell;
         if !runnable(&unavailable, k.mode) {
+            continue;
+        }
+        if over_budget() {
+            skipped_runs += 1;
+            failures
+                .entry(k)
+                .or_default()
+                .push(format!("rep {}: {}", job.rep, budget_note(s)));
+            done += 1;
             continue;
         }
         progress(
@@ -344,6 +383,12 @@ pub fn execute(
     for rep in 0..if msr_modes.is_empty() { 0 } else { s.reps } {
         for &m in &msr_modes {
             if !runnable(&unavailable, m) {
+                continue;
+            }
+            if over_budget() {
+                skipped_runs += 1;
+                msr_failures.push(format!("{m} rep {rep}: {}", budget_note(s)));
+                done += 1;
                 continue;
             }
             progress(done, total, &format!("{m} msr rep {}/{}", rep + 1, s.reps));
@@ -410,6 +455,7 @@ pub fn execute(
         cells,
         msr_cost,
         vmm,
+        skipped_runs,
     })
 }
 
@@ -802,6 +848,7 @@ pub(crate) mod fake {
             tsc_khz: 1_000_000,
             chase_buf_kib: 4096,
             msr_iters: 1000,
+            time_budget: None,
         }
     }
 }
@@ -930,6 +977,78 @@ mod tests {
         assert_eq!(lat.max_ns, Some(3000.0));
         // Delivered samples still count that run.
         assert_eq!(us.summary.as_ref().unwrap().samples.unwrap().n, 5);
+    }
+
+    #[test]
+    fn no_run_starts_after_the_time_budget() {
+        let mut f = Fake::default();
+        let s = Settings {
+            modes: vec![Mode::Off, Mode::Userspace],
+            time_budget: Some(Duration::from_secs(10)),
+            ..settings()
+        };
+        // A clock that advances one second per backend call: the budget is spent after 10.
+        let calls = std::cell::Cell::new(0u64);
+        let mut backend = Counting {
+            inner: &mut f,
+            calls: &calls,
+        };
+        let mut clock = || Duration::from_secs(calls.get());
+        let m = execute_with_clock(&mut backend, &s, &mut |_, _, _| {}, &mut clock).unwrap();
+        assert_eq!(f.calls.len(), 10, "{:?}", f.calls);
+        // Planned: 15 matrix runs + 10 MSR runs; calibration took some of the 10.
+        let ran_matrix: usize = m.cells.iter().map(|c| c.runs.len()).sum();
+        let cal = 10 - ran_matrix;
+        assert_eq!(m.skipped_runs, 15 - ran_matrix + 10, "calibration {cal}");
+        let skipped: Vec<&String> = m
+            .cells
+            .iter()
+            .flat_map(|c| &c.failures)
+            .filter(|e| e.contains("time budget of 10 s"))
+            .collect();
+        assert_eq!(skipped.len(), 15 - ran_matrix);
+        assert!(
+            m.msr_cost.status.starts_with("failed: "),
+            "{}",
+            m.msr_cost.status
+        );
+        assert!(
+            m.msr_cost.status.contains("time budget"),
+            "{}",
+            m.msr_cost.status
+        );
+        // Without a budget, the same clock changes nothing.
+        let mut g = Fake::default();
+        let calls = std::cell::Cell::new(0u64);
+        let mut backend = Counting {
+            inner: &mut g,
+            calls: &calls,
+        };
+        let s = Settings {
+            time_budget: None,
+            ..s
+        };
+        let m = execute_with_clock(&mut backend, &s, &mut |_, _, _| {}, &mut || {
+            Duration::from_secs(calls.get())
+        })
+        .unwrap();
+        assert_eq!(m.skipped_runs, 0);
+    }
+
+    /// Counts backend runs for a fake clock.
+    struct Counting<'a> {
+        inner: &'a mut Fake,
+        calls: &'a std::cell::Cell<u64>,
+    }
+
+    impl Backend for Counting<'_> {
+        fn availability(&mut self, mode: Mode) -> Result<(), String> {
+            self.inner.availability(mode)
+        }
+        fn run(&mut self, mode: Mode, cmdline: &str) -> Result<RawRun, RunError> {
+            self.calls.set(self.calls.get() + 1);
+            self.inner.run(mode, cmdline)
+        }
     }
 
     #[test]

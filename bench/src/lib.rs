@@ -13,6 +13,7 @@
 
 pub mod args;
 pub mod error;
+pub mod estimate;
 pub mod harness;
 pub mod host;
 pub mod linux;
@@ -108,6 +109,12 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     };
     let settings = args.settings(tsc_khz).map_err(Error::Args)?;
 
+    let available: Vec<model::Mode> = std::iter::once(model::Mode::Off)
+        .chain(settings.modes.iter().copied())
+        .filter(|&m| harness::Backend::availability(&mut backend, m).is_ok())
+        .collect();
+    let plan = estimate::estimate(&settings, &available);
+    eprintln!("{}", plan.describe(&settings));
     let mut line = ProgressLine {
         enabled: stderr_progress(args.no_progress),
         width: 0,
@@ -132,6 +139,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         },
         host: host_info,
         quick: args.quick,
+        estimate_s: Some(plan.seconds),
         peak_rss_kib: std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| host::vm_hwm_kib(&s)),

@@ -116,6 +116,25 @@ pub fn render(r: &BenchReport) -> String {
         r.config.vcpus,
         r.config.guest_memory_mib
     );
+    if let Some(e) = r.config.estimate_s {
+        let _ = write!(
+            o,
+            "- time: {:.0} s, estimated {:.0} s beforehand (idle host)",
+            r.duration_s, e
+        );
+        if let Some(b) = r.config.time_budget_s {
+            let _ = write!(o, "; time budget {b} s");
+        }
+        o.push('\n');
+    }
+    if r.skipped_runs > 0 {
+        let _ = writeln!(
+            o,
+            "- **{} VM run(s) not started: the time budget of {} s was spent** (listed per cell)",
+            r.skipped_runs,
+            r.config.time_budget_s.unwrap_or(0)
+        );
+    }
     if let (Some(a), Some(b)) = (&r.host.loadavg_start, &r.host.loadavg_end) {
         let _ = writeln!(o, "- load average (1/5/15 min): {a} at start, {b} at end");
     }

@@ -16,6 +16,8 @@ pub struct Context {
     pub host: HostInfo,
     pub quick: bool,
     pub peak_rss_kib: Option<u64>,
+    /// The up-front estimate, seconds.
+    pub estimate_s: Option<f64>,
 }
 
 /// Order description stored in the report.
@@ -49,10 +51,13 @@ pub fn compose(ctx: Context, s: &Settings, m: Measured) -> BenchReport {
             vcpus: 1,
             guest_memory_mib: crate::GUEST_MEMORY >> 20,
             order: ORDER.into(),
+            time_budget_s: s.time_budget.map(|d| d.as_secs()),
+            estimate_s: ctx.estimate_s,
         },
         cells: m.cells,
         msr_cost: m.msr_cost,
         vmm,
+        skipped_runs: m.skipped_runs,
     }
 }
 
@@ -132,6 +137,7 @@ pub(crate) mod tests {
             },
             quick: true,
             peak_rss_kib: Some(10_240),
+            estimate_s: Some(12.0),
         };
         compose(ctx, &s, m)
     }

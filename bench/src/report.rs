@@ -35,6 +35,9 @@ pub struct BenchReport {
     pub msr_cost: MsrCost,
     /// VMM-level figures gathered over all runs.
     pub vmm: VmmFigures,
+    /// VM runs not started because `config.time_budget_s` was spent (they are listed in
+    /// the cells' `failures` and in `msr_cost.status`).
+    pub skipped_runs: usize,
 }
 
 /// Software versions.
@@ -108,6 +111,11 @@ pub struct RunConfig {
     pub guest_memory_mib: u64,
     /// Run order description.
     pub order: String,
+    /// No VM run started after this many seconds (`--time-budget`; 100 with `--quick`).
+    pub time_budget_s: Option<u64>,
+    /// The up-front estimate of the run's wall time on an idle host, seconds
+    /// (`bench::estimate`).
+    pub estimate_s: Option<f64>,
 }
 
 /// Exit counters of one VM run, summed over its vCPUs (from `vmm::VcpuStats`).
