@@ -4,22 +4,10 @@
 use super::{plan, Events, LinuxActivity, GUEST_MARK, L1_MARK};
 use crate::model::Mode;
 
-/// Standard base64 with padding (what /init's `base64 -d` reads).
+/// Standard base64 with padding (what /init's `base64 -d` reads), RFC 4648 section 4.
 pub fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
+    use ::base64::Engine as _;
+    ::base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// The shell script the guest's /init runs (`vpmu.cmd=`): writes the timing wrapper
