@@ -613,7 +613,7 @@ pub fn render_linux(r: &LinuxReport) -> String {
         })
         .collect();
     if !stats.is_empty() {
-        md.push_str("#### perf stat counts\n\nWhat `perf stat -x,` printed in the guest, median [min..max] over the runs, and the median per second of the workload's CPU time (a sanity check: task-clock should give ~1000 ms/s, cycles a clock rate).\n\n| mode | event | count | per CPU second |\n|---|---|---|---|\n");
+        md.push_str("#### perf stat counts\n\nWhat `perf stat -j` printed in the guest, median [min..max] over the runs, and the median per second of the workload's CPU time (a sanity check: task-clock should give ~1000 ms/s, cycles a clock rate).\n\n| mode | event | count | per CPU second |\n|---|---|---|---|\n");
         for x in stats {
             let mut events: Vec<&str> = Vec::new();
             for r in &x.runs {

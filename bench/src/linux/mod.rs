@@ -53,7 +53,7 @@ pub use script::*;
 /// `schema` of `linux.json`.
 pub const SCHEMA_NAME: &str = "vpmu-vmm-bench-linux";
 /// `schema_version` of `linux.json`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// The label of every figure measured through the nested rig.
 pub const TCG_LABEL: &str = "TCG (nested): not comparable with native figures";
 /// Marker of the guest's result lines.
@@ -115,7 +115,7 @@ impl Environment {
 pub enum LinuxActivity {
     /// The workload alone: the baseline of its pass.
     None,
-    /// `perf stat -e <events>`.
+    /// `perf stat -j -e <events>` (counts as JSON lines).
     Stat,
     /// `perf record -e <event> -F HZ`.
     Record(u32),

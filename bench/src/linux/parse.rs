@@ -152,23 +152,53 @@ pub fn probe_modes(probe: &serde_json::Value) -> Vec<(String, bool, Option<Strin
         .unwrap_or_default()
 }
 
-/// `perf stat -x,` records (`value,unit,event,run time,%,...`, records separated by `;`
-/// or newlines): `[event, value]`.
+/// The counts of `perf stat -j` output: `[event, value]`, in order.
+///
+/// perf (6.1 and later) writes one JSON object per counter and line, e.g.
+/// `{"counter-value" : "384.649642", "unit" : "msec", "event" : "task-clock",
+/// "event-runtime" : 384649642, "pcnt-running" : 100.00, ...}`; the guest joins the lines
+/// with `;`. The value is kept as perf printed it (`<not supported>`, `<not counted>` stay
+/// text). Event names may contain commas (`cpu/event=0x3c,umask=0/`), which is why this
+/// reads JSON rather than `-x,` CSV. Objects without `event` and text that is not JSON
+/// are skipped; a trailing comma before `}` (as some perf versions print) is tolerated.
 pub fn stat_counts(perf: &str) -> Vec<(String, String)> {
-    perf.split([';', '\n'])
-        .filter_map(|rec| {
-            let f: Vec<&str> = rec.trim().split(',').collect();
-            let (v, ev) = (f.first()?.trim(), f.get(2)?.trim());
-            (!v.is_empty() && !ev.is_empty()).then(|| (ev.to_string(), v.to_string()))
-        })
-        .collect()
+    let mut out = Vec::new();
+    let mut rest = perf;
+    while let Some(start) = rest.find('{') {
+        rest = &rest[start..];
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
+        let (value, used) = match stream.next() {
+            Some(Ok(v)) => (Some(v), stream.byte_offset()),
+            _ => {
+                // Not strict JSON: up to the first `}`, trailing commas removed.
+                let end = rest.find('}').map_or(rest.len(), |i| i + 1);
+                let text = rest[..end].replace(", }", "}").replace(",}", "}");
+                (serde_json::from_str(&text).ok(), end)
+            }
+        };
+        if let Some(v) = value {
+            let event = v["event"].as_str();
+            let count = match &v["counter-value"] {
+                serde_json::Value::String(s) => Some(s.trim().to_string()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            if let (Some(e), Some(c)) = (event, count) {
+                if !e.is_empty() && !c.is_empty() {
+                    out.push((e.to_string(), c));
+                }
+            }
+        }
+        rest = &rest[used.max(1)..];
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STAT: &str = "VPMU-LBENCH c=1.1 x=0 ns=339775860 vpmu-work: 241 rounds in 0.30 s cpu msr=100000 perf:  384.65,msec,task-clock,384649642,100.00,0.970,CPUs utilized ";
+    const STAT: &str = "VPMU-LBENCH c=1.1 x=0 ns=339775860 vpmu-work: 241 rounds in 0.30 s cpu msr=100000 perf: ;{\"counter-value\" : \"384.649642\", \"unit\" : \"msec\", \"event\" : \"task-clock\", \"event-runtime\" : 384649642, \"pcnt-running\" : 100.00, \"metric-value\" : 0.970, \"metric-unit\" : \"CPUs utilized\"};";
     const REC: &str = "VPMU-LBENCH c=2.2 x=0 ns=439660806 vpmu-work: 86 rounds in 0.31 s cpu msr=250 perf: [ perf record: Woken up 1 times to write data ] [ perf record: Captured and wrote 0.013 MB /tmp/p (141 samples) ] ";
 
     #[test]
@@ -180,7 +210,11 @@ mod tests {
             (Some(339_775_860), Some(241), Some(0.30))
         );
         assert_eq!(l.max_sample_rate, Some(100_000));
-        assert!(l.perf.starts_with("384.65,msec,task-clock"), "{}", l.perf);
+        assert!(l.perf.starts_with(";{\"counter-value\""), "{}", l.perf);
+        assert_eq!(
+            stat_counts(&l.perf),
+            vec![("task-clock".to_string(), "384.649642".to_string())]
+        );
         // With console noise before the marker.
         let l = parse_rep_line(&format!("[  3.1] x: y {REC}")).unwrap();
         assert_eq!((l.pass, l.activity, l.max_sample_rate), (2, 2, Some(250)));
@@ -198,22 +232,38 @@ mod tests {
             record_samples("[ perf record: Captured and wrote 0.1 MB x ]"),
             None
         );
+        assert!(stat_counts("[ perf record: Woken up 1 times ];").is_empty());
+    }
+
+    #[test]
+    fn perf_stat_json_with_commas_in_event_names() {
+        // `perf stat -j -e cycles,cpu/event=0x3c,umask=0/,instructions`, lines joined with
+        // `;` by the guest: the raw event's name has a comma, which split `-x,` CSV.
+        let out = concat!(
+            "{\"counter-value\" : \"5207287069147099.000000\", \"unit\" : \"\", \"event\" : \"cycles\", \"event-runtime\" : 429015992, \"pcnt-running\" : 100.00, \"metric-value\" : 0.000000, \"metric-unit\" : \"GHz\"};",
+            "{\"counter-value\" : \"1234.000000\", \"unit\" : \"\", \"event\" : \"cpu/event=0x3c,umask=0/\", \"event-runtime\" : 429015992, \"pcnt-running\" : 100.00};",
+            "{\"counter-value\" : \"<not supported>\", \"unit\" : \"\", \"event\" : \"instructions\", \"event-runtime\" : 0, \"pcnt-running\" : 100.00, };",
+            ";"
+        );
         assert_eq!(
-            stat_counts(" 5207287069147099,,cycles,429015992,100.00,,;5207287069147099,,instructions,429015992,100.00,1.00,insn per cycle;"),
+            stat_counts(out),
             vec![
-                ("cycles".to_string(), "5207287069147099".to_string()),
-                ("instructions".to_string(), "5207287069147099".to_string())
+                ("cycles".to_string(), "5207287069147099.000000".to_string()),
+                (
+                    "cpu/event=0x3c,umask=0/".to_string(),
+                    "1234.000000".to_string()
+                ),
+                ("instructions".to_string(), "<not supported>".to_string()),
             ]
         );
+        // Numbers instead of strings, noise around the objects, objects without an event.
         assert_eq!(
-            stat_counts("384.65,msec,task-clock,384649642,100.00,0.970,CPUs utilized"),
-            vec![("task-clock".to_string(), "384.65".to_string())]
+            stat_counts("Error: x;{\"counter-value\" : 12, \"event\" : \"e\"} ; {\"interval\" : 1.0};{broken"),
+            vec![("e".to_string(), "12".to_string())]
         );
-        assert_eq!(
-            stat_counts("<not supported>,,cycles,0,100.00,,;"),
-            vec![("cycles".to_string(), "<not supported>".to_string())]
-        );
-        assert!(stat_counts("[ perf record: Woken up 1 times ];").is_empty());
+        assert!(stat_counts("").is_empty());
+        // The CSV of `-x,` is not read any more.
+        assert!(stat_counts("384.65,msec,task-clock,384649642,100.00,,").is_empty());
     }
 
     #[test]

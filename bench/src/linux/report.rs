@@ -102,9 +102,10 @@ pub struct LinuxRun {
     /// `perf_event_max_sample_rate` after the run (reset before each run; lower = the
     /// guest kernel throttled sampling because its interrupt took too long).
     pub max_sample_rate_after: Option<u64>,
-    /// perf's output (stat: CSV, record: its stderr), lines joined with `;`.
+    /// perf's output (stat: `-j` JSON, one object per counter; record: its stderr), lines
+    /// joined with `;`.
     pub perf_output: String,
-    /// `perf stat -x,` counts: `[event, value]` (value as perf printed it, e.g.
+    /// `perf stat -j` counts: `[event, value]` (value as perf printed it, e.g.
     /// `<not supported>`); empty for other activities.
     pub stat_counts: Vec<(String, String)>,
 }
@@ -424,7 +425,7 @@ mod tests {
                 1,
                 1_100_000_000,
                 1000,
-                "1000.5,msec,task-clock,1,100.00;",
+                "{\"counter-value\" : \"1000.5\", \"unit\" : \"msec\", \"event\" : \"task-clock\"};",
             ));
             off.push(line(
                 p,

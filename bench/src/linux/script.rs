@@ -41,7 +41,7 @@ pub fn guest_script(seconds: f64, reps: u32, activities: &[LinuxActivity], ev: &
         let cmd = match a {
             LinuxActivity::None => format!("sh /tmp/w {secs}"),
             LinuxActivity::Stat => {
-                format!("perf stat -x, -e {} -o /tmp/e sh /tmp/w {secs}", ev.stat)
+                format!("perf stat -j -e {} -o /tmp/e sh /tmp/w {secs}", ev.stat)
             }
             LinuxActivity::Record(hz) => format!(
                 "perf record -e {} -F {hz} -o /tmp/p sh /tmp/w {secs} 2>/tmp/e",
@@ -141,7 +141,7 @@ mod tests {
         assert!(s.contains("for c in 1.0 1.1 1.2 2.2 2.1 2.0;do"), "{s}");
         assert!(s.contains("0)sh /tmp/w 0.3;;"), "{s}");
         assert!(
-            s.contains("1)perf stat -x, -e task-clock -o /tmp/e sh /tmp/w 0.3;;"),
+            s.contains("1)perf stat -j -e task-clock -o /tmp/e sh /tmp/w 0.3;;"),
             "{s}"
         );
         assert!(
