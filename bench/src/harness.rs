@@ -11,14 +11,15 @@ use crate::report::{
     RejectedLatency, RunSample, VmmFigures,
 };
 use crate::stats::{self, Percentiles, Summary};
+use vmm::vcpu::VcpuStats;
 
 /// What one VM run produced.
 #[derive(Debug, Clone, Default)]
 pub struct RawRun {
     /// Everything the guest wrote to its console.
     pub console: String,
-    /// Exit counters summed over vCPUs.
-    pub exits: Exits,
+    /// The VMM's exit counters, one per vCPU (`vmm::RunReport.vcpus`).
+    pub vcpus: Vec<VcpuStats>,
     /// Userspace vPMU statistics per vCPU.
     pub pmu: Vec<serde_json::Value>,
     pub wall_ns: u64,
@@ -171,7 +172,7 @@ fn sample_from(
         rep,
         workload_tsc: median_u64(&ticks),
         guest,
-        exits: raw.exits,
+        exits: Exits::sum_of(&raw.vcpus),
         pmu: raw.pmu,
         wall_ns: raw.wall_ns,
         start_to_first_entry_ns: raw.start_to_first_entry_ns,
@@ -675,7 +676,8 @@ pub fn msr_cost(
             e.1.push(t as f64 / iters as f64);
         }
         if *m == Mode::Userspace {
-            if let Some(x) = stats::ratio(raw.exits.handling_ns as f64, raw.exits.exits as f64) {
+            let exits = Exits::sum_of(&raw.vcpus);
+            if let Some(x) = stats::ratio(exits.handling_ns as f64, exits.exits as f64) {
                 handling.push(x);
             }
         }
@@ -820,13 +822,13 @@ pub(crate) mod fake {
             };
             Ok(RawRun {
                 console,
-                exits: Exits {
+                vcpus: vec![VcpuStats {
                     exits: 100,
                     io_out: 80,
                     msr_read: if mode == Mode::Userspace { 10 } else { 0 },
                     handling_ns: 100_000,
-                    ..Exits::default()
-                },
+                    ..VcpuStats::default()
+                }],
                 wall_ns: 5_000_000,
                 start_to_first_entry_ns: 1_000_000,
                 outcome: "debug exit 0".into(),

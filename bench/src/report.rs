@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Activity, Mode, Workload};
 use crate::parse::Rep;
 use crate::stats::{Percentiles, Summary};
+use vmm::vcpu::VcpuStats;
 
 /// Name of the schema, stored in `schema`.
 pub const SCHEMA_NAME: &str = "vpmu-vmm-bench";
@@ -118,7 +119,8 @@ pub struct RunConfig {
     pub estimate_s: Option<f64>,
 }
 
-/// Exit counters of one VM run, summed over its vCPUs (from `vmm::VcpuStats`).
+/// Exit counters of one VM run, summed over its vCPUs ([`Exits::sum_of`] the VMM's
+/// `vmm::vcpu::VcpuStats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exits {
     pub exits: u64,
@@ -155,19 +157,29 @@ impl Exits {
         self.msr_read + self.msr_write
     }
 
-    /// Adds another vCPU's counters.
-    pub fn add(&mut self, o: &Exits) {
-        self.exits += o.exits;
-        self.io_in += o.io_in;
-        self.io_out += o.io_out;
-        self.mmio += o.mmio;
-        self.msr_read += o.msr_read;
-        self.msr_write += o.msr_write;
-        self.msr_gp += o.msr_gp;
-        self.interrupted += o.interrupted;
-        self.pmis += o.pmis;
-        self.tsc_in_guest += o.tsc_in_guest;
-        self.handling_ns += o.handling_ns;
+    /// `vmm::VcpuStats` summed over vCPUs. The counters are taken by name through
+    /// their serde form, so there is no field-by-field copy of the VMM's type here; the
+    /// report keeps its own type because the VMM's is not `Deserialize` (bench.json is read
+    /// back), and a test checks that both have the same fields.
+    pub fn sum_of(vcpus: &[VcpuStats]) -> Exits {
+        let mut total = serde_json::Map::new();
+        for v in vcpus {
+            let Ok(serde_json::Value::Object(m)) = serde_json::to_value(v) else {
+                continue;
+            };
+            for (k, x) in m {
+                let e = total.entry(k).or_insert(serde_json::Value::from(0u64));
+                let sum = e
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_add(x.as_u64().unwrap_or(0));
+                *e = sum.into();
+            }
+        }
+        if total.is_empty() {
+            return Exits::default();
+        }
+        serde_json::from_value(serde_json::Value::Object(total)).unwrap_or_default()
     }
 }
 
@@ -349,5 +361,48 @@ impl BenchReport {
     /// Parses `bench.json`.
     pub fn from_json(s: &str) -> serde_json::Result<BenchReport> {
         serde_json::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn keys<T: Serialize>(x: &T) -> BTreeSet<String> {
+        match serde_json::to_value(x).unwrap() {
+            serde_json::Value::Object(m) => m.keys().cloned().collect(),
+            v => panic!("not an object: {v}"),
+        }
+    }
+
+    #[test]
+    fn exits_are_the_vmm_counters_summed() {
+        // Same counters as the VMM's type: a field added to or renamed in
+        // vmm::vcpu::VcpuStats fails here until the report has it.
+        assert_eq!(keys(&Exits::default()), keys(&VcpuStats::default()));
+        let a = VcpuStats {
+            exits: 3,
+            pmis: 1,
+            handling_ns: 10,
+            ..VcpuStats::default()
+        };
+        let b = VcpuStats {
+            exits: 4,
+            msr_write: 2,
+            tsc_in_guest: u64::MAX,
+            ..VcpuStats::default()
+        };
+        let c = VcpuStats {
+            tsc_in_guest: 5,
+            ..VcpuStats::default()
+        };
+        let e = Exits::sum_of(&[a, b, c]);
+        assert_eq!(
+            (e.exits, e.pmis, e.msr_write, e.handling_ns, e.tsc_in_guest),
+            (7, 1, 2, 10, u64::MAX)
+        );
+        assert_eq!(e.msr_exits(), 2);
+        assert_eq!(Exits::sum_of(&[]), Exits::default());
     }
 }
