@@ -72,20 +72,20 @@ impl Estimate {
     pub fn describe(&self, s: &Settings) -> String {
         let mut line = format!(
             "bench: {} VM runs ({} matrix = cells x {} reps, {} calibration, {} MSR cost); \
-             estimated {} on an idle host ({} ms regions{} x {} guest reps, sampling cells \
-             1.4-5x longer); load or emulated guest CPL0 take longer",
+             estimated {} on an idle host ({}{} ms regions x {} guest reps, sampling \
+             cells 1.4-5x longer); load or emulated guest CPL0 take longer",
             self.runs(),
             self.matrix_runs,
             s.reps,
             self.calibration_runs,
             self.msr_runs,
             duration_words(self.seconds),
-            s.target_ms,
             if s.iters.is_some() {
-                " assumed (fixed --iters)"
+                "fixed --iters, counted as "
             } else {
                 ""
             },
+            s.target_ms,
             s.guest_reps
         );
         if let Some(b) = s.time_budget {

@@ -133,10 +133,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         generated_at,
         duration_s: started.elapsed().as_secs_f64(),
         command_line: std::env::args().collect(),
-        versions: report::Versions {
-            vpmu_vmm: env!("CARGO_PKG_VERSION").to_string(),
-            rustc: host::rustc_version(),
-        },
+        versions: report::Versions::current(),
         host: host_info,
         quick: args.quick,
         estimate_s: Some(plan.seconds),

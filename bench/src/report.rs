@@ -50,6 +50,16 @@ pub struct Versions {
     pub rustc: Option<String>,
 }
 
+impl Versions {
+    /// This build's version and the toolchain on PATH now (both reports record them).
+    pub fn current() -> Versions {
+        Versions {
+            vpmu_vmm: env!("CARGO_PKG_VERSION").to_string(),
+            rustc: crate::host::rustc_version(),
+        }
+    }
+}
+
 /// Whether a mode is available on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModeAvailability {

@@ -372,10 +372,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         generated_at,
         duration_s: started.elapsed().as_secs_f64(),
         command_line: std::env::args().collect(),
-        versions: Versions {
-            vpmu_vmm: env!("CARGO_PKG_VERSION").to_string(),
-            rustc: crate::host::rustc_version(),
-        },
+        versions: Versions::current(),
         host: LinuxHost {
             cpu_model: crate::host::cpu_model(&cpuinfo),
             cpus: std::thread::available_parallelism().ok().map(|n| n.get()),
