@@ -239,6 +239,11 @@ impl LinuxSettings {
     /// From the command line.
     pub fn from_args(a: &BenchArgs) -> Result<LinuxSettings, String> {
         let via: Via = a.linux_via.as_deref().unwrap_or("auto").parse()?;
+        if a.time_budget.is_some() {
+            return Err(
+                "--time-budget is for the freestanding matrix; --linux has --linux-timeout".into(),
+            );
+        }
         // --quick shortens the workload, not the passes: 5 per cell either way.
         let reps = a.reps.unwrap_or(5);
         if reps == 0 || reps > 100 {
@@ -388,6 +393,7 @@ mod tests {
             vec!["--linux", "--linux-seconds", "0"],
             vec!["--linux", "--reps", "0"],
             vec!["--linux", "--linux-memory", "16"],
+            vec!["--linux", "--time-budget", "60"],
         ] {
             assert!(LinuxSettings::from_args(&args(&bad)).is_err(), "{bad:?}");
         }
