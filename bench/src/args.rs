@@ -12,7 +12,8 @@ pub const DEFAULT_ACTIVITIES: &str = "none,count:4,sample:1000,sample:10000,mult
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Quick run (under two minutes): 3 runs per cell, a shorter workload region, fewer
-    /// MSR iterations. Medians from fewer than 5 runs are flagged as indicative.
+    /// MSR iterations, and a 100 s time budget after which no VM run starts. Medians from
+    /// fewer than 5 runs are flagged as indicative.
     #[arg(long)]
     pub quick: bool,
     /// Output directory for bench.json, bench.md and overhead.svg.
@@ -55,13 +56,18 @@ pub struct BenchArgs {
     /// Iterations of the MSR-cost workload (default 20000; 5000 with --quick; 0 skips it).
     #[arg(long, value_name = "N")]
     pub msr_iters: Option<u64>,
+    /// Time budget in seconds: no VM run starts after it; the runs left out are listed
+    /// in the report (default 100 with --quick, which keeps --quick under 2 minutes;
+    /// none otherwise).
+    #[arg(long, value_name = "S")]
+    pub time_budget: Option<u64>,
     /// TSC frequency in kHz (default: the host probe, else measured).
     #[arg(long, value_name = "KHZ")]
     pub tsc_khz: Option<u64>,
     /// Write only bench.json (no bench.md, no overhead.svg).
     #[arg(long)]
     pub json_only: bool,
-    /// No progress line on stderr.
+    /// No progress line on stderr (it is only drawn when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
     /// Linux-guest workloads instead of the freestanding matrix: `perf stat` / `perf
@@ -117,6 +123,7 @@ impl BenchArgs {
             guest_reps: None,
             chase_kib: 8192,
             msr_iters: None,
+            time_budget: None,
             tsc_khz: None,
             json_only: false,
             no_progress: false,
@@ -182,6 +189,9 @@ impl BenchArgs {
         if tsc_khz == 0 {
             return Err("TSC frequency unknown (pass --tsc-khz)".into());
         }
+        if self.time_budget == Some(0) {
+            return Err("--time-budget must be at least 1 s".into());
+        }
         Ok(Settings {
             reps,
             guest_reps,
@@ -195,6 +205,7 @@ impl BenchArgs {
             msr_iters: self
                 .msr_iters
                 .unwrap_or(if self.quick { 5000 } else { 20_000 }),
+            time_budget: crate::estimate::time_budget(self.quick, self.time_budget),
         })
     }
 }

@@ -2,22 +2,24 @@
 //! turning raw runs into per-cell statistics.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use crate::model::{self, Activity, CellKey, Mode, Workload};
 use crate::parse::{parse_output, Rep};
 use crate::report::{
     CellReport, CellStatus, CellSummary, Exits, ModeAvailability, MsrCost, MsrCostRow, PmiLatency,
-    RunSample, VmmFigures,
+    RejectedLatency, RunSample, VmmFigures,
 };
-use crate::stats::{self, Summary};
+use crate::stats::{self, Percentiles, Summary};
+use vmm::vcpu::VcpuStats;
 
 /// What one VM run produced.
 #[derive(Debug, Clone, Default)]
 pub struct RawRun {
     /// Everything the guest wrote to its console.
     pub console: String,
-    /// Exit counters summed over vCPUs.
-    pub exits: Exits,
+    /// The VMM's exit counters, one per vCPU (`vmm::RunReport.vcpus`).
+    pub vcpus: Vec<VcpuStats>,
     /// Userspace vPMU statistics per vCPU.
     pub pmu: Vec<serde_json::Value>,
     pub wall_ns: u64,
@@ -61,6 +63,9 @@ pub struct Settings {
     pub chase_buf_kib: u64,
     /// MSR-cost workload iterations; 0 skips the MSR-cost runs.
     pub msr_iters: u64,
+    /// No VM run starts once this much time has passed since the start (`--quick`:
+    /// [`crate::estimate::QUICK_TIME_BUDGET_S`]); the runs left out are counted and listed.
+    pub time_budget: Option<Duration>,
 }
 
 /// Progress callback: (jobs done, jobs total, label).
@@ -75,6 +80,8 @@ pub struct Measured {
     pub cells: Vec<CellReport>,
     pub msr_cost: MsrCost,
     pub vmm: VmmFigures,
+    /// VM runs not started because the time budget was spent.
+    pub skipped_runs: usize,
 }
 
 /// The guest command line of one workload run.
@@ -132,14 +139,40 @@ fn median_u64(xs: &[u64]) -> u64 {
         .unwrap_or(0)
 }
 
-fn sample_from(raw: RawRun, rep: u32, workload: &str) -> Result<RunSample, String> {
-    let guest = validate(&raw, workload)?;
+/// The guest's sampling period in TSC ticks for an activity (`multiplex` rotates on the
+/// PMIs of a 1 kHz sampler); 0 when it takes no PMIs.
+pub fn period_tsc(a: Activity, tsc_khz: u64) -> u64 {
+    let hz = match a {
+        Activity::Sample(hz) => u64::from(hz),
+        Activity::Multiplex(_) => 1000,
+        Activity::None | Activity::Count(_) => return 0,
+    };
+    tsc_khz.saturating_mul(1000) / hz.max(1)
+}
+
+/// Marks the repetitions whose PMI latency aggregate cannot be true
+/// ([`crate::parse::Latency::implausible`]): they stay in the raw record, with the
+/// reason, and out of the statistics.
+pub fn reject_implausible_latencies(guest: &mut [Rep], period_tsc: u64) {
+    for g in guest {
+        g.pmi_latency_rejected = g.pmi_latency.and_then(|l| l.implausible(g.tsc, period_tsc));
+    }
+}
+
+fn sample_from(
+    raw: RawRun,
+    rep: u32,
+    workload: &str,
+    period_tsc: u64,
+) -> Result<RunSample, String> {
+    let mut guest = validate(&raw, workload)?;
+    reject_implausible_latencies(&mut guest, period_tsc);
     let ticks: Vec<u64> = guest.iter().map(|r| r.tsc).collect();
     Ok(RunSample {
         rep,
         workload_tsc: median_u64(&ticks),
         guest,
-        exits: raw.exits,
+        exits: Exits::sum_of(&raw.vcpus),
         pmu: raw.pmu,
         wall_ns: raw.wall_ns,
         start_to_first_entry_ns: raw.start_to_first_entry_ns,
@@ -165,6 +198,7 @@ fn calibrate(
     s: &Settings,
     w: Workload,
     progress: &mut dyn FnMut(&str),
+    over_budget: &mut dyn FnMut() -> bool,
 ) -> Result<u64, String> {
     let target_ticks = s.target_ms.saturating_mul(s.tsc_khz).max(1);
     let cal = Settings {
@@ -173,6 +207,10 @@ fn calibrate(
     };
     let mut iters: u64 = 100_000;
     for _ in 0..8 {
+        if over_budget() {
+            // Whatever was reached; the matrix will not run anyway.
+            return Ok(iters);
+        }
         progress(&format!("calibrating {w} (iters={iters})"));
         let cmd = guest_cmdline(&cal, w, iters, Activity::None);
         let raw = match b.run(Mode::Off, &cmd) {
@@ -181,7 +219,7 @@ fn calibrate(
                 return Err(format!("calibration run `{cmd}` failed: {r}"))
             }
         };
-        let ticks = sample_from(raw, 0, w.as_str())
+        let ticks = sample_from(raw, 0, w.as_str(), 0)
             .map_err(|e| format!("calibration run `{cmd}`: {e}"))?
             .workload_tsc
             .max(1);
@@ -199,12 +237,31 @@ fn calibrate(
     Ok(iters)
 }
 
-/// Runs everything.
+/// Runs everything, against the wall clock for `s.time_budget`.
 pub fn execute(
     b: &mut dyn Backend,
     s: &Settings,
     progress: Progress<'_>,
 ) -> Result<Measured, String> {
+    let started = Instant::now();
+    execute_with_clock(b, s, progress, &mut || started.elapsed())
+}
+
+/// [`execute`] with the time since the start given by `elapsed` (a fake clock in tests).
+pub fn execute_with_clock(
+    b: &mut dyn Backend,
+    s: &Settings,
+    progress: Progress<'_>,
+    elapsed: &mut dyn FnMut() -> Duration,
+) -> Result<Measured, String> {
+    let mut over_budget = || s.time_budget.is_some_and(|limit| elapsed() >= limit);
+    let budget_note = |s: &Settings| {
+        format!(
+            "skipped: the time budget of {} s was spent",
+            s.time_budget.map_or(0, |d| d.as_secs())
+        )
+    };
+    let mut skipped_runs = 0usize;
     if s.reps == 0 {
         return Err("--reps must be at least 1".into());
     }
@@ -255,7 +312,7 @@ pub fn execute(
         None => {
             for &w in &s.workloads {
                 let mut p = |l: &str| progress(done, total, l);
-                let n = calibrate(b, s, w, &mut p)?;
+                let n = calibrate(b, s, w, &mut p, &mut over_budget)?;
                 done += 1;
                 iters.insert(w.to_string(), n);
             }
@@ -274,6 +331,15 @@ pub fn execute(
         if !runnable(&unavailable, k.mode) {
             continue;
         }
+        if over_budget() {
+            skipped_runs += 1;
+            failures
+                .entry(k)
+                .or_default()
+                .push(format!("rep {}: {}", job.rep, budget_note(s)));
+            done += 1;
+            continue;
+        }
         progress(
             done,
             total,
@@ -289,7 +355,12 @@ pub fn execute(
         let n = iters.get(k.workload.as_str()).copied().unwrap_or(1);
         let cmd = guest_cmdline(s, k.workload, n, k.activity);
         match b.run(k.mode, &cmd) {
-            Ok(raw) => match sample_from(raw, job.rep, k.workload.as_str()) {
+            Ok(raw) => match sample_from(
+                raw,
+                job.rep,
+                k.workload.as_str(),
+                period_tsc(k.activity, s.tsc_khz),
+            ) {
                 Ok(sample) => runs.entry(k).or_default().push(sample),
                 Err(e) => failures
                     .entry(k)
@@ -313,6 +384,12 @@ pub fn execute(
     for rep in 0..if msr_modes.is_empty() { 0 } else { s.reps } {
         for &m in &msr_modes {
             if !runnable(&unavailable, m) {
+                continue;
+            }
+            if over_budget() {
+                skipped_runs += 1;
+                msr_failures.push(format!("{m} rep {rep}: {}", budget_note(s)));
+                done += 1;
                 continue;
             }
             progress(done, total, &format!("{m} msr rep {}/{}", rep + 1, s.reps));
@@ -379,6 +456,7 @@ pub fn execute(
         cells,
         msr_cost,
         vmm,
+        skipped_runs,
     })
 }
 
@@ -501,27 +579,7 @@ pub fn summarize(
         accuracy = Summary::of(&a);
     }
 
-    let mut means = Vec::new();
-    let (mut lo, mut hi, mut n) = (i64::MAX, i64::MIN, 0u64);
-    for r in rs {
-        let (mut sum, mut cnt) = (0i64, 0u64);
-        for l in r.guest.iter().filter_map(|g| g.pmi_latency) {
-            sum = sum.saturating_add(l.sum);
-            cnt += l.n;
-            lo = lo.min(l.min);
-            hi = hi.max(l.max);
-        }
-        if cnt > 0 {
-            means.push(ticks_to_ns(sum as f64 / cnt as f64, s.tsc_khz));
-            n += cnt;
-        }
-    }
-    let pmi_latency = Summary::of(&means).map(|mean_ns| PmiLatency {
-        mean_ns,
-        min_ns: ticks_to_ns(lo as f64, s.tsc_khz),
-        max_ns: ticks_to_ns(hi as f64, s.tsc_khz),
-        pmis: n,
-    });
+    let pmi_latency = pmi_latency(rs, s.tsc_khz);
 
     Some(CellSummary {
         workload_tsc,
@@ -534,6 +592,46 @@ pub fn summarize(
         expected_samples: expected,
         sample_accuracy_pct: accuracy,
         pmi_latency,
+    })
+}
+
+/// PMI latency of a cell: percentiles over the accepted guest repetitions of all runs;
+/// `None` when no repetition reported a latency.
+pub fn pmi_latency(rs: &[RunSample], tsc_khz: u64) -> Option<PmiLatency> {
+    let ns = |t: f64| ticks_to_ns(t, tsc_khz);
+    let (mut means, mut maxes, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lo, mut hi, mut pmis) = (f64::INFINITY, f64::NEG_INFINITY, 0u64);
+    for r in rs {
+        for g in &r.guest {
+            let Some(l) = g.pmi_latency else { continue };
+            if let Some(reason) = &g.pmi_latency_rejected {
+                rejected.push(RejectedLatency {
+                    run: r.rep,
+                    guest_rep: g.rep,
+                    reason: reason.clone(),
+                });
+                continue;
+            }
+            if let Some(m) = l.mean() {
+                means.push(ns(m));
+                maxes.push(ns(l.max as f64));
+                lo = lo.min(ns(l.min as f64));
+                hi = hi.max(ns(l.max as f64));
+                pmis += l.n;
+            }
+        }
+    }
+    if means.is_empty() && rejected.is_empty() {
+        return None;
+    }
+    Some(PmiLatency {
+        rep_mean_ns: Percentiles::of(&means),
+        rep_max_ns: Percentiles::of(&maxes),
+        min_ns: lo.is_finite().then_some(lo),
+        max_ns: hi.is_finite().then_some(hi),
+        pmis,
+        reps: means.len(),
+        rejected,
     })
 }
 
@@ -578,7 +676,8 @@ pub fn msr_cost(
             e.1.push(t as f64 / iters as f64);
         }
         if *m == Mode::Userspace {
-            if let Some(x) = stats::ratio(raw.exits.handling_ns as f64, raw.exits.exits as f64) {
+            let exits = Exits::sum_of(&raw.vcpus);
+            if let Some(x) = stats::ratio(exits.handling_ns as f64, exits.exits as f64) {
                 handling.push(x);
             }
         }
@@ -648,8 +747,12 @@ pub(crate) mod fake {
 
     /// A fake VMM: the workload takes `base` ticks in `off`, `base * factor` otherwise;
     /// `emulated` is unavailable; `passthrough` always fails.
+    #[derive(Default)]
     pub struct Fake {
         pub calls: Vec<(Mode, String)>,
+        /// The next `sample:1000` run reports one PMI with the absolute TSC as its latency
+        /// (handled before the guest stored its due stamp).
+        pub wild_latency: bool,
     }
 
     fn kv<'a>(cmd: &'a str, k: &str) -> Option<&'a str> {
@@ -701,22 +804,31 @@ pub(crate) mod fake {
                     .and_then(|h| h.parse::<u64>().ok())
                 {
                     let n = tsc * hz / 1_000_000_000;
-                    line.push_str(&format!(
-                        " samples={n} pmi_latency_tsc_min=1000 pmi_latency_tsc_max=3000 pmi_latency_tsc_sum={}",
-                        n * 2000
-                    ));
+                    if self.wild_latency && hz == 1000 {
+                        self.wild_latency = false;
+                        let wild: u64 = 5_890_000_000_000;
+                        line.push_str(&format!(
+                            " samples={n} pmi_latency_tsc_min=1000 pmi_latency_tsc_max={wild} pmi_latency_tsc_sum={}",
+                            (n - 1) * 2000 + wild
+                        ));
+                    } else {
+                        line.push_str(&format!(
+                            " samples={n} pmi_latency_tsc_min=1000 pmi_latency_tsc_max=3000 pmi_latency_tsc_sum={}",
+                            n * 2000
+                        ));
+                    }
                 }
                 format!("banner\n{line}\nBENCH done\n")
             };
             Ok(RawRun {
                 console,
-                exits: Exits {
+                vcpus: vec![VcpuStats {
                     exits: 100,
                     io_out: 80,
                     msr_read: if mode == Mode::Userspace { 10 } else { 0 },
                     handling_ns: 100_000,
-                    ..Exits::default()
-                },
+                    ..VcpuStats::default()
+                }],
                 wall_ns: 5_000_000,
                 start_to_first_entry_ns: 1_000_000,
                 outcome: "debug exit 0".into(),
@@ -738,6 +850,7 @@ pub(crate) mod fake {
             tsc_khz: 1_000_000,
             chase_buf_kib: 4096,
             msr_iters: 1000,
+            time_budget: None,
         }
     }
 }
@@ -749,7 +862,7 @@ mod tests {
 
     #[test]
     fn end_to_end_with_fake_backend() {
-        let mut f = Fake { calls: Vec::new() };
+        let mut f = Fake::default();
         let s = settings();
         let mut seen = Vec::new();
         let mut p = |d: usize, t: usize, l: &str| seen.push((d, t, l.to_string()));
@@ -782,11 +895,12 @@ mod tests {
         assert_eq!(o.n, 5);
         let acc = sm.sample_accuracy_pct.unwrap();
         assert!((acc.median - 100.0).abs() < 1.0, "{acc:?}");
-        let lat = sm.pmi_latency.unwrap();
-        assert_eq!(
-            (lat.mean_ns.median, lat.min_ns, lat.max_ns),
-            (2000.0, 1000.0, 3000.0)
-        );
+        let lat = sm.pmi_latency.clone().unwrap();
+        let mean = lat.rep_mean_ns.unwrap();
+        assert_eq!((mean.p50, mean.p99, mean.n), (2000.0, 2000.0, 5));
+        assert_eq!(lat.rep_max_ns.unwrap().p90, 3000.0);
+        assert_eq!((lat.min_ns, lat.max_ns), (Some(1000.0), Some(3000.0)));
+        assert!(lat.rejected.is_empty());
         assert!(sm.msr_exits_per_s.unwrap().median > 0.0);
         assert_eq!(sm.vmm_ns_per_exit.unwrap().median, 1000.0);
         // baseline: no overhead figure.
@@ -823,8 +937,133 @@ mod tests {
     }
 
     #[test]
+    fn an_impossible_latency_is_rejected_not_averaged() {
+        let mut f = Fake {
+            wild_latency: true,
+            ..Fake::default()
+        };
+        let s = Settings {
+            modes: vec![Mode::Off, Mode::Userspace],
+            msr_iters: 0,
+            ..settings()
+        };
+        let m = execute(&mut f, &s, &mut |_, _, _| {}).unwrap();
+        let us = m
+            .cells
+            .iter()
+            .find(|c| c.mode == Mode::Userspace && c.activity == Activity::Sample(1000))
+            .unwrap();
+        // The raw record keeps the guest's figures and says why they were not used.
+        let bad: Vec<&Rep> = us
+            .runs
+            .iter()
+            .flat_map(|r| &r.guest)
+            .filter(|g| g.pmi_latency_rejected.is_some())
+            .collect();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].pmi_latency.unwrap().max, 5_890_000_000_000);
+        let lat = us.summary.as_ref().unwrap().pmi_latency.clone().unwrap();
+        assert_eq!(lat.rejected.len(), 1);
+        assert!(
+            lat.rejected[0].reason.contains("due stamp"),
+            "{:?}",
+            lat.rejected
+        );
+        // The statistics are those of the 4 plausible runs: 2 µs, max 3 µs, not 5.89e12.
+        assert_eq!(lat.reps, 4);
+        let mean = lat.rep_mean_ns.unwrap();
+        assert_eq!(
+            (mean.p50, mean.p90, mean.p99, mean.max),
+            (2000.0, 2000.0, 2000.0, 2000.0)
+        );
+        assert_eq!(lat.max_ns, Some(3000.0));
+        // Delivered samples still count that run.
+        assert_eq!(us.summary.as_ref().unwrap().samples.unwrap().n, 5);
+    }
+
+    #[test]
+    fn no_run_starts_after_the_time_budget() {
+        let mut f = Fake::default();
+        let s = Settings {
+            modes: vec![Mode::Off, Mode::Userspace],
+            time_budget: Some(Duration::from_secs(10)),
+            ..settings()
+        };
+        // A clock that advances one second per backend call: the budget is spent after 10.
+        let calls = std::cell::Cell::new(0u64);
+        let mut backend = Counting {
+            inner: &mut f,
+            calls: &calls,
+        };
+        let mut clock = || Duration::from_secs(calls.get());
+        let m = execute_with_clock(&mut backend, &s, &mut |_, _, _| {}, &mut clock).unwrap();
+        assert_eq!(f.calls.len(), 10, "{:?}", f.calls);
+        // Planned: 15 matrix runs + 10 MSR runs; calibration took some of the 10.
+        let ran_matrix: usize = m.cells.iter().map(|c| c.runs.len()).sum();
+        let cal = 10 - ran_matrix;
+        assert_eq!(m.skipped_runs, 15 - ran_matrix + 10, "calibration {cal}");
+        let skipped: Vec<&String> = m
+            .cells
+            .iter()
+            .flat_map(|c| &c.failures)
+            .filter(|e| e.contains("time budget of 10 s"))
+            .collect();
+        assert_eq!(skipped.len(), 15 - ran_matrix);
+        assert!(
+            m.msr_cost.status.starts_with("failed: "),
+            "{}",
+            m.msr_cost.status
+        );
+        assert!(
+            m.msr_cost.status.contains("time budget"),
+            "{}",
+            m.msr_cost.status
+        );
+        // Without a budget, the same clock changes nothing.
+        let mut g = Fake::default();
+        let calls = std::cell::Cell::new(0u64);
+        let mut backend = Counting {
+            inner: &mut g,
+            calls: &calls,
+        };
+        let s = Settings {
+            time_budget: None,
+            ..s
+        };
+        let m = execute_with_clock(&mut backend, &s, &mut |_, _, _| {}, &mut || {
+            Duration::from_secs(calls.get())
+        })
+        .unwrap();
+        assert_eq!(m.skipped_runs, 0);
+    }
+
+    /// Counts backend runs for a fake clock.
+    struct Counting<'a> {
+        inner: &'a mut Fake,
+        calls: &'a std::cell::Cell<u64>,
+    }
+
+    impl Backend for Counting<'_> {
+        fn availability(&mut self, mode: Mode) -> Result<(), String> {
+            self.inner.availability(mode)
+        }
+        fn run(&mut self, mode: Mode, cmdline: &str) -> Result<RawRun, RunError> {
+            self.calls.set(self.calls.get() + 1);
+            self.inner.run(mode, cmdline)
+        }
+    }
+
+    #[test]
+    fn periods() {
+        assert_eq!(period_tsc(Activity::Sample(1000), 2_600_000), 2_600_000);
+        assert_eq!(period_tsc(Activity::Sample(10_000), 2_600_000), 260_000);
+        assert_eq!(period_tsc(Activity::Multiplex(10), 2_600_000), 2_600_000);
+        assert_eq!(period_tsc(Activity::Count(4), 2_600_000), 0);
+    }
+
+    #[test]
     fn fixed_iters_and_no_msr() {
-        let mut f = Fake { calls: Vec::new() };
+        let mut f = Fake::default();
         let s = Settings {
             iters: Some(5000),
             msr_iters: 0,

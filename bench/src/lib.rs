@@ -13,6 +13,7 @@
 
 pub mod args;
 pub mod error;
+pub mod estimate;
 pub mod harness;
 pub mod host;
 pub mod linux;
@@ -25,7 +26,7 @@ pub mod report;
 pub mod runner;
 pub mod stats;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 pub use args::BenchArgs;
@@ -33,6 +34,17 @@ pub use error::Error;
 
 /// Guest memory of each bench VM.
 pub const GUEST_MEMORY: u64 = 256 << 20;
+
+/// Whether to draw the `\r`-rewritten progress line: only on a terminal (a log file or a
+/// pipe would collect every rewrite), and never with `--no-progress`.
+pub fn progress_enabled(no_progress: bool, stderr_is_terminal: bool) -> bool {
+    !no_progress && stderr_is_terminal
+}
+
+/// [`progress_enabled`] for this process's stderr.
+pub fn stderr_progress(no_progress: bool) -> bool {
+    progress_enabled(no_progress, std::io::stderr().is_terminal())
+}
 
 /// A single, rewritten progress line on stderr: `\r[12/48] userspace lfsr sample:1000 rep 3/5`.
 struct ProgressLine {
@@ -97,8 +109,14 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     };
     let settings = args.settings(tsc_khz).map_err(Error::Args)?;
 
+    let available: Vec<model::Mode> = std::iter::once(model::Mode::Off)
+        .chain(settings.modes.iter().copied())
+        .filter(|&m| harness::Backend::availability(&mut backend, m).is_ok())
+        .collect();
+    let plan = estimate::estimate(&settings, &available);
+    eprintln!("{}", plan.describe(&settings));
     let mut line = ProgressLine {
-        enabled: !args.no_progress,
+        enabled: stderr_progress(args.no_progress),
         width: 0,
     };
     let measured = {
@@ -115,12 +133,10 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         generated_at,
         duration_s: started.elapsed().as_secs_f64(),
         command_line: std::env::args().collect(),
-        versions: report::Versions {
-            vpmu_vmm: env!("CARGO_PKG_VERSION").to_string(),
-            rustc: host::rustc_version(),
-        },
+        versions: report::Versions::current(),
         host: host_info,
         quick: args.quick,
+        estimate_s: Some(plan.seconds),
         peak_rss_kib: std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| host::vm_hwm_kib(&s)),
@@ -130,4 +146,20 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         eprintln!("bench: wrote {}", p.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_enabled;
+
+    #[test]
+    fn progress_only_on_a_terminal() {
+        assert!(progress_enabled(false, true));
+        assert!(
+            !progress_enabled(false, false),
+            "a log file gets no \\r line"
+        );
+        assert!(!progress_enabled(true, true), "--no-progress wins");
+        assert!(!progress_enabled(true, false));
+    }
 }

@@ -1,9 +1,11 @@
-//! `bench.md`: the report as markdown tables.
+//! The markdown reports of both harnesses: `bench.md` (the freestanding matrix, [`render`])
+//! and `linux.md` (Linux guests, [`render_linux`]), with one set of number formats.
 
 use std::fmt::Write;
 
+use crate::linux::{Environment, LinuxActivity, LinuxCell, LinuxReport, TCG_LABEL};
 use crate::model::{Activity, Mode};
-use crate::report::{BenchReport, CellReport, CellStatus};
+use crate::report::{BenchReport, CellReport, CellStatus, Versions};
 use crate::stats::Summary;
 
 /// Formats a number to about three significant digits (no exponent).
@@ -67,14 +69,29 @@ fn failed(c: &CellReport) -> String {
     format!("failed: {}", cell(c.reason.as_deref().unwrap_or("?")))
 }
 
-/// The whole markdown report.
+/// `- generated: ... (N s)` and `- command: ...`, as both reports start.
+fn provenance(o: &mut String, generated_at: &str, duration_s: f64, command_line: &[String]) {
+    let _ = writeln!(o, "- generated: {generated_at} ({duration_s:.0} s)");
+    let _ = writeln!(o, "- command: `{}`", command_line.join(" "));
+}
+
+/// `- versions: ...`.
+fn versions(o: &mut String, v: &Versions) {
+    let _ = writeln!(
+        o,
+        "- versions: vpmu-vmm {}, {}",
+        v.vpmu_vmm,
+        v.rustc.as_deref().unwrap_or("rustc unknown")
+    );
+}
+
+/// The whole markdown report of the freestanding matrix (`bench.md`).
 pub fn render(r: &BenchReport) -> String {
     let mut o = String::new();
     let workloads = &r.config.workloads;
     let tsc_ghz = r.host.tsc_khz as f64 / 1e6;
     let _ = writeln!(o, "# vPMU overhead benchmark\n");
-    let _ = writeln!(o, "- generated: {} ({:.0} s)", r.generated_at, r.duration_s);
-    let _ = writeln!(o, "- command: `{}`", r.command_line.join(" "));
+    provenance(&mut o, &r.generated_at, r.duration_s, &r.command_line);
     let _ = writeln!(
         o,
         "- host: {} ({} CPUs), kernel {}, KVM modules: {}, TSC {:.3} GHz ({})",
@@ -92,12 +109,7 @@ pub fn render(r: &BenchReport) -> String {
         tsc_ghz,
         r.host.tsc_khz_source
     );
-    let _ = writeln!(
-        o,
-        "- versions: vpmu-vmm {}, {}",
-        r.versions.vpmu_vmm,
-        r.versions.rustc.as_deref().unwrap_or("rustc unknown")
-    );
+    versions(&mut o, &r.versions);
     let iters: Vec<String> = r
         .config
         .iters
@@ -116,6 +128,25 @@ pub fn render(r: &BenchReport) -> String {
         r.config.vcpus,
         r.config.guest_memory_mib
     );
+    if let Some(e) = r.config.estimate_s {
+        let _ = write!(
+            o,
+            "- time: {:.0} s, estimated {:.0} s beforehand (idle host)",
+            r.duration_s, e
+        );
+        if let Some(b) = r.config.time_budget_s {
+            let _ = write!(o, "; time budget {b} s");
+        }
+        o.push('\n');
+    }
+    if r.skipped_runs > 0 {
+        let _ = writeln!(
+            o,
+            "- **{} VM run(s) not started: the time budget of {} s was spent** (listed per cell)",
+            r.skipped_runs,
+            r.config.time_budget_s.unwrap_or(0)
+        );
+    }
     if let (Some(a), Some(b)) = (&r.host.loadavg_start, &r.host.loadavg_end) {
         let _ = writeln!(o, "- load average (1/5/15 min): {a} at start, {b} at end");
     }
@@ -248,30 +279,51 @@ pub fn render(r: &BenchReport) -> String {
     if !sampling.is_empty() {
         let _ = writeln!(
             o,
-            "\n## Sampling: PMIs delivered and PMI latency\n\nExpected samples = workload time x frequency. Latency = counter overflow to guest PMI handler entry, from guest TSC stamps; `mean` is median [min..max] of the per-run means, `min`/`max` the extremes over all PMIs.\n"
+            "\n## Sampling: PMIs delivered and PMI latency\n\nExpected samples = workload time x frequency. Latency = counter overflow to guest PMI handler entry, from guest TSC stamps. The guest reports, per workload repetition, the min, max and sum of its PMIs' latencies; `p50`/`p90`/`p99` are percentiles of the per-repetition mean over every repetition of every run (not means of means), `min`/`max` the extremes over all PMIs. A repetition whose figures cannot be true (a latency longer than its workload region, earlier than the arming, or an inconsistent sum) is left out and counted under `rejected`.\n"
         );
         let _ = writeln!(
             o,
-            "| mode | frequency | workload | delivered | expected | accuracy % | mean latency µs | min µs | max µs |"
+            "| mode | frequency | workload | delivered | expected | accuracy % | latency p50 µs | p90 µs | p99 µs | min µs | max µs | rejected |"
         );
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut reasons: Vec<String> = Vec::new();
         for c in sampling {
             let Some(s) = &c.summary else { continue };
             let f = |x: Option<Summary>| {
                 x.map(|v| count(v.median.round()))
                     .unwrap_or_else(|| "—".into())
             };
-            let (mean, lo, hi) = match &s.pmi_latency {
-                Some(l) => (
-                    range(&l.mean_ns.map(|x| x / 1000.0)),
-                    num(l.min_ns / 1000.0),
-                    num(l.max_ns / 1000.0),
+            let us = |x: Option<f64>| x.map(|v| num(v / 1000.0)).unwrap_or_else(|| "—".into());
+            let (p50, p90, p99, lo, hi, rej) = match &s.pmi_latency {
+                Some(l) => {
+                    let p = l.rep_mean_ns;
+                    for r in &l.rejected {
+                        reasons.push(format!(
+                            "{} {} {} run {} rep {}: {}",
+                            c.mode, c.activity, c.workload, r.run, r.guest_rep, r.reason
+                        ));
+                    }
+                    (
+                        us(p.map(|p| p.p50)),
+                        us(p.map(|p| p.p90)),
+                        us(p.map(|p| p.p99)),
+                        us(l.min_ns),
+                        us(l.max_ns),
+                        format!("{}/{}", l.rejected.len(), l.rejected.len() + l.reps),
+                    )
+                }
+                None => (
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
                 ),
-                None => ("—".into(), "—".into(), "—".into()),
             };
             let _ = writeln!(
                 o,
-                "| {} | {} Hz | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} Hz | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.mode,
                 c.activity.sample_hz().unwrap_or(0),
                 c.workload,
@@ -280,10 +332,19 @@ pub fn render(r: &BenchReport) -> String {
                 s.sample_accuracy_pct
                     .map(|x| range(&x))
                     .unwrap_or_else(|| "—".into()),
-                mean,
+                p50,
+                p90,
+                p99,
                 lo,
-                hi
+                hi,
+                rej
             );
+        }
+        if !reasons.is_empty() {
+            let _ = writeln!(o, "\nRejected latency figures:\n");
+            for r in &reasons {
+                let _ = writeln!(o, "- {}", cell(r));
+            }
         }
     }
 
@@ -364,6 +425,275 @@ pub fn render(r: &BenchReport) -> String {
         );
     }
     o
+}
+
+/// `linux.md`: the Linux-guest report (`vpmu-vmm bench --linux`), with the same number
+/// formats as [`render`].
+pub fn render_linux(r: &LinuxReport) -> String {
+    let tcg = r.environment == Environment::NestedTcg;
+    let mut md = String::new();
+    md.push_str(&format!(
+        "### Linux-guest perf overhead ({})\n\n",
+        r.environment_label
+    ));
+    if tcg {
+        md.push_str(&format!(
+            "**{TCG_LABEL}.** The guest (L2) ran under KVM inside an L1 Linux that QEMU emulates in software (TCG): every instruction, guest user code included, is emulated, and there is no hardware PMU at any level. These figures describe the rig, not a production host.\n\n"
+        ));
+    }
+    md.push_str(&format!(
+        "- environment: `{}` ({})\n",
+        serde_json::to_value(r.environment)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        r.via_reason
+    ));
+    provenance(&mut md, &r.generated_at, r.duration_s, &r.command_line);
+    let h = &r.host;
+    md.push_str(&format!(
+        "- host: {} ({} CPUs), kernel {}, KVM modules: {}\n",
+        h.cpu_model.as_deref().unwrap_or("unknown CPU"),
+        h.cpus.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+        h.kernel.as_deref().unwrap_or("?"),
+        h.kvm_modules.join(", ")
+    ));
+    versions(&mut md, &r.versions);
+    md.push_str(&format!(
+        "- load average (1/5/15 min): {} at start, {} at end\n",
+        h.loadavg_start.as_deref().unwrap_or("?"),
+        h.loadavg_end.as_deref().unwrap_or("?")
+    ));
+    let c = &r.config;
+    md.push_str(&format!(
+        "- guest: `{}` + `{}`, {} MiB, {} vCPU; workload `/bin/vpmu-work {}` ({} s of CPU time per run); {} runs per cell, {}\n",
+        c.kernel, c.initrd, c.guest_memory_mib, c.vcpus, c.workload_cpu_s, c.workload_cpu_s, c.reps, c.order
+    ));
+    md.push_str(&format!("- metric: {}\n", c.metric));
+    if let Some(p) = &h.guest_env_probe {
+        let mods: Vec<&str> = p["host"]["kvm_modules"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        md.push_str(&format!(
+            "- `vpmu-vmm probe` where the guest ran{}: {}, KVM modules {}, hardware PMU: {}\n",
+            if tcg { " (inside L1)" } else { "" },
+            p["host"]["cpu_model"].as_str().unwrap_or("?"),
+            mods.join(", "),
+            match p["hardware_pmu"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            }
+        ));
+    }
+    if let Some(e) = &h.guest_env_probe_error {
+        md.push_str(&format!("- probe where the guest ran: failed: {e}\n"));
+    }
+    if c.reps < 5 {
+        md.push_str("- fewer than 5 runs per cell: indicative only\n");
+    }
+    md.push('\n');
+
+    // Overhead table: rows = mode, columns = activities.
+    let acts = &c.activities;
+    md.push_str(&format!(
+        "#### Workload time overhead vs no perf, same VM ({})\n\n",
+        r.environment_label
+    ));
+    md.push_str("Wall time per workload round, median [min..max] over the passes; `none`: absolute ms per round; other columns: % over the `none` run of the same pass.\n\n");
+    md.push_str("| mode | events (stat / record) |");
+    for a in acts {
+        md.push_str(&format!(" {} |", linux_activity_title(*a)));
+    }
+    md.push_str("\n|---|---|");
+    md.push_str(&"---|".repeat(acts.len()));
+    md.push('\n');
+    for m in &r.modes {
+        if m.status == "unavailable" {
+            md.push_str(&format!(
+                "| {} | — | unavailable: {} |{}\n",
+                m.mode,
+                m.reason.as_deref().unwrap_or("?"),
+                " — |".repeat(acts.len().saturating_sub(1))
+            ));
+            continue;
+        }
+        md.push_str(&format!(
+            "| {} | {} / {} |",
+            m.mode, m.events.stat, m.events.record
+        ));
+        for a in acts {
+            let found = r
+                .cells
+                .iter()
+                .find(|x| x.mode == m.mode && x.activity == *a);
+            let txt = match found {
+                None => "—".to_string(),
+                Some(x) if x.status != "ok" => {
+                    format!("{}: {}", x.status, cell(x.reason.as_deref().unwrap_or("?")))
+                }
+                Some(x) => match (&x.summary, x.activity) {
+                    (Some(s), LinuxActivity::None) => {
+                        format!("{} ms", range(&s.ns_per_round.map(|v| v / 1e6)))
+                    }
+                    (Some(s), _) => s.overhead_pct.as_ref().map(pct).unwrap_or("—".into()),
+                    (None, _) => "—".into(),
+                },
+            };
+            md.push_str(&format!(" {txt} |"));
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+
+    // Mode baselines vs off.
+    let vs: Vec<&LinuxCell> = r
+        .cells
+        .iter()
+        .filter(|x| {
+            x.activity == LinuxActivity::None
+                && x.summary.as_ref().is_some_and(|s| s.vs_off_pct.is_some())
+        })
+        .collect();
+    if !vs.is_empty() {
+        md.push_str("#### Mode baselines (no perf) vs `off`\n\nPer-round time of the mode's `none` runs over `off`'s `none` run of the same pass (different VM boots).\n\n| mode | vs off |\n|---|---|\n");
+        for x in vs {
+            if let Some(s) = x.summary.as_ref().and_then(|s| s.vs_off_pct.as_ref()) {
+                md.push_str(&format!("| {} | {} |\n", x.mode, pct(s)));
+            }
+        }
+        md.push('\n');
+    }
+
+    // Sampling.
+    let rec: Vec<&LinuxCell> = r
+        .cells
+        .iter()
+        .filter(|x| matches!(x.activity, LinuxActivity::Record(_)) && x.summary.is_some())
+        .collect();
+    if !rec.is_empty() {
+        md.push_str("#### perf record: samples written vs expected\n\nExpected = the workload's own CPU time (as vpmu-work reports it) x frequency. Throttled = runs after which the guest kernel had lowered `perf_event_max_sample_rate` below the requested frequency (reset before every run).\n\n| mode | event | frequency | samples | expected | accuracy % | throttled runs |\n|---|---|---|---|---|---|---|\n");
+        for x in rec {
+            let s = x.summary.as_ref().expect("filtered");
+            let hz = match x.activity {
+                LinuxActivity::Record(hz) => hz,
+                _ => 0,
+            };
+            md.push_str(&format!(
+                "| {} | {} | {} Hz | {} | {} | {} | {}/{} |\n",
+                x.mode,
+                x.events.as_deref().unwrap_or("?"),
+                hz,
+                s.samples
+                    .as_ref()
+                    .map(|v| num(v.median))
+                    .unwrap_or("—".into()),
+                s.expected_samples
+                    .as_ref()
+                    .map(|v| num(v.median))
+                    .unwrap_or("—".into()),
+                s.sample_accuracy_pct
+                    .as_ref()
+                    .map(range)
+                    .unwrap_or("—".into()),
+                s.throttled_runs.unwrap_or(0),
+                x.runs.len()
+            ));
+        }
+        md.push('\n');
+    }
+
+    // perf stat counts.
+    let stats: Vec<&LinuxCell> = r
+        .cells
+        .iter()
+        .filter(|x| {
+            x.activity == LinuxActivity::Stat && x.runs.iter().any(|r| !r.stat_counts.is_empty())
+        })
+        .collect();
+    if !stats.is_empty() {
+        md.push_str("#### perf stat counts\n\nWhat `perf stat -j` printed in the guest, median [min..max] over the runs, and the median per second of the workload's CPU time (a sanity check: task-clock should give ~1000 ms/s, cycles a clock rate).\n\n| mode | event | count | per CPU second |\n|---|---|---|---|\n");
+        for x in stats {
+            let mut events: Vec<&str> = Vec::new();
+            for r in &x.runs {
+                for (e, _) in &r.stat_counts {
+                    if !events.contains(&e.as_str()) {
+                        events.push(e);
+                    }
+                }
+            }
+            for e in events {
+                let vals: Vec<(f64, Option<f64>)> = x
+                    .runs
+                    .iter()
+                    .filter_map(|r| {
+                        let v = r
+                            .stat_counts
+                            .iter()
+                            .find(|c| c.0 == e)?
+                            .1
+                            .parse::<f64>()
+                            .ok()?;
+                        Some((v, r.cpu_s.filter(|c| *c > 0.0).map(|c| v / c)))
+                    })
+                    .collect();
+                let count = Summary::of(&vals.iter().map(|v| v.0).collect::<Vec<_>>());
+                let rate = Summary::of(&vals.iter().filter_map(|v| v.1).collect::<Vec<_>>());
+                let raw = || {
+                    x.runs
+                        .iter()
+                        .find_map(|r| r.stat_counts.iter().find(|c| c.0 == e).map(|c| c.1.clone()))
+                        .unwrap_or_default()
+                };
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    x.mode,
+                    e,
+                    count.map(|c| big_range(&c)).unwrap_or_else(raw),
+                    rate.map(|c| big(c.median)).unwrap_or("—".into())
+                ));
+            }
+        }
+        md.push('\n');
+    }
+
+    // Failures.
+    let fails: Vec<String> = r
+        .cells
+        .iter()
+        .flat_map(|x| {
+            x.failures
+                .iter()
+                .map(move |f| format!("- {} {}: {f}", x.mode, x.activity))
+        })
+        .collect();
+    if !fails.is_empty() {
+        md.push_str("#### Failed runs\n\n");
+        md.push_str(&fails.join("\n"));
+        md.push_str("\n\n");
+    }
+    md
+}
+
+fn big(x: f64) -> String {
+    if x.abs() >= 1e6 {
+        format!("{x:.3e}")
+    } else {
+        num(x)
+    }
+}
+
+fn big_range(s: &Summary) -> String {
+    format!("{} [{}..{}]", big(s.median), big(s.min), big(s.max))
+}
+
+fn linux_activity_title(a: LinuxActivity) -> String {
+    match a {
+        LinuxActivity::None => "none (ms/round)".into(),
+        LinuxActivity::Stat => "perf stat".into(),
+        LinuxActivity::Record(hz) => format!("perf record -F {hz}"),
+    }
 }
 
 #[cfg(test)]

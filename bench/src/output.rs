@@ -16,6 +16,8 @@ pub struct Context {
     pub host: HostInfo,
     pub quick: bool,
     pub peak_rss_kib: Option<u64>,
+    /// The up-front estimate, seconds.
+    pub estimate_s: Option<f64>,
 }
 
 /// Order description stored in the report.
@@ -49,10 +51,13 @@ pub fn compose(ctx: Context, s: &Settings, m: Measured) -> BenchReport {
             vcpus: 1,
             guest_memory_mib: crate::GUEST_MEMORY >> 20,
             order: ORDER.into(),
+            time_budget_s: s.time_budget.map(|d| d.as_secs()),
+            estimate_s: ctx.estimate_s,
         },
         cells: m.cells,
         msr_cost: m.msr_cost,
         vmm,
+        skipped_runs: m.skipped_runs,
     }
 }
 
@@ -92,6 +97,11 @@ pub(crate) mod tests {
 
     /// A complete report from the fake backend.
     pub(crate) fn sample_report() -> BenchReport {
+        report_from(Fake::default())
+    }
+
+    /// A complete report from this fake backend.
+    pub(crate) fn report_from(mut f: Fake) -> BenchReport {
         let s = Settings {
             workloads: vec![Workload::Loop, Workload::Lfsr],
             activities: vec![
@@ -102,7 +112,6 @@ pub(crate) mod tests {
             ],
             ..settings()
         };
-        let mut f = Fake { calls: Vec::new() };
         let m = crate::harness::execute(&mut f, &s, &mut |_, _, _| {}).unwrap();
         let ctx = Context {
             generated_at: "2026-11-21T07:30:00Z".into(),
@@ -128,6 +137,7 @@ pub(crate) mod tests {
             },
             quick: true,
             peak_rss_kib: Some(10_240),
+            estimate_s: Some(12.0),
         };
         compose(ctx, &s, m)
     }
@@ -149,7 +159,7 @@ pub(crate) mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["schema"], "vpmu-vmm-bench");
-        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["schema_version"], 2);
         assert_eq!(v["cells"][1]["activity"], "none");
         assert_eq!(v["host"]["modes"][2]["reason"], "no hardware PMU");
     }
@@ -171,6 +181,14 @@ pub(crate) mod tests {
         assert!(md.contains("| off | none (baseline) | 100 ["), "{md}");
         assert!(md.contains("| userspace | 1000 Hz | lfsr |"), "{md}");
         assert!(
+            md.contains("| latency p50 µs | p90 µs | p99 µs | min µs | max µs | rejected |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2.00 | 2.00 | 2.00 | 1.00 | 3.00 | 0/5 |"),
+            "{md}"
+        );
+        assert!(
             md.contains(
                 "costs 10.0x one KVM-handled MSR access (IA32_SYSENTER_CS), i.e. 18.0 µs more"
             ),
@@ -186,6 +204,28 @@ pub(crate) mod tests {
                 .collect();
             assert!(cols.iter().all(|&c| c == cols[0]), "{table}");
         }
+    }
+
+    #[test]
+    fn markdown_lists_rejected_latencies() {
+        let r = report_from(Fake {
+            wild_latency: true,
+            ..Fake::default()
+        });
+        let md = crate::markdown::render(&r);
+        assert!(
+            md.contains("| 2.00 | 2.00 | 2.00 | 1.00 | 3.00 | 1/5 |"),
+            "{md}"
+        );
+        assert!(md.contains("Rejected latency figures:"), "{md}");
+        assert!(
+            md.contains(
+                "- userspace sample:1000 loop run 0 rep 0: max latency 5890000000000 ticks"
+            ),
+            "{md}"
+        );
+        // No figure derived from the wild value anywhere in the tables.
+        assert!(!md.contains("5890000000 "), "{md}");
     }
 
     #[test]

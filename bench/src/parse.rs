@@ -120,6 +120,49 @@ impl Latency {
     pub fn mean(&self) -> Option<f64> {
         (self.n > 0).then(|| self.sum as f64 / self.n as f64)
     }
+
+    /// Why this aggregate cannot describe the PMIs of a repetition whose workload region
+    /// took `region_tsc` ticks, sampled with a period of `period_tsc` ticks; `None` when
+    /// it can.
+    ///
+    /// The guest stamps `due = rdtsc() + period` when it arms the counter, and a PMI's
+    /// latency is handler entry minus `due`. Every PMI of a repetition is handled inside
+    /// its workload region, after the arming, so a latency lies in
+    /// `[-max(period, region), region]`: anything outside is not a latency but a broken
+    /// stamp (a PMI handled before the guest stored `due` gives the absolute TSC,
+    /// ~1e12 ticks). The aggregate must also be self-consistent:
+    /// `min <= max` and `n * min <= sum <= n * max`.
+    pub fn implausible(&self, region_tsc: u64, period_tsc: u64) -> Option<String> {
+        if self.n == 0 {
+            return Some("no PMIs but latency figures".into());
+        }
+        if self.min > self.max {
+            return Some(format!("min {} > max {}", self.min, self.max));
+        }
+        let upper = i128::from(region_tsc);
+        let lower = -i128::from(region_tsc.max(period_tsc));
+        if i128::from(self.max) > upper {
+            return Some(format!(
+                "max latency {} ticks is longer than the workload region ({region_tsc} ticks): \
+                 a PMI handled before the guest stored its due stamp",
+                self.max
+            ));
+        }
+        if i128::from(self.min) < lower {
+            return Some(format!(
+                "min latency {} ticks is earlier than the arming (bound {lower} ticks)",
+                self.min
+            ));
+        }
+        let (n, sum) = (i128::from(self.n), i128::from(self.sum));
+        if sum < n * i128::from(self.min) || sum > n * i128::from(self.max) {
+            return Some(format!(
+                "sum {} is not between n x min and n x max (n={}, min={}, max={})",
+                self.sum, self.n, self.min, self.max
+            ));
+        }
+        None
+    }
 }
 
 /// One workload repetition as the guest reported it.
@@ -135,8 +178,12 @@ pub struct Rep {
     pub samples: Option<u64>,
     /// Samples the guest expected, when it says.
     pub expected: Option<u64>,
-    /// PMI delivery latency, when sampling.
+    /// PMI delivery latency, when sampling (as the guest printed it).
     pub pmi_latency: Option<Latency>,
+    /// Why `pmi_latency` was left out of the statistics ([`Latency::implausible`]); set
+    /// by the harness, `None` when it was used.
+    #[serde(default)]
+    pub pmi_latency_rejected: Option<String>,
     /// Every field of the line, for the raw record.
     pub fields: BTreeMap<String, String>,
 }
@@ -166,6 +213,7 @@ impl Rep {
             samples,
             expected: r.u64(&["expected", "samples_expected"]),
             pmi_latency,
+            pmi_latency_rejected: None,
             fields: r.fields.clone(),
         })
     }
@@ -283,6 +331,49 @@ BENCH done
         assert_eq!(rec.i64(&["d"]), None);
         assert_eq!(rec.u64(&["e"]), Some(3_000_000_000));
         assert_eq!(rec.u64(&["c"]), None);
+    }
+
+    /// The `sample:1000` run that reported a 5.89e12-tick PMI latency: a PMI handled
+    /// before the guest stored its due stamp, so `now - due` was the absolute TSC.
+    const DUE_NOT_STORED: &str = "BENCH rep=2 workload=lfsr pmu=sample:1000 tsc=120000000 samples=46 pmi_latency_tsc_min=190000 pmi_latency_tsc_max=5890000000000 pmi_latency_tsc_sum=5890008550000\nBENCH done\n";
+
+    #[test]
+    fn impossible_latencies_are_recognised() {
+        let r = &parse_output(DUE_NOT_STORED).reps()[0];
+        let l = r.pmi_latency.unwrap();
+        // Period of 1 kHz at 2.6 GHz.
+        let why = l.implausible(r.tsc, 2_600_000).expect("rejected");
+        assert!(
+            why.contains("before the guest stored its due stamp"),
+            "{why}"
+        );
+        // A plausible aggregate passes; negative latencies down to -period pass.
+        let ok = Latency {
+            n: 3,
+            min: -2_000,
+            max: 9_000,
+            sum: 10_000,
+        };
+        assert_eq!(ok.implausible(1_000_000, 2_600_000), None);
+        let early = Latency {
+            min: -3_000_000,
+            ..ok
+        };
+        assert!(early
+            .implausible(1_000_000, 2_600_000)
+            .unwrap()
+            .contains("earlier"));
+        let inconsistent = Latency { sum: 100_000, ..ok };
+        assert!(inconsistent
+            .implausible(1_000_000, 2_600_000)
+            .unwrap()
+            .contains("n x min"));
+        let inverted = Latency {
+            min: 10,
+            max: 5,
+            ..ok
+        };
+        assert!(inverted.implausible(1_000_000, 0).is_some());
     }
 
     #[test]

@@ -6,12 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Activity, Mode, Workload};
 use crate::parse::Rep;
-use crate::stats::Summary;
+use crate::stats::{Percentiles, Summary};
+use vmm::vcpu::VcpuStats;
 
 /// Name of the schema, stored in `schema`.
 pub const SCHEMA_NAME: &str = "vpmu-vmm-bench";
 /// Version of the schema, stored in `schema_version`; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The whole report (`bench.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,9 @@ pub struct BenchReport {
     pub msr_cost: MsrCost,
     /// VMM-level figures gathered over all runs.
     pub vmm: VmmFigures,
+    /// VM runs not started because `config.time_budget_s` was spent (they are listed in
+    /// the cells' `failures` and in `msr_cost.status`).
+    pub skipped_runs: usize,
 }
 
 /// Software versions.
@@ -44,6 +48,16 @@ pub struct Versions {
     pub vpmu_vmm: String,
     /// `rustc --version` of the toolchain on PATH when the bench ran (None if unavailable).
     pub rustc: Option<String>,
+}
+
+impl Versions {
+    /// This build's version and the toolchain on PATH now (both reports record them).
+    pub fn current() -> Versions {
+        Versions {
+            vpmu_vmm: env!("CARGO_PKG_VERSION").to_string(),
+            rustc: crate::host::rustc_version(),
+        }
+    }
 }
 
 /// Whether a mode is available on the host.
@@ -108,9 +122,15 @@ pub struct RunConfig {
     pub guest_memory_mib: u64,
     /// Run order description.
     pub order: String,
+    /// No VM run started after this many seconds (`--time-budget`; 100 with `--quick`).
+    pub time_budget_s: Option<u64>,
+    /// The up-front estimate of the run's wall time on an idle host, seconds
+    /// (`bench::estimate`).
+    pub estimate_s: Option<f64>,
 }
 
-/// Exit counters of one VM run, summed over its vCPUs (from `vmm::VcpuStats`).
+/// Exit counters of one VM run, summed over its vCPUs ([`Exits::sum_of`] the VMM's
+/// `vmm::vcpu::VcpuStats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exits {
     pub exits: u64,
@@ -147,19 +167,29 @@ impl Exits {
         self.msr_read + self.msr_write
     }
 
-    /// Adds another vCPU's counters.
-    pub fn add(&mut self, o: &Exits) {
-        self.exits += o.exits;
-        self.io_in += o.io_in;
-        self.io_out += o.io_out;
-        self.mmio += o.mmio;
-        self.msr_read += o.msr_read;
-        self.msr_write += o.msr_write;
-        self.msr_gp += o.msr_gp;
-        self.interrupted += o.interrupted;
-        self.pmis += o.pmis;
-        self.tsc_in_guest += o.tsc_in_guest;
-        self.handling_ns += o.handling_ns;
+    /// `vmm::VcpuStats` summed over vCPUs. The counters are taken by name through
+    /// their serde form, so there is no field-by-field copy of the VMM's type here; the
+    /// report keeps its own type because the VMM's is not `Deserialize` (bench.json is read
+    /// back), and a test checks that both have the same fields.
+    pub fn sum_of(vcpus: &[VcpuStats]) -> Exits {
+        let mut total = serde_json::Map::new();
+        for v in vcpus {
+            let Ok(serde_json::Value::Object(m)) = serde_json::to_value(v) else {
+                continue;
+            };
+            for (k, x) in m {
+                let e = total.entry(k).or_insert(serde_json::Value::from(0u64));
+                let sum = e
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_add(x.as_u64().unwrap_or(0));
+                *e = sum.into();
+            }
+        }
+        if total.is_empty() {
+            return Exits::default();
+        }
+        serde_json::from_value(serde_json::Value::Object(total)).unwrap_or_default()
     }
 }
 
@@ -195,16 +225,39 @@ pub enum CellStatus {
 }
 
 /// PMI delivery latency over a cell's runs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+///
+/// The guest reports one aggregate per workload repetition (`n`, `min`, `max`, `sum` of
+/// its PMIs' latencies), so the distribution is over repetitions (every guest repetition
+/// of every run), not over single PMIs. Aggregates that cannot be true
+/// ([`crate::parse::Latency::implausible`]) are left out and listed in `rejected`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PmiLatency {
-    /// Per-run mean latency (ns): median/min/max over runs.
-    pub mean_ns: Summary,
-    /// Smallest single latency seen in any run (ns).
-    pub min_ns: f64,
-    /// Largest single latency seen in any run (ns).
-    pub max_ns: f64,
-    /// PMIs measured in all runs.
+    /// Mean latency of each accepted repetition (ns): p50/p90/p99/min/max over them.
+    /// None when every repetition was rejected.
+    pub rep_mean_ns: Option<Percentiles>,
+    /// Worst single latency of each accepted repetition (ns): p50/p90/p99/min/max.
+    pub rep_max_ns: Option<Percentiles>,
+    /// Smallest single latency in any accepted repetition (ns).
+    pub min_ns: Option<f64>,
+    /// Largest single latency in any accepted repetition (ns).
+    pub max_ns: Option<f64>,
+    /// PMIs in the accepted repetitions.
     pub pmis: u64,
+    /// Repetitions whose latency aggregate was accepted.
+    pub reps: usize,
+    /// Repetitions whose latency aggregate was rejected, with the reason.
+    pub rejected: Vec<RejectedLatency>,
+}
+
+/// A guest repetition's latency aggregate left out of the statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedLatency {
+    /// The run (`RunSample.rep`).
+    pub run: u32,
+    /// The guest's repetition inside that run (`Rep.rep`).
+    pub guest_rep: u64,
+    /// Why ([`crate::parse::Latency::implausible`]).
+    pub reason: String,
 }
 
 /// The per-cell statistics.
@@ -229,7 +282,8 @@ pub struct CellSummary {
     pub expected_samples: Option<Summary>,
     /// Delivered / expected x 100 per run, when sampling.
     pub sample_accuracy_pct: Option<Summary>,
-    /// PMI delivery latency, when the guest measured it.
+    /// PMI delivery latency, when the guest measured it (percentiles, implausible
+    /// aggregates rejected).
     pub pmi_latency: Option<PmiLatency>,
 }
 
@@ -317,5 +371,48 @@ impl BenchReport {
     /// Parses `bench.json`.
     pub fn from_json(s: &str) -> serde_json::Result<BenchReport> {
         serde_json::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn keys<T: Serialize>(x: &T) -> BTreeSet<String> {
+        match serde_json::to_value(x).unwrap() {
+            serde_json::Value::Object(m) => m.keys().cloned().collect(),
+            v => panic!("not an object: {v}"),
+        }
+    }
+
+    #[test]
+    fn exits_are_the_vmm_counters_summed() {
+        // Same counters as the VMM's type: a field added to or renamed in
+        // vmm::vcpu::VcpuStats fails here until the report has it.
+        assert_eq!(keys(&Exits::default()), keys(&VcpuStats::default()));
+        let a = VcpuStats {
+            exits: 3,
+            pmis: 1,
+            handling_ns: 10,
+            ..VcpuStats::default()
+        };
+        let b = VcpuStats {
+            exits: 4,
+            msr_write: 2,
+            tsc_in_guest: u64::MAX,
+            ..VcpuStats::default()
+        };
+        let c = VcpuStats {
+            tsc_in_guest: 5,
+            ..VcpuStats::default()
+        };
+        let e = Exits::sum_of(&[a, b, c]);
+        assert_eq!(
+            (e.exits, e.pmis, e.msr_write, e.handling_ns, e.tsc_in_guest),
+            (7, 1, 2, 10, u64::MAX)
+        );
+        assert_eq!(e.msr_exits(), 2);
+        assert_eq!(Exits::sum_of(&[]), Exits::default());
     }
 }

@@ -6,7 +6,7 @@ use vpmu::discovery::{Availability, HostPmu, PmuMode};
 
 use crate::harness::{Backend, RawRun, RunError};
 use crate::model::Mode;
-use crate::report::{Exits, HostInfo};
+use crate::report::HostInfo;
 
 /// The vmm-backed [`Backend`].
 pub struct VmmBackend {
@@ -128,25 +128,9 @@ impl Backend for VmmBackend {
             Ok(b) => String::from_utf8_lossy(&b).into_owned(),
             Err(p) => String::from_utf8_lossy(&p.into_inner()).into_owned(),
         };
-        let mut exits = Exits::default();
-        for v in &report.vcpus {
-            exits.add(&Exits {
-                exits: v.exits,
-                io_in: v.io_in,
-                io_out: v.io_out,
-                mmio: v.mmio,
-                msr_read: v.msr_read,
-                msr_write: v.msr_write,
-                msr_gp: v.msr_gp,
-                interrupted: v.interrupted,
-                pmis: v.pmis,
-                tsc_in_guest: v.tsc_in_guest,
-                handling_ns: v.handling_ns,
-            });
-        }
         Ok(RawRun {
             console,
-            exits,
+            vcpus: report.vcpus,
             pmu: report.pmu,
             wall_ns: report.wall_ns,
             start_to_first_entry_ns: report.start_to_first_entry_ns,

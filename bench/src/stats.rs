@@ -1,4 +1,5 @@
-//! Small, exact statistics: median/min/max summaries and overhead percentages.
+//! Small, exact statistics: median/min/max summaries, percentiles and overhead
+//! percentages.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,61 @@ impl Summary {
         Summary {
             n: self.n,
             median: f(self.median),
+            min: f(self.min),
+            max: f(self.max),
+        }
+    }
+}
+
+/// The `q`-quantile (`0.0..=1.0`) of ascending `sorted` values, linearly interpolated
+/// between the two closest ranks (R's type 7, numpy's default): position `q * (n - 1)`.
+/// `quantile(v, 0.5)` is the median as [`Summary`] computes it. `None` when empty.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let n = sorted.len();
+    if n == 0 || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let pos = q * (n - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let frac = pos - lo as f64;
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * frac)
+}
+
+/// p50 (the median), p90 and p99 of a set of values, with the extremes. Percentiles, not
+/// means: a single wild value moves the mean without bound but p50 by at most one rank.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Number of values.
+    pub n: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Percentiles of the finite values of `xs` ([`quantile`]); `None` when there are none.
+    pub fn of(xs: &[f64]) -> Option<Percentiles> {
+        let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        Some(Percentiles {
+            n: v.len(),
+            p50: quantile(&v, 0.5)?,
+            p90: quantile(&v, 0.9)?,
+            p99: quantile(&v, 0.99)?,
+            min: *v.first()?,
+            max: *v.last()?,
+        })
+    }
+
+    /// Applies a monotonically increasing `f` (a unit conversion) to every figure.
+    pub fn map(self, f: impl Fn(f64) -> f64) -> Percentiles {
+        Percentiles {
+            n: self.n,
+            p50: f(self.p50),
+            p90: f(self.p90),
+            p99: f(self.p99),
             min: f(self.min),
             max: f(self.max),
         }
@@ -124,6 +180,40 @@ mod tests {
             &[Some(110), Some(1), None, Some(75)],
         );
         assert_eq!(p, vec![10.0, 50.0]);
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_ranks() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(quantile(&v, 0.5), Some(3.0));
+        assert_eq!(quantile(&v, 0.9), Some(4.6));
+        assert_eq!(quantile(&v, 0.0), Some(1.0));
+        assert_eq!(quantile(&v, 1.0), Some(5.0));
+        assert_eq!(quantile(&[2.0, 4.0], 0.5), Some(3.0));
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&v, 1.5), None);
+        // p50 is Summary's median.
+        let xs = [9.0, 1.0, 7.0, 3.0];
+        let p = Percentiles::of(&xs).unwrap();
+        assert_eq!(p.p50, Summary::of(&xs).unwrap().median);
+        assert_eq!((p.n, p.min, p.max), (4, 1.0, 9.0));
+        assert!(Percentiles::of(&[f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn one_wild_value_does_not_move_the_median() {
+        // 99 plausible values and one absolute-TSC-sized outlier: the mean is ruined,
+        // p50 and p90 are not.
+        let mut xs: Vec<f64> = (1..=99).map(f64::from).collect();
+        xs.push(5.89e12);
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!(mean > 5e10);
+        let p = Percentiles::of(&xs).unwrap();
+        assert_eq!(p.p50, 50.5);
+        assert!((p.p90 - 90.1).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.max, 5.89e12);
+        let us = p.map(|x| x / 1000.0);
+        assert_eq!(us.p50, 0.0505);
     }
 
     #[test]
