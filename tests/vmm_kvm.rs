@@ -307,3 +307,48 @@ fn boot_keeps_kvm_misc_enable_bits() {
         );
     }
 }
+
+#[test]
+fn a_host_that_cannot_run_linux_says_so_up_front() {
+    need_kvm!("a_host_that_cannot_run_linux_says_so_up_front");
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let o = vmm(&["probe"]);
+    let s = out(&o);
+    let line = s
+        .lines()
+        .find(|l| l.contains("Linux guests:"))
+        .unwrap_or_else(|| panic!("no Linux guests line:\n{s}"));
+    assert_eq!(line.contains("NOT natively"), pvm, "{line}");
+    if pvm {
+        assert!(line.contains("docs/NESTED.md"), "{line}");
+    }
+    // `run` with a Linux kernel says it before booting (no 90 s of silence).
+    let image = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/out/linux");
+    if !pvm || !image.join("bzImage").exists() {
+        skip(
+            "a_host_that_cannot_run_linux_says_so_up_front (run part)",
+            if pvm {
+                "no Linux image built (resources/linux/build-image.sh)"
+            } else {
+                "this KVM runs Linux guests natively"
+            },
+        );
+        return;
+    }
+    let o = std::process::Command::new("timeout")
+        .args(["3", bin(), "run", "--kernel"])
+        .arg(image.join("bzImage"))
+        .arg("--initrd")
+        .arg(image.join("initramfs.cpio.gz"))
+        .args(["--memory", "512M", "--cmdline", "console=ttyS0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.lines()
+            .next()
+            .is_some_and(|l| l.contains("kvm_pvm") && l.contains("docs/NESTED.md")),
+        "{e}"
+    );
+}

@@ -296,6 +296,12 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
 
     let mem = create_memory(&vm, config.memory)?;
     let loaded = loader::load_kernel(&mem, &config)?;
+    if matches!(loaded.boot, Boot::Linux64 { .. } | Boot::Pvh { .. }) {
+        let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+        if let Some(why) = vpmu::discovery::linux_guests_blocker(pvm) {
+            eprintln!("vpmu-vmm: warning: {why}");
+        }
+    }
     let initrd = loader::load_initrd(&mem, &config, &loaded)?;
     write_boot_structures(&mem, &config, &loaded, initrd)?;
 

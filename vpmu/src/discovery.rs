@@ -495,6 +495,20 @@ pub struct ProbeReport {
     pub mediated_hardware: Option<MediatedSupport>,
     /// What the mediated vPMU would intercept for the default layout.
     pub passthrough_intercepts: Option<InterceptPlan>,
+    /// Why Linux guests cannot run natively on this KVM (`None`: they can).
+    pub linux_guests_blocker: Option<String>,
+}
+
+/// Why Linux guests cannot run natively when the loaded KVM is the PVM variant
+/// (`kvm_pvm`, see [`HostPmu::linux_guests_blocker`]); `None` otherwise.
+pub fn linux_guests_blocker(kvm_pvm: bool) -> Option<String> {
+    kvm_pvm.then(|| {
+        "this host's KVM is the PVM variant (kvm_pvm): it emulates guest kernel code \
+         instruction by instruction, so a Linux guest would take minutes and then stop at an \
+         instruction it cannot emulate; boot Linux guests under the nested rig \
+         (resources/nested/run.sh, docs/NESTED.md) instead"
+            .to_string()
+    })
 }
 
 /// One mode's verdict.
@@ -873,10 +887,19 @@ impl HostPmu {
                 .as_ref()
                 .map(HostPerfPmu::mediated_support),
             passthrough_intercepts: self.passthrough_intercepts(),
+            linux_guests_blocker: self.linux_guests_blocker(),
         }
     }
 
     /// The human report printed by `vpmu-vmm probe`.
+    /// Why a Linux guest cannot run natively on this KVM, if it cannot: the PVM variant of
+    /// KVM (`kvm_pvm`) runs guest user code natively but emulates guest kernel (CPL0) code
+    /// one instruction at a time and not all of it, so a Linux kernel crawls for minutes
+    /// and then stops at an instruction it cannot emulate (docs/HOSTS.md).
+    pub fn linux_guests_blocker(&self) -> Option<String> {
+        linux_guests_blocker(self.kvm_modules.iter().any(|m| m == "kvm_pvm"))
+    }
+
     pub fn report(&self) -> String {
         let mut s = String::new();
         let _ = self.write_report(&mut s);
@@ -952,6 +975,11 @@ impl HostPmu {
             "  KVM_CAP_X86_MSR_FILTER:          {}",
             cap(self.caps.msr_filter)
         )?;
+        match self.linux_guests_blocker() {
+            Some(why) => writeln!(s, "  Linux guests:           NOT natively: {why}")?,
+            None if self.kvm_error.is_none() => writeln!(s, "  Linux guests:           native")?,
+            None => {}
+        }
         writeln!(s, "Host PMU")?;
         writeln!(
             s,
