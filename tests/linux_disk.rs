@@ -86,7 +86,8 @@ fn perf_data_comes_out_of_l2_through_a_virtio_disk() {
         dd if=/dev/vdb bs=512 count=1 2>/dev/null | head -c 16 | sed 's/^/vdb-data=/'; echo; \
         if echo x | dd of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null; then echo vdb-write=ok; else echo vdb-write=refused; fi; \
         cd /tmp; perf record -e cpu-clock -F 1000 -o perf.data /bin/vpmu-work 1; \
-        mkdir -p bin; cp /bin/vpmu-work bin/; tar cf /dev/vda perf.data bin; sync; echo tar-done";
+        mkdir -p bin; cp /bin/vpmu-work bin/; cat /proc/kallsyms > kallsyms; \
+        tar cf /dev/vda perf.data bin kallsyms; sync; echo tar-done";
     let start = std::time::Instant::now();
     let out = Command::new(Path::new(REPO).join("resources/nested/run.sh"))
         .args(["--vmm", VMM, "--quiet", "--timeout", "240", "--log"])
@@ -164,12 +165,15 @@ fn perf_data_comes_out_of_l2_through_a_virtio_disk() {
         &format!("tar xf perf.img: {}", String::from_utf8_lossy(&tar.stderr)),
     );
     check(x.join("perf.data").is_file(), "perf.data in the archive");
+    check(x.join("kallsyms").is_file(), "kallsyms in the archive");
     let report = Command::new("perf")
         .arg("report")
         .arg("-i")
         .arg(x.join("perf.data"))
         .arg("--symfs")
         .arg(&x)
+        .arg("--kallsyms")
+        .arg(x.join("kallsyms"))
         .args(["--stdio", "--sort", "symbol"])
         .output()
         .expect("perf report");
@@ -191,5 +195,11 @@ fn perf_data_comes_out_of_l2_through_a_virtio_disk() {
             &format!("host perf report should show {sym}; it printed:\n{text}"),
         );
     }
+    // With the guest's kallsyms, kernel frames have names, not raw addresses.
+    let kernel: Vec<&str> = text.lines().filter(|l| l.contains("[k]")).collect();
+    check(
+        kernel.is_empty() || kernel.iter().any(|l| !l.contains("[k] 0x")),
+        &format!("kernel frames are still raw addresses:\n{text}"),
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
