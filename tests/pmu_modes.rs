@@ -316,6 +316,12 @@ fn demo_profile_in_userspace_mode() {
     }
     // Every sample was a PMI the VMM delivered.
     assert!(err(&o).contains(&format!("{n} PMIs")), "{}", err(&o));
+    // The clock model cannot honour USR/OS, and says so where users see it.
+    if err(&o).contains("TSC clock model") {
+        assert!(err(&o).contains("counts USR and OS alike"), "{}", err(&o));
+        let p = out(&vmm(&["probe"]));
+        assert!(p.contains("counts USR and OS alike"), "{p}");
+    }
 }
 
 #[test]

@@ -850,7 +850,7 @@ impl HostPmu {
                         String::new()
                     }
                 ),
-                CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles".into(),
+                CounterSource::TscClock => "counter source: TSC clock model (no host PMU): counts only core and reference cycles, and counts USR and OS alike (every tick inside KVM_RUN, whatever the selector's USR/OS bits)".into(),
             }),
             // Not "the exact host layout gives the fast path" (as issue 9 and older docs
             // had it): kvm_need_perf_global_ctrl_intercept / kvm_need_rdpmc_intercept

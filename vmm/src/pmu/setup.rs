@@ -574,7 +574,9 @@ impl PmuPlan {
         }
         if self.mode == PmuMode::Userspace {
             s.push_str(match self.source {
-                super::userspace::Source::Clock => ", counters: TSC clock model",
+                super::userspace::Source::Clock => {
+                    ", counters: TSC clock model (counts USR and OS alike)"
+                }
                 super::userspace::Source::HostPerf => ", counters: host perf events",
             });
         }
