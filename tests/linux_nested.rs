@@ -789,3 +789,64 @@ fn l2_linux_boots_via_pvh_from_elf_vmlinux() {
     r.expect_init(1);
     r.expect_status(0);
 }
+
+#[test]
+fn rig_stops_qemu_and_cleans_up_on_sigterm_and_sigint() {
+    if !rig_ready("rig_stops_qemu_and_cleans_up_on_sigterm_and_sigint") {
+        return;
+    }
+    let _guard = RUN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    for sig in ["TERM", "INT"] {
+        // A private TMPDIR: QEMU's command line names it (-initrd $run_dir/initrd), so a
+        // QEMU left behind can be found, and an empty directory proves the cleanup.
+        let tmp =
+            std::env::temp_dir().join(format!("vpmu-rig-signal-{}-{sig}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        let child = Command::new(Path::new(REPO).join("resources/nested/run.sh"))
+            .args(["--quiet", "--timeout", "300", "--l1-cmd", "sleep 600"])
+            .env("TMPDIR", &tmp)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run.sh");
+        // Let QEMU start (its run directory appears first).
+        let t0 = std::time::Instant::now();
+        while std::fs::read_dir(&tmp).map_or(0, |d| d.count()) == 0
+            && t0.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let sent = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let t1 = std::time::Instant::now();
+        let out = child.wait_with_output().expect("wait");
+        let waited = t1.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            waited < std::time::Duration::from_secs(20),
+            "SIG{sig}: run.sh took {waited:?} to stop: {err}"
+        );
+        assert_eq!(out.status.code(), Some(130), "SIG{sig}: {err}");
+        assert!(err.contains("interrupted"), "SIG{sig}: {err}");
+        let left = Command::new("pgrep")
+            .args(["-f", &tmp.to_string_lossy()])
+            .output()
+            .expect("pgrep");
+        assert!(
+            left.stdout.is_empty(),
+            "SIG{sig}: QEMU left running: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+        let remaining: Vec<_> = std::fs::read_dir(&tmp)
+            .expect("tmp")
+            .map(|e| e.map(|e| e.path()))
+            .collect();
+        assert!(remaining.is_empty(), "SIG{sig}: left behind {remaining:?}");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}

@@ -266,9 +266,28 @@ else
 fi
 start=$(date +%s.%N)
 set +e
-timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run_dir/qemu.err" |
-	sed -u 's/\r*$//' | tee "$console" | { if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; }
-qemu_status=${PIPESTATUS[0]}
+# QEMU (under timeout, which forwards the signals it gets to it) and the console reader run
+# in the background so that Ctrl-C / SIGTERM / SIGHUP stop QEMU at once: without this QEMU
+# would be orphaned for up to --timeout seconds. The EXIT trap then removes $run_dir.
+mkfifo "$run_dir/console.fifo"
+sed -u 's/\r*$//' <"$run_dir/console.fifo" | tee "$console" |
+	{ if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; } &
+reader_pid=$!
+timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run_dir/qemu.err" >"$run_dir/console.fifo" &
+qemu_pid=$!
+on_signal() {
+	trap - INT TERM HUP
+	kill -TERM "$qemu_pid" 2>/dev/null
+	wait "$qemu_pid" 2>/dev/null
+	wait "$reader_pid" 2>/dev/null
+	echo "nested-rig: interrupted: QEMU stopped, temporary files removed" >&2
+	exit 130
+}
+trap on_signal INT TERM HUP
+wait "$qemu_pid"
+qemu_status=$?
+wait "$reader_pid"
+trap - INT TERM HUP
 set -e
 end=$(date +%s.%N)
 [ -n "$log" ] && cp "$console" "$log"
