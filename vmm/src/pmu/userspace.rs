@@ -290,7 +290,7 @@ impl UserspacePmu {
                     }
                 }
             }
-            Verdict::Allowed => match clock::gp_event(sel.vendor, &sel) {
+            Verdict::Allowed => match clock::gp_event(&p) {
                 Ok(ev) => Feed::Clock(ev),
                 Err(r) => {
                     let why = match id {
