@@ -4,7 +4,7 @@
 //! Subcommands: `run` (boot a kernel), `demo` (the built-in demo guest with a vPMU),
 //! `probe` (what this host can offer, and why not), `bench` (overhead of the vPMU modes,
 //! side by side), `validate` (everything this host's vPMU can do, in one report), `guests`
-//! (list or extract the built-in guests).
+//! (list or extract the built-in guests), `policy check` (what a policy compiles to).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use vmm::outcome::STATUS_VMM_ERROR;
 use vmm::{Console, DiskConfig, KernelImage, PmuSettings, VmConfig};
 use vpmu::discovery::PmuMode;
 
+mod policy_check;
 mod validate;
 
 #[derive(Parser)]
@@ -61,6 +62,9 @@ enum Cmd {
     },
     /// Measure vPMU overhead by mode, side by side (JSON, markdown and SVG reports).
     Bench(bench::BenchArgs),
+    /// Operator tools for event policies (docs/POLICY.md).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// List the built-in guests, or write one to a file.
     Guests {
         /// Write this built-in guest's ELF image to --output.
@@ -69,6 +73,23 @@ enum Cmd {
         /// Output file for --extract.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Print what a policy compiles to: the KVM filter (entries, plain or masked, and the
+    /// fixed-counter bitmap), the compile warnings, and the verdict on every named event
+    /// and fixed counter. Exit status 2 if the policy is invalid.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// Compile for this vendor only (intel or amd); default: both.
+        #[arg(long)]
+        vendor: Option<String>,
+        /// The guest's number of Intel fixed counters.
+        #[arg(long, default_value_t = 4)]
+        fixed: u8,
     },
 }
 
@@ -332,6 +353,17 @@ fn main() -> ExitCode {
         },
         Cmd::Bench(a) => match bench::run(a) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Cmd::Policy(PolicyCmd::Check {
+            file,
+            vendor,
+            fixed,
+        }) => match policy_check::check(&file, vendor.as_deref(), fixed) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
             Err(e) => fail(e),
         },
         Cmd::Guests { extract, output } => match (extract, output) {

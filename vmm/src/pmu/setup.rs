@@ -77,6 +77,21 @@ fn kvm_pmu_disable(kvm: &Kvm, vm: &VmFd) -> Result<bool> {
     Ok(false)
 }
 
+/// Reads and parses an operator policy file: a regular file of at most
+/// `vpmu::policy::MAX_POLICY_BYTES` (checked before reading), UTF-8, valid TOML policy.
+pub fn read_policy_file(path: &std::path::Path) -> Result<Policy> {
+    let bytes = read_regular(path, vpmu::policy::MAX_POLICY_BYTES).map_err(|e| match e {
+        ReadError::Io(source) => Error::Io {
+            op: format!("reading policy {}", path.display()),
+            source,
+        },
+        e => Error::PmuConfig(format!("policy {} {e}", path.display())),
+    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::PmuConfig(format!("policy {} is not UTF-8 text", path.display())))?;
+    Policy::from_toml(&text).map_err(|e| Error::PmuConfig(format!("{}: {e}", path.display())))
+}
+
 fn load_policy(
     config: &VmConfig,
     vendor: vpmu::Vendor,
@@ -87,23 +102,7 @@ fn load_policy(
             Policy::default_architectural(),
             "builtin default".to_string(),
         ),
-        Some(path) => {
-            // A regular file of at most MAX_POLICY_BYTES, checked before reading.
-            let bytes =
-                read_regular(path, vpmu::policy::MAX_POLICY_BYTES).map_err(|e| match e {
-                    ReadError::Io(source) => Error::Io {
-                        op: format!("reading policy {}", path.display()),
-                        source,
-                    },
-                    e => Error::PmuConfig(format!("policy {} {e}", path.display())),
-                })?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                Error::PmuConfig(format!("policy {} is not UTF-8 text", path.display()))
-            })?;
-            let p = Policy::from_toml(&text)
-                .map_err(|e| Error::PmuConfig(format!("{}: {e}", path.display())))?;
-            (p, path.display().to_string())
-        }
+        Some(path) => (read_policy_file(path)?, path.display().to_string()),
     };
     let num_fixed = match layout {
         PmuConfig::Intel(i) => i.num_fixed,
