@@ -108,9 +108,13 @@ struct PmuArgs {
     /// `intel:version=5,gp=8,fixed=4` (see docs/PMU-MODEL.md).
     #[arg(long, value_name = "SPEC", default_value = "host")]
     pmu_layout: String,
-    /// Write denied/faulting PMU programming attempts as JSON lines to FILE.
+    /// Write denied/faulting PMU programming attempts as JSON lines to FILE
+    /// (deduplicated and rate-limited, see docs/POLICY.md "Audit log").
     #[arg(long, value_name = "FILE")]
     pmu_audit: Option<PathBuf>,
+    /// Largest --pmu-audit file, in bytes (at least 4096); default 16 MiB.
+    #[arg(long, value_name = "BYTES", default_value_t = vmm::pmu::audit::DEFAULT_MAX_BYTES)]
+    pmu_audit_max_bytes: u64,
 }
 
 impl PmuArgs {
@@ -122,6 +126,7 @@ impl PmuArgs {
             layout: self.pmu_layout,
             policy: self.pmu_policy,
             audit: self.pmu_audit,
+            audit_max_bytes: self.pmu_audit_max_bytes,
         })
     }
 }

@@ -379,7 +379,18 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
     let (compiled, name) = load_policy(config, vendor, &plan.layout)?;
     plan.policy_name = name;
     if let Some(path) = &config.pmu.audit {
-        let log = AuditLog::create(path).map_err(|source| Error::Io {
+        let max = config.pmu.audit_max_bytes;
+        if max < super::audit::MIN_MAX_BYTES {
+            return Err(Error::PmuConfig(format!(
+                "--pmu-audit-max-bytes {max} is below the minimum of {} bytes",
+                super::audit::MIN_MAX_BYTES
+            )));
+        }
+        let limits = super::audit::Limits {
+            max_bytes: max,
+            ..Default::default()
+        };
+        let log = AuditLog::create_with(path, limits).map_err(|source| Error::Io {
             op: format!("creating audit log {}", path.display()),
             source,
         })?;

@@ -191,7 +191,7 @@ impl UserspacePmu {
         &self,
         msr: u32,
         value: u64,
-        verdict: &str,
+        verdict: &'static str,
         sel: Option<&EventSelector>,
         rule: String,
     ) {
