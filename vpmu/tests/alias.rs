@@ -139,6 +139,13 @@ fn intel_denied_cycles_denies_fixed_counter_1_even_with_an_empty_list() {
         "{:?}",
         c.warnings()
     );
+    let why = c
+        .describe(vpmu::policy::DenyReason::FixedCounter(1))
+        .to_string();
+    assert_eq!(
+        why,
+        "fixed counter 1 not allowed by policy (its event \"cycles\" is denied)"
+    );
     let mut g = pmu(&intel(), src);
     let v = fixed(&mut g, 0x0030); // fixed1 OS|USR
     assert!(matches!(v[..], [(1, Verdict::Denied(_))]), "{v:?}");

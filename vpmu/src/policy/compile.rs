@@ -682,7 +682,22 @@ impl fmt::Display for Describe<'_> {
                 None => write!(f, "denied by rule #{}", id.0),
             },
             DenyReason::AnyThread => f.write_str("AnyThread not permitted by policy"),
-            DenyReason::FixedCounter(i) => write!(f, "fixed counter {i} not allowed by policy"),
+            DenyReason::FixedCounter(i) => {
+                write!(f, "fixed counter {i} not allowed by policy")?;
+                // Say when it follows its event (see `tie_fixed_counters`).
+                match events::INTEL_FIXED_COUNTERS.get(usize::from(i)) {
+                    Some(fc)
+                        if self.policy.vendor == Vendor::Intel
+                            && !self
+                                .policy
+                                .decide(selector::encode(fc.event.event, fc.event.umask))
+                                .is_allowed() =>
+                    {
+                        write!(f, " (its event \"{}\" is denied)", fc.event.name)
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }
