@@ -312,3 +312,30 @@ pub fn defined_umask_bits(vendor: Vendor, event: u16) -> u8 {
 pub fn counted_event(vendor: Vendor, event: u16, umask: u8) -> (u16, u8) {
     (event, umask & defined_umask_bits(vendor, event))
 }
+
+/// An (event select, unit mask) pair.
+pub type Encoding = (u16, u8);
+
+/// Perf pseudo-encodings: event-select values that are no hardware event, but that Linux
+/// perf on Intel schedules on a fixed counter, so a *perf-backed* general-purpose counter
+/// (KVM's perf-based vPMU turns a guest selector into a raw perf event; so does the
+/// userspace vPMU's host-perf source) counts the fixed counter's event with them. Each row
+/// is `(vendor, pseudo encoding, the event it counts)`.
+///
+/// Source: KVM's `PSEUDO_ARCH_REFERENCE_CYCLES` = `{ 0x00, 0x03 }` (fixed counter 2) and
+/// `PSEUDO_ARCH_TOPDOWN_SLOTS` = `{ 0x00, 0x04 }` (fixed counter 3) in
+/// `arch/x86/kvm/vmx/pmu_intel.c`, and perf's `FIXED_EVENT_CONSTRAINT(0x0300, 2)` /
+/// `(0x0400, 3)` in `arch/x86/events/intel/core.c`.
+pub const PERF_PSEUDO_ALIASES: &[(Vendor, Encoding, Encoding)] = &[
+    (Vendor::Intel, (0x00, 0x03), (0x3c, 0x01)),
+    (Vendor::Intel, (0x00, 0x04), (0xa4, 0x01)),
+];
+
+/// The event a perf-backed counter counts for the pseudo-encoding `(event, umask)`, if it
+/// is one ([`PERF_PSEUDO_ALIASES`]).
+pub fn perf_pseudo_alias(vendor: Vendor, event: u16, umask: u8) -> Option<Encoding> {
+    PERF_PSEUDO_ALIASES
+        .iter()
+        .find(|(v, p, _)| *v == vendor && *p == (event, umask))
+        .map(|(_, _, c)| *c)
+}

@@ -195,3 +195,33 @@ fn intel_explicitly_listed_fixed_counter_stays_allowed_with_a_warning() {
         c.warnings()
     );
 }
+
+#[test]
+fn intel_perf_pseudo_encoding_of_ref_cycles_is_denied_with_ref_cycles() {
+    // KVM's perf-based vPMU turns GP selector 0x00/0x03 into perf's ref-cycles
+    // pseudo-event (fixed counter 2): denying ref-cycles must deny it too.
+    let src = "action = \"deny\"\n[[event]]\nname = \"ref-cycles\"\n";
+    let c = Policy::from_toml(src)
+        .unwrap()
+        .compile(Vendor::Intel, 3)
+        .unwrap();
+    assert!(!c.decide(vpmu::selector::encode(0x00, 0x03)).is_allowed());
+    assert!(c.kvm_filter().events.contains(&encode_plain(0x00, 0x03)));
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("0x0/0x03") || w.contains("0x00/0x03")),
+        "{:?}",
+        c.warnings()
+    );
+    // Not denied: topdown slots' pseudo-encoding, whose event is allowed.
+    assert!(c.decide(vpmu::selector::encode(0x00, 0x04)).is_allowed());
+    // An allowlist naming the pseudo-encoding without its event: excluded.
+    let src = "[[event]]\nevent = 0x00\numask = 0x04\n[[event]]\nname = \"instructions\"\n";
+    let c = Policy::from_toml(src)
+        .unwrap()
+        .compile(Vendor::Intel, 4)
+        .unwrap();
+    assert!(!c.decide(vpmu::selector::encode(0x00, 0x04)).is_allowed());
+    assert!(c.decide(vpmu::selector::encode(0xc0, 0x00)).is_allowed());
+}

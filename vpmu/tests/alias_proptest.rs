@@ -1,9 +1,10 @@
 //! Property: no selector whose counted event (after unit-mask alias normalisation,
 //! `vpmu::events::counted_event`, as the hardware and the counter models count it) is
 //! denied by the policy ever gets `Verdict::Allowed` from `GuestPmu`, through any alias:
-//! another unit mask of an event that ignores it (AMD), or an Intel fixed counter counting
-//! the event (unless an allow-list names that fixed counter explicitly, the documented
-//! exception).
+//! another unit mask of an event that ignores it (AMD), perf's pseudo-encoding of the event
+//! (Intel 0x00/0x03 = ref-cycles, 0x00/0x04 = topdown slots on a perf-backed counter), or
+//! an Intel fixed counter counting the event (unless an allow-list names that fixed
+//! counter explicitly, the documented exception).
 
 use std::sync::Arc;
 
@@ -40,14 +41,14 @@ fn layout(v: Vendor) -> PmuConfig {
 /// 0xc0, 0xa4) and a few others.
 fn event() -> impl Strategy<Value = u16> {
     prop_oneof![
-        4 => prop::sample::select(vec![0x76_u16, 0xc0, 0xc2, 0xc3, 0x3c, 0xa4, 0x60, 0xd1]),
+        4 => prop::sample::select(vec![0x76_u16, 0xc0, 0xc2, 0xc3, 0x3c, 0xa4, 0x00, 0x60, 0xd1]),
         1 => 0u16..=0xff,
     ]
 }
 
 fn umask() -> impl Strategy<Value = u8> {
     prop_oneof![
-        3 => prop::sample::select(vec![0x00_u8, 0x01, 0x02, 0x05, 0x80, 0xff]),
+        3 => prop::sample::select(vec![0x00_u8, 0x01, 0x02, 0x03, 0x04, 0x05, 0x80, 0xff]),
         1 => any::<u8>(),
     ]
 }
@@ -127,6 +128,16 @@ proptest! {
             let (ce, cu) = vpmu::events::counted_event(v, event, umask);
             let counted = gp_verdict(&mut g, v, ce, cu);
             let alias = gp_verdict(&mut g, v, event, umask);
+            if let (Verdict::Allowed, Some((pe, pu))) =
+                (alias, vpmu::events::perf_pseudo_alias(v, event, umask))
+            {
+                let perf_counted = gp_verdict(&mut g, v, pe, pu);
+                prop_assert_eq!(
+                    perf_counted, Verdict::Allowed,
+                    "{:?}: pseudo-encoding {:#x}/{:#04x} allowed but {:#x}/{:#04x} is denied\n{}",
+                    v, event, umask, pe, pu, p.to_toml()
+                );
+            }
             if alias == Verdict::Allowed {
                 prop_assert_eq!(
                     counted, Verdict::Allowed,

@@ -162,6 +162,64 @@ impl Policy {
     /// counters at or beyond `num_fixed` are dropped from the bitmap (a warning when
     /// listed explicitly): for the counters the guest has, that changes nothing.
     pub fn compile(&self, vendor: Vendor, num_fixed: u8) -> Result<CompiledPolicy, PolicyError> {
+        let compiled = self.compile_once(vendor, num_fixed)?;
+        // Perf pseudo-encodings (events::PERF_PSEUDO_ALIASES) count another event select's
+        // event on a perf-backed counter: decide them at least as strictly as that event.
+        let mut fixed = self.clone();
+        let mut notes = Vec::new();
+        for &(v, (pe, pu), (ce, cu)) in events::PERF_PSEUDO_ALIASES {
+            if v != vendor
+                || !compiled.decide(selector::encode(pe, pu)).is_allowed()
+                || compiled.decide(selector::encode(ce, cu)).is_allowed()
+            {
+                continue;
+            }
+            let name = events::named_events(vendor)
+                .iter()
+                .find(|n| (n.event, n.umask) == (ce, cu))
+                .map_or("?", |n| n.name);
+            let label = Some(format!("perf pseudo-encoding of {name}"));
+            match self.action {
+                Action::Deny => {
+                    // List it, and let no exclude reopen it.
+                    fixed.masked.retain(|m| {
+                        !(m.exclude && m.event == pe && pu & m.umask_mask == m.umask_match)
+                    });
+                    fixed.events.push(super::EventRule {
+                        spec: EventSpec::Raw {
+                            event: pe,
+                            umask: pu,
+                        },
+                        vendor: Some(vendor),
+                        label,
+                        line: None,
+                    });
+                }
+                Action::Allow => fixed.masked.push(super::MaskedRule {
+                    event: pe,
+                    umask_match: pu,
+                    umask_mask: 0xff,
+                    exclude: true,
+                    vendor: Some(vendor),
+                    label,
+                    line: None,
+                }),
+            }
+            notes.push(format!(
+                "event {pe:#04x}/{pu:#04x} is perf's pseudo-encoding of \"{name}\" \
+                 ({ce:#x}/{cu:#04x}), which a perf-backed counter counts as {name}; denied \
+                 with {name}"
+            ));
+        }
+        if notes.is_empty() {
+            return Ok(compiled);
+        }
+        let mut compiled = fixed.compile_once(vendor, num_fixed)?;
+        compiled.warnings.extend(notes);
+        Ok(compiled)
+    }
+
+    fn compile_once(&self, vendor: Vendor, num_fixed: u8) -> Result<CompiledPolicy, PolicyError> {
         self.validate()?;
         let num_fixed = match vendor {
             Vendor::Intel => num_fixed.min(32),
