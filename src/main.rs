@@ -4,7 +4,7 @@
 //! Subcommands: `run` (boot a kernel), `demo` (the built-in demo guest with a vPMU),
 //! `probe` (what this host can offer, and why not), `bench` (overhead of the vPMU modes,
 //! side by side), `validate` (everything this host's vPMU can do, in one report), `guests`
-//! (list or extract the built-in guests).
+//! (list or extract the built-in guests), `policy check` (what a policy compiles to).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +16,8 @@ use vmm::outcome::STATUS_VMM_ERROR;
 use vmm::{Console, DiskConfig, KernelImage, PmuSettings, VmConfig};
 use vpmu::discovery::PmuMode;
 
+#[cfg(target_arch = "x86_64")]
+mod policy_check;
 #[cfg(target_arch = "x86_64")]
 mod validate;
 
@@ -64,6 +66,10 @@ enum Cmd {
     /// Measure vPMU overhead by mode, side by side (JSON, markdown and SVG reports).
     #[cfg(target_arch = "x86_64")]
     Bench(bench::BenchArgs),
+    /// Operator tools for event policies (docs/POLICY.md).
+    #[cfg(target_arch = "x86_64")]
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// List the built-in guests, or write one to a file.
     Guests {
         /// Write this built-in guest's ELF image to --output.
@@ -72,6 +78,24 @@ enum Cmd {
         /// Output file for --extract.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Print what a policy compiles to: the KVM filter (entries, plain or masked, and the
+    /// fixed-counter bitmap), the compile warnings, and the verdict on every named event
+    /// and fixed counter. Exit status 2 if the policy is invalid.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// Compile for this vendor only (intel or amd); default: both.
+        #[arg(long)]
+        vendor: Option<String>,
+        /// The guest's number of Intel fixed counters.
+        #[arg(long, default_value_t = 4)]
+        fixed: u8,
     },
 }
 
@@ -91,9 +115,13 @@ struct PmuArgs {
     /// `intel:version=5,gp=8,fixed=4` (see docs/PMU-MODEL.md).
     #[arg(long, value_name = "SPEC", default_value = "host")]
     pmu_layout: String,
-    /// Write denied/faulting PMU programming attempts as JSON lines to FILE.
+    /// Write denied/faulting PMU programming attempts as JSON lines to FILE
+    /// (deduplicated and rate-limited, see docs/POLICY.md "Audit log").
     #[arg(long, value_name = "FILE")]
     pmu_audit: Option<PathBuf>,
+    /// Largest --pmu-audit file, in bytes (at least 4096); default 16 MiB.
+    #[arg(long, value_name = "BYTES", default_value_t = vmm::pmu::audit::DEFAULT_MAX_BYTES)]
+    pmu_audit_max_bytes: u64,
 }
 
 impl PmuArgs {
@@ -105,6 +133,7 @@ impl PmuArgs {
             layout: self.pmu_layout,
             policy: self.pmu_policy,
             audit: self.pmu_audit,
+            audit_max_bytes: self.pmu_audit_max_bytes,
         })
     }
 }
@@ -346,6 +375,18 @@ fn main() -> ExitCode {
         #[cfg(target_arch = "x86_64")]
         Cmd::Bench(a) => match bench::run(a) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        #[cfg(target_arch = "x86_64")]
+        Cmd::Policy(PolicyCmd::Check {
+            file,
+            vendor,
+            fixed,
+        }) => match policy_check::check(&file, vendor.as_deref(), fixed) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
             Err(e) => fail(e),
         },
         Cmd::Guests { extract, output } => match (extract, output) {

@@ -23,7 +23,12 @@ macro_rules! need_kvm {
 
 /// Runs the fuzz guest with `args` and checks the outcome; returns (stdout, stderr).
 fn fuzz(args: &[&str], seed: u64) -> (String, String) {
-    let cmdline = format!("fuzz={ACCESSES} seed={seed}");
+    fuzz_n(args, seed, ACCESSES)
+}
+
+/// [`fuzz`] with `accesses` accesses.
+fn fuzz_n(args: &[&str], seed: u64, accesses: u64) -> (String, String) {
+    let cmdline = format!("fuzz={accesses} seed={seed}");
     let mut full = vec!["run", "--kernel", "builtin:conformance", "--stats"];
     full.extend_from_slice(args);
     full.extend_from_slice(&["--cmdline", &cmdline]);
@@ -39,7 +44,7 @@ fn fuzz(args: &[&str], seed: u64) -> (String, String) {
         .lines()
         .find(|l| l.starts_with("fuzz: "))
         .unwrap_or_else(|| panic!("no fuzz line with {args:?}:\n{s}\n{e}"));
-    let prefix = format!("fuzz: {ACCESSES} accesses, ");
+    let prefix = format!("fuzz: {accesses} accesses, ");
     let suffix = format!(" #GP, seed {seed}");
     let gp: u64 = line
         .strip_prefix(&prefix)
@@ -48,10 +53,10 @@ fn fuzz(args: &[&str], seed: u64) -> (String, String) {
         .unwrap_or_else(|| panic!("malformed fuzz line {line:?}"));
     if args.contains(&"off") {
         // No PMU: every PMU MSR of both vendors #GPs, and so do their neighbours.
-        assert_eq!(gp, ACCESSES, "{gp} #GP of {ACCESSES}:\n{s}");
+        assert_eq!(gp, accesses, "{gp} #GP of {accesses}:\n{s}");
     } else {
         // Reserved-bit writes and absent MSRs always #GP here; not everything does.
-        assert!(gp > 0 && gp < ACCESSES, "{gp} #GP of {ACCESSES}:\n{s}");
+        assert!(gp > 0 && gp < accesses, "{gp} #GP of {accesses}:\n{s}");
     }
     assert!(s.contains(" 0 other exceptions"), "{s}");
     (s, e)
@@ -128,4 +133,57 @@ fn userspace_intel_v2_layout_survives_msr_fuzz() {
 fn pmu_off_survives_msr_fuzz() {
     need_kvm!("pmu_off_survives_msr_fuzz");
     fuzz(&["--pmu", "off"], 0xdead_beef);
+}
+
+/// A flooding guest cannot grow the audit log without bound: repeats are folded into
+/// `repeated` summaries, first occurrences beyond the rate limit into `suppressed`
+/// summaries, and the file never exceeds `--pmu-audit-max-bytes`.
+#[test]
+fn audit_log_stays_bounded_under_an_msr_flood() {
+    need_kvm!("audit_log_stays_bounded_under_an_msr_flood");
+    const CAP: u64 = 64 * 1024;
+    let audit = scratch("flood-audit.jsonl");
+    let audit_s = audit.to_string_lossy().into_owned();
+    let cap = CAP.to_string();
+    // 40,000 accesses give several thousand distinct records, far more than the rate
+    // limit's burst (1000) plus 100 a second for as long as the run takes, even on a slow,
+    // shared host.
+    let (_, e) = fuzz_n(
+        &[
+            "--pmu",
+            "userspace",
+            "--pmu-layout",
+            "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48,fw-writes",
+            "--pmu-audit",
+            &audit_s,
+            "--pmu-audit-max-bytes",
+            &cap,
+        ],
+        0xf100d,
+        40_000,
+    );
+    assert_vpmu_served(&e);
+    let size = std::fs::metadata(&audit).expect("audit written").len();
+    assert!(size <= CAP, "audit log is {size} bytes, cap {CAP}");
+    let text = std::fs::read_to_string(&audit).expect("audit log");
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let summary = |kind: &str| recs.iter().filter(|r| r["summary"] == kind).count();
+    assert!(summary("suppressed") > 0, "no suppressed summary:\n{e}");
+    assert!(
+        recs.iter()
+            .any(|r| r["verdict"] == "gp" && r.get("summary").is_none()),
+        "the first #GP records are there"
+    );
+    // Deduplication: no (vcpu, msr, value, verdict, rule) appears twice as a plain record.
+    let mut seen = std::collections::HashSet::new();
+    for r in recs.iter().filter(|r| r.get("summary").is_none()) {
+        let key = format!(
+            "{} {} {} {} {}",
+            r["vcpu"], r["msr"], r["value"], r["verdict"], r["rule"]
+        );
+        assert!(seen.insert(key.clone()), "duplicate record {key}");
+    }
 }

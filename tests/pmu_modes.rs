@@ -418,3 +418,96 @@ fn pmu_options_are_checked_even_when_off() {
     ]);
     assert_eq!(status(&o), 2, "{}", err(&o));
 }
+
+/// The programmed list of the run report at `path` (vCPU 0).
+fn programmed(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
+            .expect("report is JSON");
+    rep["pmu"][0]["programmed"]
+        .as_array()
+        .expect("programmed list")
+        .clone()
+}
+
+#[test]
+fn userspace_amd_denied_cycles_cannot_count_through_a_unit_mask_alias() {
+    need_model!(
+        "userspace_amd_denied_cycles_cannot_count_through_a_unit_mask_alias",
+        "amd"
+    );
+    // PMCx076 defines no unit mask: 0x76/0x01 counts cycles on hardware and in the clock
+    // model. A denylist naming cycles must deny it too.
+    let policy = write_scratch(
+        "deny-cycles-amd.toml",
+        b"action = \"deny\"\n[[event]]\nname = \"cycles\"\n",
+    );
+    let report = scratch("alias-report.json");
+    let report_s = report.to_string_lossy().into_owned();
+    let (_, s, e) = conformance(&[
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        "amd:gp=6,core-ext,perfmon-v2",
+        "--pmu-policy",
+        &policy,
+        "--report",
+        &report_s,
+        "--cmdline",
+        "denied=0x76:0x01",
+    ]);
+    let programmed = programmed(&report);
+    let has = |ev: &str, verdict: &str| {
+        programmed
+            .iter()
+            .any(|p| p["event"] == ev && p["verdict"] == verdict)
+    };
+    assert!(has("0x76/0x01", "denied"), "{programmed:?}\n{s}\n{e}");
+    assert!(!has("0x76/0x01", "counting"), "{programmed:?}");
+    let advance = s
+        .lines()
+        .find(|l| l.contains("denied event: counter does not advance"))
+        .unwrap_or_else(|| panic!("no denied-event check in:\n{s}"));
+    assert!(!advance.to_ascii_lowercase().contains("fail"), "{advance}");
+}
+
+#[test]
+fn userspace_intel_denied_cycles_denies_fixed_counter_1() {
+    need_model!(
+        "userspace_intel_denied_cycles_denies_fixed_counter_1",
+        "intel"
+    );
+    let policy = write_scratch(
+        "deny-cycles-intel.toml",
+        b"action = \"deny\"\nfixed_counters = []\n[[event]]\nname = \"cycles\"\n",
+    );
+    let report = scratch("fixed1-report.json");
+    let report_s = report.to_string_lossy().into_owned();
+    let (_, s, e) = conformance(&[
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48,fw-writes",
+        "--pmu-policy",
+        &policy,
+        "--report",
+        &report_s,
+    ]);
+    assert!(
+        e.contains("warning: policy") && e.contains("fixed counter 1 counts \"cycles\""),
+        "{e}"
+    );
+    let programmed = programmed(&report);
+    let fixed1: Vec<_> = programmed
+        .iter()
+        .filter(|p| p["event"] == "fixed1")
+        .collect();
+    assert!(
+        !fixed1.is_empty(),
+        "the guest programs fixed1: {programmed:?}\n{s}"
+    );
+    assert!(
+        fixed1.iter().all(|p| p["verdict"] == "denied"),
+        "{programmed:?}"
+    );
+}

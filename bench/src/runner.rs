@@ -111,6 +111,7 @@ impl Backend for VmmBackend {
             layout: "host".into(),
             policy: None,
             audit: audit.clone(),
+            ..vmm::PmuSettings::default()
         };
         cfg.console = vmm::Console::Capture(buf.clone());
         let result = vmm::run(cfg);

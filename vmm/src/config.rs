@@ -72,6 +72,9 @@ pub struct PmuSettings {
     pub policy: Option<PathBuf>,
     /// JSON-lines audit log of denied/faulting PMU programming attempts.
     pub audit: Option<PathBuf>,
+    /// Largest audit log, in bytes (`--pmu-audit-max-bytes`; at least
+    /// `pmu::audit::MIN_MAX_BYTES`, default `pmu::audit::DEFAULT_MAX_BYTES`).
+    pub audit_max_bytes: u64,
 }
 
 impl Default for PmuSettings {
@@ -81,6 +84,7 @@ impl Default for PmuSettings {
             layout: "host".to_string(),
             policy: None,
             audit: None,
+            audit_max_bytes: crate::pmu::audit::DEFAULT_MAX_BYTES,
         }
     }
 }

@@ -331,6 +331,71 @@ pub fn fixed_counter_name(idx: u8) -> Option<&'static str> {
         .map(|f| f.event.name)
 }
 
+/// Unit-mask aliases: events whose unit mask the hardware ignores (wholly or in part).
+///
+/// A unit-mask bit the event does not define is ignored by the counter: on AMD, PMCx076
+/// (cycles not in halt) with unit mask 0xff counts exactly what it counts with 0x00. Each
+/// row is `(vendor, event select, defined unit-mask bits)`; events not listed define all
+/// eight bits (every unit mask is its own event, as far as this crate knows).
+///
+/// Source: the AMD family 17h/19h PPRs' core PMC descriptions, as transcribed in Linux's
+/// `tools/perf/pmu-events/arch/x86/amdzen{1,2,3,4}/{core,branch,pipeline}.json`, where
+/// these events have no `UMask`: PMCx076 `ls_not_halted_cyc`, PMCx0C0 `ex_ret_instr`,
+/// PMCx0C2 `ex_ret_brn`, PMCx0C3 `ex_ret_brn_misp`. The other AMD named events (PMCx060
+/// L2 requests, PMCx064 L2 cache request status) define all eight unit-mask bits on Zen.
+/// Intel: the SDM defines unit masks per event and calls the others reserved, not
+/// ignored; none is listed (deny a whole Intel event with a `[[masked]]` rule).
+pub const UMASK_ALIASES: &[(Vendor, u16, u8)] = &[
+    (Vendor::Amd, 0x76, 0x00),
+    (Vendor::Amd, 0xc0, 0x00),
+    (Vendor::Amd, 0xc2, 0x00),
+    (Vendor::Amd, 0xc3, 0x00),
+];
+
+/// The unit-mask bits `vendor`'s event `event` defines (0xff unless listed in
+/// [`UMASK_ALIASES`]).
+pub fn defined_umask_bits(vendor: Vendor, event: u16) -> u8 {
+    UMASK_ALIASES
+        .iter()
+        .find(|(v, e, _)| *v == vendor && *e == event)
+        .map(|(_, _, d)| *d)
+        .unwrap_or(0xff)
+}
+
+/// The event the hardware counts for `(event, umask)`: the canonical encoding, with the
+/// unit-mask bits the event does not define cleared. Two selectors count the same thing
+/// iff their counted events are equal.
+pub fn counted_event(vendor: Vendor, event: u16, umask: u8) -> (u16, u8) {
+    (event, umask & defined_umask_bits(vendor, event))
+}
+
+/// An (event select, unit mask) pair.
+pub type Encoding = (u16, u8);
+
+/// Perf pseudo-encodings: event-select values that are no hardware event, but that Linux
+/// perf on Intel schedules on a fixed counter, so a *perf-backed* general-purpose counter
+/// (KVM's perf-based vPMU turns a guest selector into a raw perf event; so does the
+/// userspace vPMU's host-perf source) counts the fixed counter's event with them. Each row
+/// is `(vendor, pseudo encoding, the event it counts)`.
+///
+/// Source: KVM's `PSEUDO_ARCH_REFERENCE_CYCLES` = `{ 0x00, 0x03 }` (fixed counter 2) and
+/// `PSEUDO_ARCH_TOPDOWN_SLOTS` = `{ 0x00, 0x04 }` (fixed counter 3) in
+/// `arch/x86/kvm/vmx/pmu_intel.c`, and perf's `FIXED_EVENT_CONSTRAINT(0x0300, 2)` /
+/// `(0x0400, 3)` in `arch/x86/events/intel/core.c`.
+pub const PERF_PSEUDO_ALIASES: &[(Vendor, Encoding, Encoding)] = &[
+    (Vendor::Intel, (0x00, 0x03), (0x3c, 0x01)),
+    (Vendor::Intel, (0x00, 0x04), (0xa4, 0x01)),
+];
+
+/// The event a perf-backed counter counts for the pseudo-encoding `(event, umask)`, if it
+/// is one ([`PERF_PSEUDO_ALIASES`]).
+pub fn perf_pseudo_alias(vendor: Vendor, event: u16, umask: u8) -> Option<Encoding> {
+    PERF_PSEUDO_ALIASES
+        .iter()
+        .find(|(v, p, _)| *v == vendor && *p == (event, umask))
+        .map(|(_, _, c)| *c)
+}
+
 #[cfg(test)]
 mod intel_event_tests {
     use super::*;

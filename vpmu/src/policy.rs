@@ -14,6 +14,7 @@
 mod compile;
 mod kvm;
 mod parse;
+mod report;
 
 pub use compile::{Checked, CompiledPolicy, Decision, DenyReason, Describe, RuleId, RuleInfo};
 pub use kvm::{
@@ -21,6 +22,7 @@ pub use kvm::{
     KVM_PMU_EVENT_DENY, KVM_PMU_EVENT_FILTER_MAX_EVENTS, KVM_PMU_EVENT_FLAG_MASKED_EVENTS,
     KVM_PMU_FILTER_HEADER_SIZE, KVM_SET_PMU_EVENT_FILTER,
 };
+pub use report::check_report;
 
 use crate::config::Vendor;
 use crate::events;

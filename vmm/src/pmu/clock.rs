@@ -8,7 +8,14 @@
 //!
 //! Also refused: selectors the model cannot honour exactly (edge detect, invert, a counter
 //! mask above 1) and selectors counting at neither privilege level count nothing.
+//!
+//! The model counts only what the policy decided: [`gp_event`] takes the decided
+//! [`Programming`] and refuses anything whose verdict is not `Allowed`, and it maps the
+//! event the hardware would count (`vpmu::events::counted_event`, unit-mask aliases
+//! normalised), never a wildcard of its own; the policy decides every alias of that
+//! counted event at least as strictly (docs/POLICY.md, "Unit-mask aliases").
 
+use vpmu::guest::{Programming, Verdict};
 use vpmu::selector::EventSelector;
 use vpmu::Vendor;
 
@@ -30,6 +37,8 @@ pub enum Refusal {
     UnsupportedQualifier,
     /// Neither USR nor OS is set: the counter counts nothing (architecturally).
     NoPrivilegeLevel,
+    /// The policy did not allow this programming: nothing may count it.
+    NotAllowed,
 }
 
 impl Refusal {
@@ -43,18 +52,30 @@ impl Refusal {
                 "edge/invert/counter-mask not supported by the clock counter source"
             }
             Refusal::NoPrivilegeLevel => "neither USR nor OS set",
+            Refusal::NotAllowed => "not allowed by the policy",
         }
     }
 }
 
-/// Maps a general-purpose event selector to a clock event.
-pub fn gp_event(vendor: Vendor, sel: &EventSelector) -> Result<ClockEvent, Refusal> {
-    let ev = match (vendor, sel.event, sel.umask) {
+/// Maps a decided programming (GP, or a fixed counter in event-select shape) to a clock
+/// event; anything the policy did not allow is refused.
+pub fn gp_event(p: &Programming) -> Result<ClockEvent, Refusal> {
+    if p.verdict != Verdict::Allowed {
+        return Err(Refusal::NotAllowed);
+    }
+    selector_event(p.selector.vendor, &p.selector)
+}
+
+/// Maps an event selector, already allowed by the policy, to a clock event.
+fn selector_event(vendor: Vendor, sel: &EventSelector) -> Result<ClockEvent, Refusal> {
+    let counted = vpmu::events::counted_event(vendor, sel.event, sel.umask);
+    let ev = match (vendor, counted) {
         // Intel architectural events (SDM vol. 3B, Table 21-1 / 18-1).
-        (Vendor::Intel, 0x3c, 0x00) => ClockEvent::CoreCycles,
-        (Vendor::Intel, 0x3c, 0x01) => ClockEvent::RefCycles,
-        // AMD: PMCx076 CPU cycles not in halt (all families since 17h).
-        (Vendor::Amd, 0x76, _) => ClockEvent::CoreCycles,
+        (Vendor::Intel, (0x3c, 0x00)) => ClockEvent::CoreCycles,
+        (Vendor::Intel, (0x3c, 0x01)) => ClockEvent::RefCycles,
+        // AMD: PMCx076 CPU cycles not in halt (all families since 17h); it defines no
+        // unit mask, so every unit mask counts it (the policy decides them all alike).
+        (Vendor::Amd, (0x76, 0x00)) => ClockEvent::CoreCycles,
         _ => return Err(Refusal::UnsupportedEvent),
     };
     if sel.edge || sel.inv || sel.cmask > 1 {
@@ -72,6 +93,38 @@ mod tests {
 
     fn sel(v: Vendor, raw: u64) -> EventSelector {
         EventSelector::decode(v, raw)
+    }
+
+    fn gp_event(v: Vendor, s: &EventSelector) -> Result<ClockEvent, Refusal> {
+        selector_event(v, s)
+    }
+
+    #[test]
+    fn counts_only_what_the_policy_allowed() {
+        use vpmu::policy::DenyReason;
+        use vpmu::state::CounterId;
+        let usr_en = (1 << 16) | (1 << 22);
+        let p = |raw: u64, verdict| Programming {
+            counter: CounterId::Gp(0),
+            selector: sel(Vendor::Amd, raw),
+            fixed_field: None,
+            verdict,
+        };
+        // AMD 0x76 with an undefined unit mask counts cycles when the policy allowed it ...
+        assert_eq!(
+            super::gp_event(&p(0x176 & 0xff | 0x100 | usr_en, Verdict::Allowed)),
+            Ok(ClockEvent::CoreCycles)
+        );
+        // ... and nothing at all otherwise.
+        let denied = Verdict::Denied(DenyReason::NotInAllowlist);
+        assert_eq!(
+            super::gp_event(&p(0x176 & 0xff | 0x100 | usr_en, denied)),
+            Err(Refusal::NotAllowed)
+        );
+        assert_eq!(
+            super::gp_event(&p(0x76 | usr_en, Verdict::Disabled)),
+            Err(Refusal::NotAllowed)
+        );
     }
 
     #[test]

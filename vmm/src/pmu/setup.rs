@@ -77,6 +77,21 @@ fn kvm_pmu_disable(kvm: &Kvm, vm: &VmFd) -> Result<bool> {
     Ok(false)
 }
 
+/// Reads and parses an operator policy file: a regular file of at most
+/// `vpmu::policy::MAX_POLICY_BYTES` (checked before reading), UTF-8, valid TOML policy.
+pub fn read_policy_file(path: &std::path::Path) -> Result<Policy> {
+    let bytes = read_regular(path, vpmu::policy::MAX_POLICY_BYTES).map_err(|e| match e {
+        ReadError::Io(source) => Error::Io {
+            op: format!("reading policy {}", path.display()),
+            source,
+        },
+        e => Error::PmuConfig(format!("policy {} {e}", path.display())),
+    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::PmuConfig(format!("policy {} is not UTF-8 text", path.display())))?;
+    Policy::from_toml(&text).map_err(|e| Error::PmuConfig(format!("{}: {e}", path.display())))
+}
+
 fn load_policy(
     config: &VmConfig,
     vendor: vpmu::Vendor,
@@ -108,23 +123,7 @@ fn read_policy(config: &VmConfig) -> Result<(Policy, String)> {
             Policy::default_architectural(),
             "builtin default".to_string(),
         ),
-        Some(path) => {
-            // A regular file of at most MAX_POLICY_BYTES, checked before reading.
-            let bytes =
-                read_regular(path, vpmu::policy::MAX_POLICY_BYTES).map_err(|e| match e {
-                    ReadError::Io(source) => Error::Io {
-                        op: format!("reading policy {}", path.display()),
-                        source,
-                    },
-                    e => Error::PmuConfig(format!("policy {} {e}", path.display())),
-                })?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                Error::PmuConfig(format!("policy {} is not UTF-8 text", path.display()))
-            })?;
-            let p = Policy::from_toml(&text)
-                .map_err(|e| Error::PmuConfig(format!("{}: {e}", path.display())))?;
-            (p, path.display().to_string())
-        }
+        Some(path) => (read_policy_file(path)?, path.display().to_string()),
     })
 }
 
@@ -417,7 +416,18 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
     let (compiled, name) = load_policy(config, vendor, &plan.layout)?;
     plan.policy_name = name;
     if let Some(path) = &config.pmu.audit {
-        let log = AuditLog::create(path).map_err(|source| Error::Io {
+        let max = config.pmu.audit_max_bytes;
+        if max < super::audit::MIN_MAX_BYTES {
+            return Err(Error::PmuConfig(format!(
+                "--pmu-audit-max-bytes {max} is below the minimum of {} bytes",
+                super::audit::MIN_MAX_BYTES
+            )));
+        }
+        let limits = super::audit::Limits {
+            max_bytes: max,
+            ..Default::default()
+        };
+        let log = AuditLog::create_with(path, limits).map_err(|source| Error::Io {
             op: format!("creating audit log {}", path.display()),
             source,
         })?;

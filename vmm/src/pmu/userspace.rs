@@ -191,7 +191,7 @@ impl UserspacePmu {
         &self,
         msr: u32,
         value: u64,
-        verdict: &str,
+        verdict: &'static str,
         sel: Option<&EventSelector>,
         rule: String,
     ) {
@@ -289,7 +289,7 @@ impl UserspacePmu {
                     }
                 }
             }
-            Verdict::Allowed => match clock::gp_event(sel.vendor, &sel) {
+            Verdict::Allowed => match clock::gp_event(&p) {
                 Ok(ev) => Feed::Clock(ev),
                 Err(r) => {
                     let why = match id {

@@ -162,54 +162,76 @@ impl Policy {
     /// counters at or beyond `num_fixed` are dropped from the bitmap (a warning when
     /// listed explicitly): for the counters the guest has, that changes nothing.
     pub fn compile(&self, vendor: Vendor, num_fixed: u8) -> Result<CompiledPolicy, PolicyError> {
+        let compiled = self.compile_once(vendor, num_fixed)?;
+        // Perf pseudo-encodings (events::PERF_PSEUDO_ALIASES) count another event select's
+        // event on a perf-backed counter: decide them at least as strictly as that event.
+        let mut fixed = self.clone();
+        let mut notes = Vec::new();
+        for &(v, (pe, pu), (ce, cu)) in events::PERF_PSEUDO_ALIASES {
+            if v != vendor
+                || !compiled.decide(selector::encode(pe, pu)).is_allowed()
+                || compiled.decide(selector::encode(ce, cu)).is_allowed()
+            {
+                continue;
+            }
+            let name = events::named_events(vendor)
+                .iter()
+                .find(|n| (n.event, n.umask) == (ce, cu))
+                .map_or("?", |n| n.name);
+            let label = Some(format!("perf pseudo-encoding of {name}"));
+            match self.action {
+                Action::Deny => {
+                    // List it, and let no exclude reopen it.
+                    fixed.masked.retain(|m| {
+                        !(m.exclude && m.event == pe && pu & m.umask_mask == m.umask_match)
+                    });
+                    fixed.events.push(super::EventRule {
+                        spec: EventSpec::Raw {
+                            event: pe,
+                            umask: pu,
+                        },
+                        vendor: Some(vendor),
+                        label,
+                        line: None,
+                    });
+                }
+                Action::Allow => fixed.masked.push(super::MaskedRule {
+                    event: pe,
+                    umask_match: pu,
+                    umask_mask: 0xff,
+                    exclude: true,
+                    vendor: Some(vendor),
+                    label,
+                    line: None,
+                }),
+            }
+            notes.push(format!(
+                "event {pe:#04x}/{pu:#04x} is perf's pseudo-encoding of \"{name}\" \
+                 ({ce:#x}/{cu:#04x}), which a perf-backed counter counts as {name}; denied \
+                 with {name}"
+            ));
+        }
+        if notes.is_empty() {
+            return Ok(compiled);
+        }
+        let mut compiled = fixed.compile_once(vendor, num_fixed)?;
+        compiled.warnings.extend(notes);
+        Ok(compiled)
+    }
+
+    fn compile_once(&self, vendor: Vendor, num_fixed: u8) -> Result<CompiledPolicy, PolicyError> {
         self.validate()?;
         let num_fixed = match vendor {
             Vendor::Intel => num_fixed.min(32),
             Vendor::Amd => 0,
         };
         let applies = |v: Option<Vendor>| v.is_none() || v == Some(vendor);
-        let masked_mode = self.masked.iter().any(|m| applies(m.vendor));
 
-        let mut rules = Vec::new();
-        let mut entries = Vec::new();
         let mut warnings = Vec::new();
-        let mut kvm_events = Vec::new();
         let mut named_fixed = 0u32;
-
-        let mut push = |at: Loc,
-                        entry: Entry,
-                        text: String,
-                        rules: &mut Vec<RuleInfo>,
-                        entries: &mut Vec<Entry>|
-         -> Result<(), PolicyError> {
-            if vendor == Vendor::Intel && entry.event > 0xff {
-                return Err(PolicyError::EventTooWideForIntel {
-                    at,
-                    event: entry.event,
-                });
-            }
-            if entries.len() >= KVM_PMU_EVENT_FILTER_MAX_EVENTS {
-                return Err(PolicyError::TooManyEntries {
-                    at,
-                    vendor,
-                    count: entries.len() + 1,
-                });
-            }
-            let id = rules.len() as u16; // < 300
-            rules.push(RuleInfo { line: at.0, text });
-            entries.push(Entry { rule: id, ..entry });
-            kvm_events.push(if masked_mode {
-                encode_masked(
-                    entry.event,
-                    entry.umask_match,
-                    entry.umask_mask,
-                    entry.exclude,
-                )
-            } else {
-                encode_plain(entry.event, entry.umask_match)
-            });
-            Ok(())
-        };
+        // (where, entry, text) before encoding: whether the filter is masked depends on
+        // every entry (an alias-covering entry needs the masked encoding).
+        let mut pending: Vec<(Loc, Entry, String)> = Vec::new();
 
         for r in self.events.iter().filter(|r| applies(r.vendor)) {
             let at = Loc(r.line);
@@ -247,7 +269,9 @@ impl Policy {
                 exclude: false,
                 rule: 0,
             };
-            push(at, entry, text, &mut rules, &mut entries)?;
+            if let Some(e) = cover_aliases(vendor, self.action, at, entry, false, &mut warnings) {
+                pending.push((at, e, text));
+            }
         }
         for m in self.masked.iter().filter(|m| applies(m.vendor)) {
             let at = Loc(m.line);
@@ -269,7 +293,45 @@ impl Policy {
                 exclude: m.exclude,
                 rule: 0,
             };
-            push(at, entry, text, &mut rules, &mut entries)?;
+            if let Some(e) = cover_aliases(vendor, self.action, at, entry, true, &mut warnings) {
+                pending.push((at, e, text));
+            }
+        }
+
+        let masked_mode = self.masked.iter().any(|m| applies(m.vendor))
+            || pending
+                .iter()
+                .any(|(_, e, _)| e.umask_mask != 0xff || e.exclude);
+        let mut rules = Vec::new();
+        let mut entries = Vec::new();
+        let mut kvm_events = Vec::new();
+        for (at, entry, text) in pending {
+            if vendor == Vendor::Intel && entry.event > 0xff {
+                return Err(PolicyError::EventTooWideForIntel {
+                    at,
+                    event: entry.event,
+                });
+            }
+            if entries.len() >= KVM_PMU_EVENT_FILTER_MAX_EVENTS {
+                return Err(PolicyError::TooManyEntries {
+                    at,
+                    vendor,
+                    count: entries.len() + 1,
+                });
+            }
+            let id = rules.len() as u16; // < 300
+            rules.push(RuleInfo { line: at.0, text });
+            entries.push(Entry { rule: id, ..entry });
+            kvm_events.push(if masked_mode {
+                encode_masked(
+                    entry.event,
+                    entry.umask_match,
+                    entry.umask_mask,
+                    entry.exclude,
+                )
+            } else {
+                encode_plain(entry.event, entry.umask_match)
+            });
         }
 
         let present = if num_fixed >= 32 {
@@ -351,7 +413,7 @@ impl Policy {
             }
         }
 
-        Ok(CompiledPolicy {
+        let mut compiled = CompiledPolicy {
             vendor,
             action: self.action,
             anythread: self.anythread,
@@ -362,7 +424,9 @@ impl Policy {
             slot_of,
             slots,
             warnings,
-        })
+        };
+        compiled.tie_fixed_counters(&self.fixed_counters);
+        Ok(compiled)
     }
 
     /// Compile for the guest PMU `cfg`; `None` when the guest has no PMU.
@@ -375,7 +439,126 @@ impl Policy {
     }
 }
 
+/// Makes `entry` cover the unit-mask aliases of its event ([`events::UMASK_ALIASES`]):
+/// a selector whose unit mask differs only in bits the event does not define counts the
+/// same thing, so the policy must decide it the same way, or more strictly. `None`: the
+/// rule can never match an encoding the hardware distinguishes and is dropped (only where
+/// dropping it denies more, never less). Events that define every unit-mask bit are left
+/// as written.
+///
+/// With `D` the event's defined bits and a rule `umask & mask == match`:
+/// * deny-list includes, allow-list excludes and deny-list excludes (whatever makes or
+///   keeps an event denied, and whatever could reopen one) are matched on the counted
+///   event: `umask & (mask & D) == match`, i.e. every alias;
+/// * allow-list includes stay exact (an allow never reaches further than written; an
+///   alias of an allowed event is denied, which is stricter), but a `[[event]]` unit mask
+///   with undefined bits is reduced to the event's canonical encoding (with a warning);
+/// * a masked rule whose `match` has undefined bits never matches a counted event: an
+///   allow-list include or a deny-list exclude of that kind is dropped (it would only
+///   ever allow an alias), a deny-list include or allow-list exclude stays exact.
+fn cover_aliases(
+    vendor: Vendor,
+    action: Action,
+    at: Loc,
+    entry: Entry,
+    masked: bool,
+    warnings: &mut Vec<String>,
+) -> Option<Entry> {
+    let defined = events::defined_umask_bits(vendor, entry.event);
+    if defined == 0xff {
+        return Some(entry);
+    }
+    let allow_include = action == Action::Allow && !entry.exclude;
+    if !masked {
+        // An [[event]] rule: one exact unit mask.
+        let canonical = entry.umask_match & defined;
+        if canonical != entry.umask_match {
+            warnings.push(format!(
+                "{at}: event {:#x} does not define unit mask bits {:#04x} on {vendor:?} (the \
+                 hardware ignores them); the rule means {:#x}/{canonical:#04x}",
+                entry.event,
+                entry.umask_match & !defined,
+                entry.event,
+            ));
+        }
+        return Some(if allow_include {
+            Entry {
+                umask_match: canonical,
+                ..entry
+            }
+        } else {
+            Entry {
+                umask_match: canonical,
+                umask_mask: defined,
+                ..entry
+            }
+        });
+    }
+    let deny_exclude = action == Action::Deny && entry.exclude;
+    if entry.umask_match & !defined != 0 {
+        if allow_include || deny_exclude {
+            warnings.push(format!(
+                "{at}: masked rule for event {:#x} matches only unit mask bits the event does \
+                 not define on {vendor:?}; dropped (it could only reopen an alias)",
+                entry.event
+            ));
+            return None;
+        }
+        return Some(entry);
+    }
+    if allow_include {
+        return Some(entry);
+    }
+    Some(Entry {
+        umask_mask: entry.umask_mask & defined,
+        ..entry
+    })
+}
+
 impl CompiledPolicy {
+    /// A fixed counter counts an event (instructions, cycles, ref-cycles, topdown slots)
+    /// that KVM's filter judges by `fixed_counter_bitmap` alone. Where the policy denies
+    /// that event as a GP event, deny the fixed counter too, unless an allow-list names it
+    /// explicitly in `fixed_counters` (then it stays allowed); warn either way.
+    fn tie_fixed_counters(&mut self, fixed: &FixedCounters) {
+        if self.vendor != Vendor::Intel {
+            return;
+        }
+        for f in events::INTEL_FIXED_COUNTERS.iter() {
+            let i = f.index;
+            if i >= self.num_fixed || !self.decide_fixed(i) {
+                continue;
+            }
+            let (ev, um) = (f.event.event, f.event.umask);
+            if self.decide(selector::encode(ev, um)).is_allowed() {
+                continue;
+            }
+            let name = f.event.name;
+            let explicit = matches!(fixed, FixedCounters::List(l) if l.contains(&i));
+            if self.action == Action::Allow && explicit {
+                self.warnings.push(format!(
+                    "fixed counter {i} is allowed explicitly by fixed_counters although its \
+                     event \"{name}\" ({ev:#x}/{um:#04x}) is denied: the guest can count \
+                     {name} on fixed counter {i}"
+                ));
+                continue;
+            }
+            match self.action {
+                Action::Allow => self.filter.fixed_counter_bitmap &= !(1 << i),
+                Action::Deny => self.filter.fixed_counter_bitmap |= 1 << i,
+            }
+            self.warnings.push(format!(
+                "fixed counter {i} counts \"{name}\" ({ev:#x}/{um:#04x}), which the policy \
+                 denies: fixed counter {i} is denied too{}",
+                if self.action == Action::Allow {
+                    " (list it in fixed_counters to allow it anyway)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+
     /// The vendor compiled for.
     pub fn vendor(&self) -> Vendor {
         self.vendor
@@ -557,7 +740,22 @@ impl fmt::Display for Describe<'_> {
                 None => write!(f, "denied by rule #{}", id.0),
             },
             DenyReason::AnyThread => f.write_str("AnyThread not permitted by policy"),
-            DenyReason::FixedCounter(i) => write!(f, "fixed counter {i} not allowed by policy"),
+            DenyReason::FixedCounter(i) => {
+                write!(f, "fixed counter {i} not allowed by policy")?;
+                // Say when it follows its event (see `tie_fixed_counters`).
+                match events::INTEL_FIXED_COUNTERS.get(usize::from(i)) {
+                    Some(fc)
+                        if self.policy.vendor == Vendor::Intel
+                            && !self
+                                .policy
+                                .decide(selector::encode(fc.event.event, fc.event.umask))
+                                .is_allowed() =>
+                    {
+                        write!(f, " (its event \"{}\" is denied)", fc.event.name)
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }
