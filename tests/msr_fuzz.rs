@@ -21,13 +21,13 @@ macro_rules! need_kvm {
     };
 }
 
-/// Runs the fuzz guest with `args` and checks the outcome; returns (stdout, stderr).
-fn fuzz(args: &[&str], seed: u64) -> (String, String) {
+/// Runs the fuzz guest with `args` and checks the outcome; returns (stdout, run report).
+fn fuzz(args: &[&str], seed: u64) -> (String, serde_json::Value) {
     let cmdline = format!("fuzz={ACCESSES} seed={seed}");
-    let mut full = vec!["run", "--kernel", "builtin:conformance", "--stats"];
+    let mut full = vec!["run", "--kernel", "builtin:conformance"];
     full.extend_from_slice(args);
     full.extend_from_slice(&["--cmdline", &cmdline]);
-    let o = vmm(&full);
+    let (o, report) = vmm_report(&full);
     let (st, s, e) = (status(&o), out(&o), err(&o));
     assert!(
         !s.contains("panicked") && !e.contains("panicked"),
@@ -54,28 +54,21 @@ fn fuzz(args: &[&str], seed: u64) -> (String, String) {
         assert!(gp > 0 && gp < ACCESSES, "{gp} #GP of {ACCESSES}:\n{s}");
     }
     assert!(s.contains(" 0 other exceptions"), "{s}");
-    (s, e)
+    (s, report.expect("run report"))
 }
 
 /// The userspace vPMU really served a share of the accesses (they reached the VMM).
-fn assert_vpmu_served(e: &str) {
-    let line = e
-        .lines()
-        .find(|l| l.contains("userspace vPMU:"))
-        .unwrap_or_else(|| panic!("no userspace vPMU summary:\n{e}"));
-    let reads: u64 = line
-        .split("userspace vPMU: ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("malformed summary {line:?}"));
-    assert!(reads > ACCESSES / 20, "{line}");
+fn assert_vpmu_served(report: &serde_json::Value) {
+    let reads = report["pmu"][0]["stats"]["reads"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no userspace vPMU summary in the report: {report}"));
+    assert!(reads > ACCESSES / 20, "{reads} reads: {report}");
 }
 
 #[test]
 fn userspace_amd_layout_survives_msr_fuzz() {
     need_kvm!("userspace_amd_layout_survives_msr_fuzz");
-    let (_, e) = fuzz(
+    let (_, report) = fuzz(
         &[
             "--pmu",
             "userspace",
@@ -84,20 +77,20 @@ fn userspace_amd_layout_survives_msr_fuzz() {
         ],
         0x5eed_0a3d,
     );
-    assert_vpmu_served(&e);
+    assert_vpmu_served(&report);
 }
 
 #[test]
 fn userspace_amd_legacy_layout_survives_msr_fuzz() {
     need_kvm!("userspace_amd_legacy_layout_survives_msr_fuzz");
-    let (_, e) = fuzz(&["--pmu", "userspace", "--pmu-layout", "amd-legacy"], 2);
-    assert_vpmu_served(&e);
+    let (_, report) = fuzz(&["--pmu", "userspace", "--pmu-layout", "amd-legacy"], 2);
+    assert_vpmu_served(&report);
 }
 
 #[test]
 fn userspace_intel_v5_layout_survives_msr_fuzz() {
     need_kvm!("userspace_intel_v5_layout_survives_msr_fuzz");
-    let (_, e) = fuzz(
+    let (_, report) = fuzz(
         &[
             "--pmu",
             "userspace",
@@ -106,13 +99,13 @@ fn userspace_intel_v5_layout_survives_msr_fuzz() {
         ],
         0x1e7e1,
     );
-    assert_vpmu_served(&e);
+    assert_vpmu_served(&report);
 }
 
 #[test]
 fn userspace_intel_v2_layout_survives_msr_fuzz() {
     need_kvm!("userspace_intel_v2_layout_survives_msr_fuzz");
-    let (_, e) = fuzz(
+    let (_, report) = fuzz(
         &[
             "--pmu",
             "userspace",
@@ -121,7 +114,7 @@ fn userspace_intel_v2_layout_survives_msr_fuzz() {
         ],
         7,
     );
-    assert_vpmu_served(&e);
+    assert_vpmu_served(&report);
 }
 
 #[test]

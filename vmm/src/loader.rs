@@ -263,7 +263,7 @@ fn write_raw_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, LoadEr
     let mut b = cmdline.as_bytes().to_vec();
     b.push(0);
     mem.write_slice(&b, GuestAddress(arch::layout::CMDLINE_START))
-        .map_err(|e| LoadError::Boot(e.to_string()))?;
+        .map_err(|e| LoadError::Boot(e.into()))?;
     Ok(arch::layout::CMDLINE_START)
 }
 
@@ -288,7 +288,7 @@ pub fn load_initrd(
             }
         })?;
     mem.write_slice(&data, addr)
-        .map_err(|e| LoadError::Boot(e.to_string()))?;
+        .map_err(|e| LoadError::Boot(e.into()))?;
     Ok(Some((addr, size)))
 }
 
