@@ -356,10 +356,11 @@ fn stats_text(r: &RunReport) -> String {
     );
     let p = &r.startup;
     s.push_str(&format!(
-        "startup (ms): kvm {:.2}, cpuid {:.2}, vm {:.2}, irqchip {:.2}, pmu plan {:.2}, memory {:.2}, kernel {:.2}, devices {:.2}, vcpus {:.2}, msr filter {:.2} (waited {:.2}), to first KVM_RUN {:.2}\n",
+        "startup (ms): kvm {:.2}, cpuid {:.2}, vm {:.2}, irqchip {:.2}, pmu plan {:.2}, memory {:.2}, kernel {:.2}, devices {:.2}, vcpus {:.2}, threads {:.2}; helpers: memory slots {:.2}, msr filter {:.2} (waited {:.2}); to first KVM_RUN {:.2}\n",
         ms(p.open_kvm_ns), ms(p.supported_cpuid_ns), ms(p.create_vm_ns), ms(p.irqchip_ns),
         ms(p.pmu_plan_ns), ms(p.memory_ns), ms(p.load_kernel_ns), ms(p.devices_ns),
-        ms(p.vcpu_create_ns), ms(p.msr_filter_ns), ms(p.msr_filter_wait_ns), ms(p.first_kvm_run_ns)
+        ms(p.vcpu_create_ns), ms(p.vcpu_spawn_ns), ms(p.memory_register_ns), ms(p.msr_filter_ns),
+        ms(p.helper_wait_ns), ms(p.first_kvm_run_ns)
     ));
     for (i, v) in r.vcpus.iter().enumerate() {
         s.push_str(&format!(

@@ -4,16 +4,17 @@
 //! Read [`Vm::build`] top to bottom: it is the whole start-up sequence, one step per
 //! function (`create_vm`, `plan_pmu`, `load_guest`, `add_legacy_devices`, `add_disks`,
 //! `create_vcpus`), each timed into [`StartupPhases`]. The MSR filter the vPMU plan needs
-//! is installed on a helper thread while the kernel is loaded and the vCPUs are created
-//! (KVM_X86_SET_MSR_FILTER waits for an SRCU grace period); [`Vm::start`] joins that
-//! thread before the first vCPU thread exists, so no guest instruction runs before every
-//! routed MSR is routed.
+//! and the guest memory's KVM registration run on helper threads while the kernel is
+//! loaded, the vCPUs are created and their threads spawned (KVM_X86_SET_MSR_FILTER and
+//! KVM_SET_USER_MEMORY_REGION wait for an SRCU grace period); [`Vm::start`] joins them
+//! before it lets the vCPU threads pass their start gate, so no guest instruction runs
+//! before every routed MSR is routed and all memory is registered.
 
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use crate::config::{Console, DiskConfig, VmConfig};
 use crate::error::{BootError, Error, LoadError, PmuConfigError, Result};
 use crate::loader::{self, Boot, Loaded};
 use crate::outcome::Outcome;
-use crate::pmu::setup::{self, MsrFilter, PmuPlan, PmuSetup};
+use crate::pmu::setup::{self, PmuPlan, PmuSetup};
 use crate::pmu::{PmuSummary, VcpuPmu};
 use crate::vcpu::{Shared, Vcpu, VcpuStats};
 
@@ -88,9 +89,11 @@ pub struct DiskReport {
 }
 
 /// Where the time from VMM start to the first guest instruction went, in nanoseconds.
-/// Steps run in this order on the main thread, except `msr_filter_ns`, which overlaps
-/// the steps after `pmu_plan_ns` on a helper thread; `msr_filter_wait_ns` is how long
-/// the main thread still had to wait for it.
+/// Steps run in this order on the main thread, except `memory_register_ns` and
+/// `msr_filter_ns`, which run side by side on helper threads from `memory_ns` on,
+/// overlapping the later steps (the vCPU threads are spawned before they are joined and
+/// wait at a gate); `helper_wait_ns` is how long the main thread still had to wait for
+/// them after spawning the vCPU threads.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StartupPhases {
     /// Config checks, signal handler, opening the disk images.
@@ -105,8 +108,10 @@ pub struct StartupPhases {
     pub irqchip_ns: u64,
     /// The vPMU plan (host probe, policy, KVM caps; not the MSR filter).
     pub pmu_plan_ns: u64,
-    /// Guest memory: mmap and KVM_SET_USER_MEMORY_REGION.
+    /// Guest memory: the host mapping.
     pub memory_ns: u64,
+    /// KVM_SET_USER_MEMORY_REGION on its helper thread.
+    pub memory_register_ns: u64,
     /// Kernel, initrd and boot structures.
     pub load_kernel_ns: u64,
     /// Legacy devices and disks on their buses, irqfds.
@@ -115,10 +120,12 @@ pub struct StartupPhases {
     pub vcpu_create_ns: u64,
     /// KVM_X86_SET_MSR_FILTER on its helper thread (0: no filter).
     pub msr_filter_ns: u64,
-    /// Time the main thread waited for the filter before starting the vCPUs.
-    pub msr_filter_wait_ns: u64,
-    /// vPMU backends and vCPU threads up to vCPU 0's first KVM_RUN.
-    pub spawn_to_first_run_ns: u64,
+    /// vPMU backends and spawning the vCPU threads (which then wait at the start gate).
+    pub vcpu_spawn_ns: u64,
+    /// Time the main thread then waited for the helper threads before opening the gate.
+    pub helper_wait_ns: u64,
+    /// From the gate opening to vCPU 0's first KVM_RUN (thread wake-up).
+    pub gate_to_first_run_ns: u64,
     /// VMM start to vCPU 0's first KVM_RUN (the sum of the above, less the overlap).
     pub first_kvm_run_ns: u64,
 }
@@ -155,8 +162,8 @@ pub struct Vm {
     /// This run's one KVM_GET_SUPPORTED_CPUID.
     supported_cpuid: CpuId,
     plan: PmuPlan,
-    /// The helper thread installing the MSR filter; yields the ioctl's duration.
-    msr_filter: Option<JoinHandle<Result<u64>>>,
+    /// The helper threads (memory registration, MSR filter); each yields its duration.
+    helpers: Vec<(Helper, JoinHandle<Result<u64>>)>,
     mem: GuestMemoryMmap,
     boot: Boot,
     serial: Option<Arc<Mutex<devices::Serial>>>,
@@ -195,12 +202,21 @@ impl Vm {
         let vm = create_vm(&kvm, &mut phases, &mut t)?;
         let mut plan = setup::plan(&kvm, &vm, &config, &supported_cpuid)?;
         phases.pmu_plan_ns = lap(&mut t);
-        let msr_filter = plan
-            .take_msr_filter()
-            .map(|f| spawn_msr_filter(vm.clone(), f))
-            .transpose()?;
-        let mem = create_memory(&vm, config.memory)?;
+        let mem = create_memory(config.memory)?;
         phases.memory_ns = lap(&mut t);
+        // KVM_SET_USER_MEMORY_REGION and KVM_X86_SET_MSR_FILTER both wait for an SRCU
+        // grace period: run them side by side (they share it) on helper threads, while
+        // this thread loads the guest and creates the vCPUs. `start` joins them.
+        let mut helpers = vec![{
+            let (vm, mem) = (vm.clone(), mem.clone());
+            spawn_helper(Helper::RegisterMemory, move || register_memory(&vm, &mem))?
+        }];
+        if let Some(filter) = plan.take_msr_filter() {
+            let vm = vm.clone();
+            helpers.push(spawn_helper(Helper::MsrFilter, move || {
+                filter.install(&vm)
+            })?);
+        }
         let boot = load_guest(&mem, &config)?;
         phases.load_kernel_ns = lap(&mut t);
         let mut this = Vm {
@@ -210,7 +226,7 @@ impl Vm {
             vm,
             supported_cpuid,
             plan,
-            msr_filter,
+            helpers,
             mem,
             boot,
             serial: None,
@@ -324,17 +340,13 @@ impl Vm {
         Ok(())
     }
 
-    /// Waits for the MSR filter (every routed MSR is routed from here on), then gives
-    /// each vCPU its vPMU backend and its thread.
+    /// Gives each vCPU its vPMU backend and its thread, which waits at a start gate;
+    /// then waits for the MSR filter (every routed MSR is routed from here on) and opens
+    /// the gate. The filter's SRCU wait thus overlaps with thread creation, and still no
+    /// vCPU runs before it is installed. If anything fails, the gate sends the threads
+    /// home without a KVM_RUN and the error is returned.
     pub fn start(mut self) -> Result<RunningVm> {
         let mut t = Instant::now();
-        if let Some(h) = self.msr_filter.take() {
-            self.phases.msr_filter_ns = h.join().map_err(|_| Error::Io {
-                op: "installing the MSR filter".into(),
-                source: std::io::Error::other("the MSR filter thread panicked"),
-            })??;
-        }
-        self.phases.msr_filter_wait_ns = lap(&mut t);
         let shared = Arc::new(Shared {
             pio: std::mem::take(&mut self.pio),
             mmio: std::mem::take(&mut self.mmio),
@@ -346,18 +358,51 @@ impl Vm {
             started: self.started,
             first_entry_ns: AtomicU64::new(0),
         });
+        let gate = Arc::new(StartGate::default());
         let (done_tx, done_rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(self.vcpu_fds.len());
         for (i, fd) in std::mem::take(&mut self.vcpu_fds).into_iter().enumerate() {
-            let vcpu = self.vcpu(i as u8, fd, &shared)?;
-            handles.push(spawn_vcpu(vcpu, done_tx.clone())?);
+            let spawned = self
+                .vcpu(i as u8, fd, &shared)
+                .and_then(|v| spawn_vcpu(v, done_tx.clone(), gate.clone()));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => return Err(gate.abort(handles, e)),
+            }
         }
+        self.phases.vcpu_spawn_ns = lap(&mut t);
+        let filter = self.join_helpers();
+        self.phases.helper_wait_ns = lap(&mut t);
+        if let Err(e) = filter {
+            return Err(gate.abort(handles, e));
+        }
+        gate.set(true);
         Ok(RunningVm {
             vm: self,
             shared,
             handles,
             done: done_rx,
         })
+    }
+
+    /// Joins the helper threads; records how long each took. Every one is joined, even
+    /// after a failure (the memory helper uses the guest memory mapping).
+    fn join_helpers(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        for (what, h) in std::mem::take(&mut self.helpers) {
+            let joined = h.join().unwrap_or_else(|_| {
+                Err(Error::Io {
+                    op: format!("{what:?} on a helper thread"),
+                    source: std::io::Error::other("the helper thread panicked"),
+                })
+            });
+            match (joined, what) {
+                (Ok(ns), Helper::RegisterMemory) => self.phases.memory_register_ns = ns,
+                (Ok(ns), Helper::MsrFilter) => self.phases.msr_filter_ns = ns,
+                (Err(e), _) => result = result.and(Err(e)),
+            }
+        }
+        result
     }
 
     /// vCPU `index` with its vPMU backend.
@@ -457,7 +502,7 @@ impl RunningVm {
         let first = self.shared.first_entry_ns.load(Ordering::SeqCst);
         let mut startup = vm.phases.clone();
         startup.first_kvm_run_ns = first;
-        startup.spawn_to_first_run_ns = first.saturating_sub(
+        startup.gate_to_first_run_ns = first.saturating_sub(
             startup.prepare_ns
                 + startup.open_kvm_ns
                 + startup.supported_cpuid_ns
@@ -468,7 +513,8 @@ impl RunningVm {
                 + startup.load_kernel_ns
                 + startup.devices_ns
                 + startup.vcpu_create_ns
-                + startup.msr_filter_wait_ns,
+                + startup.vcpu_spawn_ns
+                + startup.helper_wait_ns,
         );
         let st = self.shared.pio.stats();
         Ok(RunReport {
@@ -530,19 +576,66 @@ fn create_vm(kvm: &Kvm, phases: &mut StartupPhases, t: &mut Instant) -> Result<A
     Ok(vm)
 }
 
-/// Installs `filter` on a helper thread; the thread yields the ioctl's duration.
-fn spawn_msr_filter(vm: Arc<VmFd>, filter: MsrFilter) -> Result<JoinHandle<Result<u64>>> {
-    std::thread::Builder::new()
-        .name("msr-filter".into())
+/// A start-up step that runs on a helper thread.
+#[derive(Debug, Clone, Copy)]
+enum Helper {
+    /// KVM_SET_USER_MEMORY_REGION.
+    RegisterMemory,
+    /// KVM_X86_SET_MSR_FILTER.
+    MsrFilter,
+}
+
+/// Runs `step` on a helper thread, which yields how long it took.
+fn spawn_helper(
+    what: Helper,
+    step: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<(Helper, JoinHandle<Result<u64>>)> {
+    let h = std::thread::Builder::new()
+        .name(format!("{what:?}"))
         .spawn(move || {
             let t = Instant::now();
-            filter.install(&vm)?;
+            step()?;
             Ok(t.elapsed().as_nanos() as u64)
         })
         .map_err(|source| Error::Io {
-            op: "spawning the MSR filter thread".into(),
+            op: format!("spawning a helper thread for {what:?}"),
             source,
-        })
+        })?;
+    Ok((what, h))
+}
+
+/// Holds the vCPU threads before their first KVM_RUN until the MSR filter is installed
+/// (`set(true)`), or sends them home without running (`set(false)`).
+#[derive(Default)]
+struct StartGate {
+    open: Mutex<Option<bool>>,
+    cv: Condvar,
+}
+
+impl StartGate {
+    fn set(&self, open: bool) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(open);
+        self.cv.notify_all();
+    }
+
+    /// Blocks until the gate is set; whether the vCPU may run.
+    fn wait(&self) -> bool {
+        let mut g = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while g.is_none() {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        *g == Some(true)
+    }
+
+    /// Start-up failed after vCPU threads were spawned: they leave without a KVM_RUN;
+    /// joins them and hands `e` back.
+    fn abort(&self, handles: Vec<VcpuThread>, e: Error) -> Error {
+        self.set(false);
+        for h in handles {
+            let _ = h.join();
+        }
+        e
+    }
 }
 
 /// Tells the main thread, through `done`, when a vCPU thread ends (on a panic too).
@@ -557,13 +650,18 @@ impl Drop for DoneGuard {
     }
 }
 
-fn spawn_vcpu(vcpu: Vcpu, done: mpsc::Sender<usize>) -> Result<VcpuThread> {
+/// Spawns `vcpu`'s thread; it waits at `gate` before its first KVM_RUN.
+fn spawn_vcpu(vcpu: Vcpu, done: mpsc::Sender<usize>, gate: Arc<StartGate>) -> Result<VcpuThread> {
     let index = usize::from(vcpu.index);
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
             let _done = DoneGuard { index, done };
-            vcpu.run()
+            if gate.wait() {
+                vcpu.run()
+            } else {
+                (VcpuStats::default(), None)
+            }
         })
         .map_err(|source| Error::Io {
             op: "spawning a vCPU thread".into(),
@@ -600,9 +698,16 @@ fn console_writer(console: &Console) -> Box<dyn Write + Send> {
     }
 }
 
-fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
-    let regions = arch::layout::ram_regions(size);
-    let mem = GuestMemoryMmap::<()>::from_ranges(&regions)?;
+/// Maps guest memory (the host side only: the kernel can be loaded into it at once).
+fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
+    Ok(GuestMemoryMmap::<()>::from_ranges(
+        &arch::layout::ram_regions(size),
+    )?)
+}
+
+/// KVM_SET_USER_MEMORY_REGION for every region of `mem`. It can wait for an SRCU grace
+/// period (milliseconds), so the builder runs it on a helper thread.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
@@ -615,11 +720,12 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
             userspace_addr: host as u64,
         };
         // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM fd's use
-        // of it (`Vm` and `RunningVm` drop the VM fd before the memory).
+        // of it (the helper thread holds a clone of `mem`; `Vm` and `RunningVm` drop the
+        // VM fd before the memory).
         unsafe { vm.set_user_memory_region(r) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// What the ACPI tables describe: the vCPUs and, as `LNRO0005` devices in the DSDT, the
