@@ -251,7 +251,8 @@ fn off_makes_pmu_msrs_fault() {
 }
 
 /// The MSR filter is installed off the critical path (on a helper thread, while the
-/// kernel is loaded and the vCPUs are created), yet still before any guest instruction:
+/// kernel is loaded, the vCPUs are created and their threads spawned, held at a start
+/// gate), yet still before any guest instruction:
 /// every vCPU of a 4-vCPU freestanding guest starts with `mov ecx, MSR; rdmsr` on a PMU
 /// MSR, and under `--pmu off` that very first RDMSR must #GP (triple fault, no IDT),
 /// never read KVM's 0 (which would reach the debug-exit). Repeated, so a filter that
