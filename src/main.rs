@@ -206,6 +206,9 @@ enum CliError {
     /// `bench` failed.
     #[error(transparent)]
     Bench(#[from] bench::Error),
+    /// `validate` could not run (its own sentence).
+    #[error("{0}")]
+    Validate(String),
 }
 
 fn main() -> ExitCode {
@@ -497,7 +500,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { out, full_bench } => {
-            let r = validate::validate(&out, !full_bench).map_err(CliError::Usage)?;
+            let r = validate::validate(&out, !full_bench).map_err(CliError::Validate)?;
             println!("{}", r.summary);
             println!(
                 "report: {} and {}",

@@ -71,6 +71,22 @@ pub enum LoadError {
         /// Guest memory size.
         mem: u64,
     },
+    /// linux-loader rejected the image (its error kept as the source).
+    #[error("{image}: invalid {format} image: {source}")]
+    Loader {
+        /// The image.
+        image: String,
+        /// "bzImage" or "ELF".
+        format: &'static str,
+        /// What the loader said.
+        source: linux_loader::loader::Error,
+    },
+    /// linux-loader refused the Linux command line (too long, a NUL, ...).
+    #[error("kernel command line rejected: {0}")]
+    LinuxCmdline(#[from] linux_loader::cmdline::Error),
+    /// The Linux command line could not be written into guest memory.
+    #[error("kernel command line rejected: {0}")]
+    CmdlineWrite(#[source] linux_loader::loader::Error),
     /// The command line is too long, contains a NUL, or (freestanding guests) is not
     /// printable ASCII.
     #[error("kernel command line rejected: {0}")]

@@ -137,24 +137,7 @@ impl Vcpu {
             shared: &shared,
             vcpu: self.index,
         };
-        kick::register_current(self.fd.get_kvm_run() as *mut _);
-        if let Some(slot) = self.shared.tids.get(self.index as usize) {
-            slot.store(kick::current_tid(), Ordering::SeqCst);
-        }
-        if let Some(pmu) = self.pmu.as_mut() {
-            if let Err(e) = pmu.attach_thread(kick::current_tid()) {
-                self.shared.end(Outcome::VmmError {
-                    vcpu: self.index,
-                    detail: format!("userspace vPMU: {e}"),
-                });
-            }
-        }
-        if self.index == 0 {
-            let ns = self.shared.started.elapsed().as_nanos() as u64;
-            self.shared
-                .first_entry_ns
-                .store(ns.max(1), Ordering::SeqCst);
-        }
+        self.attach_thread();
         // SeqCst pairs with `Shared::end` (store `stopping`, then read the tids): either
         // this thread sees the stop here, or `end` sees its tid and kicks it.
         while !self.shared.stopping.load(Ordering::SeqCst) {
@@ -210,6 +193,29 @@ impl Vcpu {
             pmu.detach_thread();
         }
         (self.stats, self.pmu)
+    }
+
+    /// On the vCPU thread, before the first KVM_RUN: register for kicks, let the vPMU
+    /// target this thread, and (vCPU 0) record the start-to-first-entry time.
+    fn attach_thread(&mut self) {
+        kick::register_current(self.fd.get_kvm_run() as *mut _);
+        if let Some(slot) = self.shared.tids.get(self.index as usize) {
+            slot.store(kick::current_tid(), Ordering::SeqCst);
+        }
+        if let Some(pmu) = self.pmu.as_mut() {
+            if let Err(e) = pmu.attach_thread(kick::current_tid()) {
+                self.shared.end(Outcome::VmmError {
+                    vcpu: self.index,
+                    detail: format!("userspace vPMU: {e}"),
+                });
+            }
+        }
+        if self.index == 0 {
+            let ns = self.shared.started.elapsed().as_nanos() as u64;
+            self.shared
+                .first_entry_ns
+                .store(ns.max(1), Ordering::SeqCst);
+        }
     }
 
     fn end_with(&mut self, outcome: Outcome) {

@@ -27,7 +27,7 @@ use crate::config::{Console, DiskConfig, VmConfig};
 use crate::error::{BootError, Error, LoadError, PmuConfigError, Result};
 use crate::loader::{self, Boot, Loaded};
 use crate::outcome::Outcome;
-use crate::pmu::setup::{self, PmuPlan, PmuSetup};
+use crate::pmu::setup::{self, MsrFilter, PmuPlan, PmuSetup};
 use crate::pmu::{PmuSummary, VcpuPmu};
 use crate::vcpu::{Shared, Vcpu, VcpuStats};
 
@@ -204,19 +204,7 @@ impl Vm {
         phases.pmu_plan_ns = lap(&mut t);
         let mem = create_memory(config.memory)?;
         phases.memory_ns = lap(&mut t);
-        // KVM_SET_USER_MEMORY_REGION and KVM_X86_SET_MSR_FILTER both wait for an SRCU
-        // grace period: run them side by side (they share it) on helper threads, while
-        // this thread loads the guest and creates the vCPUs. `start` joins them.
-        let mut helpers = vec![{
-            let (vm, mem) = (vm.clone(), mem.clone());
-            spawn_helper(Helper::RegisterMemory, move || register_memory(&vm, &mem))?
-        }];
-        if let Some(filter) = plan.take_msr_filter() {
-            let vm = vm.clone();
-            helpers.push(spawn_helper(Helper::MsrFilter, move || {
-                filter.install(&vm)
-            })?);
-        }
+        let helpers = spawn_helpers(&vm, &mem, plan.take_msr_filter())?;
         let boot = load_guest(&mem, &config)?;
         phases.load_kernel_ns = lap(&mut t);
         let mut this = Vm {
@@ -574,6 +562,27 @@ fn create_vm(kvm: &Kvm, phases: &mut StartupPhases, t: &mut Instant) -> Result<A
     vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
     phases.irqchip_ns = lap(t);
     Ok(vm)
+}
+
+/// KVM_SET_USER_MEMORY_REGION and KVM_X86_SET_MSR_FILTER both wait for an SRCU grace
+/// period: they run side by side (and share it) on helper threads, while the main thread
+/// loads the guest and creates the vCPUs. [`Vm::start`] joins them.
+fn spawn_helpers(
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    filter: Option<MsrFilter>,
+) -> Result<Vec<(Helper, JoinHandle<Result<u64>>)>> {
+    let (vm1, mem) = (vm.clone(), mem.clone());
+    let mut helpers = vec![spawn_helper(Helper::RegisterMemory, move || {
+        register_memory(&vm1, &mem)
+    })?];
+    if let Some(filter) = filter {
+        let vm = vm.clone();
+        helpers.push(spawn_helper(Helper::MsrFilter, move || {
+            filter.install(&vm)
+        })?);
+    }
+    Ok(helpers)
 }
 
 /// A start-up step that runs on a helper thread.
