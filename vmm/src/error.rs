@@ -222,7 +222,7 @@ pub enum Error {
     #[error("--pmu {mode}: {reason}")]
     PmuUnavailable {
         /// The mode.
-        mode: String,
+        mode: vpmu::discovery::PmuMode,
         /// Why, and what to do about it.
         reason: String,
     },

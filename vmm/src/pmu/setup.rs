@@ -172,10 +172,7 @@ fn install_pmu_event_filter(
     compiled: &CompiledPolicy,
 ) -> Result<()> {
     let has = |cap: u32| kvm.check_extension_raw(libc::c_ulong::from(cap)) > 0;
-    let refuse = |reason: String| Error::PmuUnavailable {
-        mode: mode.to_string(),
-        reason,
-    };
+    let refuse = |reason: String| Error::PmuUnavailable { mode, reason };
     if let Some(why) = filter_caps_refusal(
         has(kvm_bindings::KVM_CAP_PMU_EVENT_FILTER),
         has(kvm_bindings::KVM_CAP_PMU_EVENT_MASKED_EVENTS),
@@ -354,7 +351,7 @@ fn unavailable(mode: PmuMode, host: &HostPmu) -> Option<Error> {
         vpmu::discovery::Availability::Available => None,
         vpmu::discovery::Availability::Unavailable { reason, remedy } => {
             Some(Error::PmuUnavailable {
-                mode: mode.to_string(),
+                mode,
                 reason: if remedy.is_empty() {
                     reason
                 } else {
@@ -438,7 +435,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig, supported: &CpuId) -> Resul
                     && kvm.check_extension(Cap::X86MsrFilter))
                 {
                     return Err(Error::PmuUnavailable {
-                        mode: mode.to_string(),
+                        mode,
                         reason: "--pmu-audit needs KVM's MSR filter (KVM_CAP_X86_MSR_FILTER, \
                                  Linux 5.10+) to see what the guest programs; drop --pmu-audit \
                                  or use a newer kernel"
@@ -477,7 +474,7 @@ impl PmuPlan {
     pub fn vcpu_create_error(&self, e: kvm_ioctls::Error) -> Error {
         match &self.ebusy_explanation {
             Some(why) if e.errno() == libc::EBUSY => Error::PmuUnavailable {
-                mode: self.mode.to_string(),
+                mode: self.mode,
                 reason: why.clone(),
             },
             _ => Error::Kvm {
@@ -503,7 +500,7 @@ impl PmuPlan {
         for (index, data) in vpmu::inkernel::vcpu_msrs(&self.layout) {
             if !set_msr(vcpu, index, data)? {
                 return Err(Error::PmuUnavailable {
-                    mode: self.mode.to_string(),
+                    mode: self.mode,
                     reason: format!(
                         "KVM refused MSR {index:#x} = {data:#x} for the guest's PMU layout"
                     ),
@@ -511,7 +508,7 @@ impl PmuPlan {
             }
         }
         check_live_vpmu(vcpu, &self.layout)?.map_err(|why| Error::PmuUnavailable {
-            mode: self.mode.to_string(),
+            mode: self.mode,
             reason: format!(
                 "{why}; is kvm.enable_pmu=Y and does the host have a PMU? see `vpmu-vmm probe`"
             ),
