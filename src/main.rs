@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use vmm::outcome::STATUS_VMM_ERROR;
-use vmm::{Console, DiskConfig, KernelImage, PmuSettings, VmConfig};
+use vmm::pmu::setup::PmuSetup;
+use vmm::pmu::PmuSummary;
+use vmm::{Console, DiskConfig, KernelImage, PmuSettings, RunReport, VmConfig};
 use vpmu::discovery::PmuMode;
 
 #[cfg(target_arch = "x86_64")]
@@ -126,7 +128,7 @@ struct PmuArgs {
 
 impl PmuArgs {
     /// The VM's vPMU settings, with `--pmu` resolved (`default` when not given).
-    fn settings(self, default: &str) -> Result<PmuSettings, String> {
+    fn settings(self, default: &str) -> Result<PmuSettings, CliError> {
         let mode = resolve_mode(self.pmu.as_deref().unwrap_or(default))?;
         Ok(PmuSettings {
             mode,
@@ -192,6 +194,9 @@ struct DemoArgs {
     /// Print VM exit statistics and vPMU summaries to stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// Write the run report as JSON to FILE at the end (as `run --report`).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 /// `--cpus` as the VMM's type (range-checked again by `VmConfig::validate`).
@@ -199,17 +204,74 @@ fn cpu_count(n: u64) -> Result<u8, vmm::error::ConfigError> {
     u8::try_from(n).map_err(|_| vmm::error::ConfigError::Cpus(n))
 }
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("vpmu-vmm: {msg}");
-    ExitCode::from(STATUS_VMM_ERROR as u8)
+/// Why a command could not do its job. Every one exits with status 2
+/// ([`STATUS_VMM_ERROR`]), as documented for `run`; the guest's own endings come from
+/// the [`vmm::Outcome`] instead.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// Bad command-line values.
+    #[error(transparent)]
+    Config(#[from] vmm::error::ConfigError),
+    /// The VMM could not build or run the VM.
+    #[error(transparent)]
+    Vmm(#[from] vmm::Error),
+    /// A value the CLI itself rejects (`--pmu`, `builtin:NAME`).
+    #[error("{0}")]
+    Usage(String),
+    /// `--report FILE` could not be written.
+    #[error("cannot write report {path}: {source}")]
+    Report {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Output could not be serialized.
+    #[error("cannot serialize {what}: {source}")]
+    Json {
+        /// What.
+        what: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// `guests --extract` could not write its file.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `bench` failed.
+    #[cfg(target_arch = "x86_64")]
+    #[error(transparent)]
+    Bench(#[from] bench::Error),
+    /// `validate` could not run (its own sentence).
+    #[error("{0}")]
+    Validate(String),
+    /// `policy check` could not read or compile the policy (its own sentence).
+    #[error("{0}")]
+    Policy(String),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vpmu-vmm: {e}");
+            ExitCode::from(STATUS_VMM_ERROR as u8)
+        }
+    }
 }
 
 /// Resolves `--pmu`, including `auto`, against the host's capabilities.
-fn resolve_mode(s: &str) -> Result<PmuMode, String> {
+fn resolve_mode(s: &str) -> Result<PmuMode, CliError> {
     if s != "auto" {
-        return s.parse::<PmuMode>().map_err(|e| e.to_string());
+        return s
+            .parse::<PmuMode>()
+            .map_err(|e| CliError::Usage(e.to_string()));
     }
-    let host = vmm::probe_host().map_err(|e| e.to_string())?;
+    let host = vmm::probe_host()?;
     for mode in [PmuMode::Passthrough, PmuMode::Emulated, PmuMode::Userspace] {
         if host.availability(mode).is_available() {
             eprintln!("vpmu-vmm: --pmu auto chose {mode}");
@@ -222,31 +284,161 @@ fn resolve_mode(s: &str) -> Result<PmuMode, String> {
     Ok(PmuMode::Off)
 }
 
-fn kernel_image(spec: &str) -> Result<KernelImage, String> {
+fn kernel_image(spec: &str) -> Result<KernelImage, CliError> {
     match spec.strip_prefix("builtin:") {
         Some(name) => vpmu_guests::by_name(name)
             .map(|bytes| KernelImage::Builtin {
                 name: name.to_string(),
                 bytes,
             })
-            .ok_or_else(|| {
-                format!(
-                    "no built-in guest '{name}' (available: {})",
-                    vpmu_guests::NAMES.join(", ")
-                )
-            }),
+            .ok_or_else(|| no_builtin(name)),
         None => Ok(KernelImage::File(PathBuf::from(spec))),
     }
 }
 
-fn finish(report: vmm::RunReport, stats: bool, status: i32) -> ExitCode {
+fn no_builtin(name: &str) -> CliError {
+    CliError::Usage(format!(
+        "no built-in guest '{name}' (available: {})",
+        vpmu_guests::NAMES.join(", ")
+    ))
+}
+
+/// `PmuSetup` for humans: mode, layout, policy and what `off` did.
+fn pmu_setup_line(p: &PmuSetup) -> String {
+    let layout = match &p.layout {
+        vpmu::PmuConfig::None => "no PMU".to_string(),
+        vpmu::PmuConfig::Intel(i) => format!(
+            "intel v{} {}x{}-bit GP + {}x{}-bit fixed",
+            i.version, i.num_gp, i.gp_width, i.num_fixed, i.fixed_width
+        ),
+        vpmu::PmuConfig::Amd(a) => format!(
+            "amd {} {}x{}-bit{}",
+            if a.core_ext { "core-ext" } else { "legacy" },
+            a.num_counters,
+            a.width,
+            if a.perfmon_v2 { " PerfMonV2" } else { "" }
+        ),
+    };
+    let mut s = format!("pmu {} ({layout})", p.mode);
+    if let Some(r) = p.cpuid_vendor {
+        s.push_str(&format!(
+            ", guest CPUID vendor {} (host {})",
+            vpmu::cpuid::vendor_id(r.guest),
+            vpmu::cpuid::vendor_id(r.host)
+        ));
+    }
+    match p.counter_source {
+        Some(vmm::pmu::userspace::Source::Clock) => {
+            s.push_str(", counters: TSC clock model (counts USR and OS alike)")
+        }
+        Some(vmm::pmu::userspace::Source::HostPerf) => s.push_str(", counters: host perf events"),
+        None => {}
+    }
+    if let Some(policy) = &p.policy {
+        s.push_str(&format!(", policy {policy}"));
+    }
+    if p.mode == PmuMode::Off {
+        s.push_str(if p.kvm_pmu_disabled {
+            ", KVM vPMU disabled"
+        } else {
+            ", KVM_PMU_CAP_DISABLE unavailable"
+        });
+        if p.pmu_msrs_fault {
+            s.push_str(", PMU MSRs #GP (MSR filter)");
+        }
+    }
+    s
+}
+
+/// `0x3c/0x00 cycles counting x4, ...`
+fn programmed_text(items: &[vmm::pmu::audit::Programmed]) -> String {
+    items
+        .iter()
+        .map(|p| {
+            let name = p.name.map(|n| format!(" {n}")).unwrap_or_default();
+            format!("{}{name} {} x{}", p.event, p.verdict, p.count)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One vCPU's vPMU summary for humans.
+fn pmu_summary_line(p: &PmuSummary) -> String {
+    let (vcpu, mut line, programmed) = match p {
+        PmuSummary::Userspace { vcpu, stats: s, programmed } => (
+            vcpu,
+            format!(
+                "userspace vPMU: {} MSR reads, {} writes, {} #GP, {} denied, {} unsupported, {} overflows, {} PMIs",
+                s.reads, s.writes, s.gp, s.denied, s.unsupported, s.overflows, s.pmis
+            ),
+            programmed,
+        ),
+        PmuSummary::Audit { vcpu, audit: s, programmed } => (
+            vcpu,
+            format!(
+                "pmu audit: {} selector writes ({} ns each in the VMM), {} denied, {} #GP",
+                s.writes,
+                s.handler_ns.checked_div(s.writes).unwrap_or(0),
+                s.denied,
+                s.gp
+            ),
+            programmed,
+        ),
+    };
+    if !programmed.is_empty() {
+        line.push_str(&format!("; programmed: {}", programmed_text(programmed)));
+    }
+    format!("vcpu{vcpu}: {line}")
+}
+
+/// The `--stats` text.
+fn stats_text(r: &RunReport) -> String {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut s = format!(
+        "vpmu-vmm: {} | {} | start to first guest entry {:.2} ms | wall {:.1} ms | stray port accesses {}\n",
+        pmu_setup_line(&r.pmu_setup),
+        r.outcome,
+        ms(r.start_to_first_entry_ns),
+        ms(r.wall_ns),
+        r.unhandled_pio
+    );
+    let p = &r.startup;
+    s.push_str(&format!(
+        "startup (ms): kvm {:.2}, cpuid {:.2}, vm {:.2}, irqchip {:.2}, pmu plan {:.2}, memory {:.2}, kernel {:.2}, devices {:.2}, vcpus {:.2}, threads {:.2}; helpers: memory slots {:.2}, msr filter {:.2} (waited {:.2}); to first KVM_RUN {:.2}\n",
+        ms(p.open_kvm_ns), ms(p.supported_cpuid_ns), ms(p.create_vm_ns), ms(p.irqchip_ns),
+        ms(p.pmu_plan_ns), ms(p.memory_ns), ms(p.load_kernel_ns), ms(p.devices_ns),
+        ms(p.vcpu_create_ns), ms(p.vcpu_spawn_ns), ms(p.memory_register_ns), ms(p.msr_filter_ns),
+        ms(p.helper_wait_ns), ms(p.first_kvm_run_ns)
+    ));
+    for (i, v) in r.vcpus.iter().enumerate() {
+        s.push_str(&format!(
+            "vcpu{i}: exits {} (io in {}, io out {}, mmio {}, rdmsr {}, wrmsr {}, #GP {}, kicks {}), pmis {}\n",
+            v.exits, v.io_in, v.io_out, v.mmio, v.msr_read, v.msr_write, v.msr_gp, v.interrupted, v.pmis
+        ));
+    }
+    for p in &r.pmu {
+        s.push_str(&pmu_summary_line(p));
+        s.push('\n');
+    }
+    for (i, d) in r.disks.iter().enumerate() {
+        s.push_str(&format!(
+            "disk{i}: {} sectors{} | reads {} ({} bytes), writes {} ({} bytes), flushes {}, errors {}, dropped chains {}\n",
+            d.sectors,
+            if d.read_only { " ro" } else { "" },
+            d.reads, d.bytes_read, d.writes, d.bytes_written, d.flushes, d.errors, d.dropped
+        ));
+    }
+    s.trim_end().to_string()
+}
+
+fn finish(report: RunReport, stats: bool, status: i32) -> ExitCode {
     let _ = std::io::stdout().flush();
     if stats {
-        eprintln!("{}", report.stats_text());
+        eprintln!("{}", stats_text(&report));
     } else {
         // The userspace vPMU's one-line summary per vCPU (denied/#GP/unsupported counts).
-        for line in &report.pmu_lines {
-            eprintln!("vpmu-vmm: {line}");
+        for p in &report.pmu {
+            eprintln!("vpmu-vmm: {}", pmu_summary_line(p));
         }
     }
     if !report.outcome.is_clean() && !matches!(report.outcome, vmm::Outcome::DebugExit { .. }) {
@@ -255,158 +447,140 @@ fn finish(report: vmm::RunReport, stats: bool, status: i32) -> ExitCode {
     ExitCode::from(status.clamp(0, 255) as u8)
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// `--report FILE`: the typed run report as JSON.
+fn write_report(report: &RunReport, path: Option<&std::path::Path>) -> Result<(), CliError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let json = serde_json::to_vec_pretty(report).map_err(|source| CliError::Json {
+        what: "the run report",
+        source,
+    })?;
+    std::fs::write(path, json).map_err(|source| CliError::Report {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// `vpmu-vmm run`.
+fn run_cmd(a: RunArgs) -> Result<ExitCode, CliError> {
+    // Checked in this order: kernel, memory, --pmu (which may probe), cpus, disks.
+    let kernel = kernel_image(&a.kernel)?;
+    let memory = vmm::config::parse_size(&a.memory)?;
+    let pmu = a.pmu.settings("off")?;
+    let cpus = cpu_count(a.cpus)?;
+    let disks = a
+        .disk
+        .iter()
+        .map(|d| DiskConfig::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = VmConfig {
+        kernel,
+        initrd: a.initrd,
+        cmdline: a.cmdline,
+        cpus,
+        memory,
+        pmu,
+        console: Console::Stdio,
+        disks,
+        seccomp: !a.no_seccomp,
+    };
+    let report = vmm::run(config)?;
+    write_report(&report, a.report.as_deref())?;
+    let status = report.outcome.exit_status();
+    Ok(finish(report, a.stats, status))
+}
+
+/// `vpmu-vmm demo`.
+fn demo_cmd(a: DemoArgs) -> Result<ExitCode, CliError> {
+    let pmu = a.pmu.settings("auto")?;
+    let cpus = cpu_count(a.cpus)?;
+    let mut config = VmConfig::new(KernelImage::Builtin {
+        name: "demo".into(),
+        bytes: vpmu_guests::DEMO,
+    });
+    config.cpus = cpus;
+    config.cmdline = a.cmdline;
+    config.pmu = pmu;
+    config.seccomp = !a.no_seccomp;
+    let report = vmm::run(config)?;
+    write_report(&report, a.report.as_deref())?;
+    // The demo reports its own code V through 0xf4; give V back as-is.
+    let status = match report.outcome {
+        vmm::Outcome::DebugExit { value } => (value & 0xff) as i32,
+        ref o => o.exit_status(),
+    };
+    Ok(finish(report, a.stats, status))
+}
+
+/// `vpmu-vmm guests`.
+fn guests_cmd(extract: Option<String>, output: Option<PathBuf>) -> Result<ExitCode, CliError> {
+    if let (Some(name), Some(out)) = (extract, output) {
+        let bytes = vpmu_guests::by_name(&name).ok_or_else(|| no_builtin(&name))?;
+        std::fs::write(&out, bytes).map_err(|source| CliError::Write { path: out, source })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for name in vpmu_guests::NAMES {
+        let size = vpmu_guests::by_name(name).map(|b| b.len()).unwrap_or(0);
+        println!("{name}\t{size} bytes\tbuiltin:{name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
-        Cmd::Run(a) => {
-            let kernel = match kernel_image(&a.kernel) {
-                Ok(k) => k,
-                Err(e) => return fail(e),
-            };
-            let memory = match vmm::config::parse_size(&a.memory) {
-                Ok(m) => m,
-                Err(e) => return fail(e),
-            };
-            let pmu = match a.pmu.settings("off") {
-                Ok(p) => p,
-                Err(e) => return fail(e),
-            };
-            let cpus = match cpu_count(a.cpus) {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            let mut disks = Vec::with_capacity(a.disk.len());
-            for d in &a.disk {
-                match DiskConfig::parse(d) {
-                    Ok(d) => disks.push(d),
-                    Err(e) => return fail(e),
-                }
-            }
-            let config = VmConfig {
-                kernel,
-                initrd: a.initrd,
-                cmdline: a.cmdline,
-                cpus,
-                memory,
-                pmu,
-                console: Console::Stdio,
-                disks,
-                seccomp: !a.no_seccomp,
-            };
-            match vmm::run(config) {
-                Ok(report) => {
-                    if let Some(path) = &a.report {
-                        let written = serde_json::to_vec_pretty(&report)
-                            .map_err(|e| e.to_string())
-                            .and_then(|j| std::fs::write(path, j).map_err(|e| e.to_string()));
-                        if let Err(e) = written {
-                            return fail(format!("cannot write report {}: {e}", path.display()));
-                        }
+        Cmd::Run(a) => run_cmd(a),
+        Cmd::Demo(a) => demo_cmd(a),
+        Cmd::Probe { json } => {
+            let host = vmm::probe_host()?;
+            if json {
+                let s = serde_json::to_string_pretty(&host.probe_report()).map_err(|source| {
+                    CliError::Json {
+                        what: "the probe report",
+                        source,
                     }
-                    let status = report.outcome.exit_status();
-                    finish(report, a.stats, status)
-                }
-                Err(e) => fail(e),
+                })?;
+                println!("{s}");
+            } else {
+                print!("{}", host.report());
             }
+            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo(a) => {
-            let pmu = match a.pmu.settings("auto") {
-                Ok(p) => p,
-                Err(e) => return fail(e),
-            };
-            let cpus = match cpu_count(a.cpus) {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            let mut config = VmConfig::new(KernelImage::Builtin {
-                name: "demo".into(),
-                bytes: vpmu_guests::DEMO,
-            });
-            config.cpus = cpus;
-            config.cmdline = a.cmdline;
-            config.pmu = pmu;
-            config.seccomp = !a.no_seccomp;
-            match vmm::run(config) {
-                Ok(report) => {
-                    // The demo reports its own code V through 0xf4; give V back as-is.
-                    let status = match report.outcome {
-                        vmm::Outcome::DebugExit { value } => (value & 0xff) as i32,
-                        ref o => o.exit_status(),
-                    };
-                    finish(report, a.stats, status)
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Cmd::Probe { json } => match vmm::probe_host() {
-            Ok(host) => {
-                if json {
-                    match serde_json::to_string_pretty(&host.probe_report()) {
-                        Ok(s) => println!("{s}"),
-                        Err(e) => return fail(e),
-                    }
-                } else {
-                    print!("{}", host.report());
-                }
+        #[cfg(target_arch = "x86_64")]
+        Cmd::Validate { out, full_bench } => {
+            let r = validate::validate(&out, !full_bench).map_err(CliError::Validate)?;
+            println!("{}", r.summary);
+            println!(
+                "report: {} and {}",
+                out.join("validate.json").display(),
+                out.join("validate.md").display()
+            );
+            let failed = r
+                .steps
+                .iter()
+                .any(|s| s.verdict == validate::Verdict::Failed);
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
                 ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+            })
+        }
         #[cfg(target_arch = "x86_64")]
-        Cmd::Validate { out, full_bench } => match validate::validate(&out, !full_bench) {
-            Ok(r) => {
-                println!("{}", r.summary);
-                println!(
-                    "report: {} and {}",
-                    out.join("validate.json").display(),
-                    out.join("validate.md").display()
-                );
-                if r.steps
-                    .iter()
-                    .any(|s| s.verdict == validate::Verdict::Failed)
-                {
-                    ExitCode::from(1)
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
-            Err(e) => fail(e),
-        },
-        #[cfg(target_arch = "x86_64")]
-        Cmd::Bench(a) => match bench::run(a) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        },
+        Cmd::Bench(a) => {
+            bench::run(a)?;
+            Ok(ExitCode::SUCCESS)
+        }
         #[cfg(target_arch = "x86_64")]
         Cmd::Policy(PolicyCmd::Check {
             file,
             vendor,
             fixed,
-        }) => match policy_check::check(&file, vendor.as_deref(), fixed) {
-            Ok(report) => {
-                print!("{report}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
-        Cmd::Guests { extract, output } => match (extract, output) {
-            (Some(name), Some(out)) => match vpmu_guests::by_name(&name) {
-                Some(bytes) => match std::fs::write(&out, bytes) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(format!("cannot write {}: {e}", out.display())),
-                },
-                None => fail(format!(
-                    "no built-in guest '{name}' (available: {})",
-                    vpmu_guests::NAMES.join(", ")
-                )),
-            },
-            _ => {
-                for name in vpmu_guests::NAMES {
-                    let size = vpmu_guests::by_name(name).map(|b| b.len()).unwrap_or(0);
-                    println!("{name}\t{size} bytes\tbuiltin:{name}");
-                }
-                ExitCode::SUCCESS
-            }
-        },
+        }) => {
+            let report =
+                policy_check::check(&file, vendor.as_deref(), fixed).map_err(CliError::Policy)?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Guests { extract, output } => guests_cmd(extract, output),
     }
 }

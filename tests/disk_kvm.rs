@@ -176,7 +176,7 @@ fn freestanding_driver_writes_and_reads_a_disk() {
     img[0..4].copy_from_slice(&IN_MARK.to_le_bytes());
     let disk = write_scratch("driver-disk.img", &img);
     let k = write_scratch("virtio-driver.elf", &elf64(&driver_guest(), 0x20_0000));
-    let o = vmm(&["run", "--kernel", &k, "--disk", &disk, "--stats"]);
+    let (o, report) = vmm_report(&["run", "--kernel", &k, "--disk", &disk]);
     let e = err(&o);
     // Debug exit V: status (V << 1) | 1.
     assert_eq!(
@@ -189,9 +189,22 @@ fn freestanding_driver_writes_and_reads_a_disk() {
     assert_eq!(&after[512..516], b"PVMK", "sector 1 not written");
     assert!(after[516..1024].iter().all(|&b| b == 0));
     assert_eq!(&after[0..4], b"DISK");
-    assert!(
-        e.contains("disk0: 64 sectors | reads 1 (512 bytes), writes 1 (512 bytes)"),
-        "{e}"
+    let report = report.expect("run report");
+    let d = &report["disks"][0];
+    assert_eq!(
+        (
+            &d["sectors"],
+            &d["read_only"],
+            &d["reads"],
+            &d["bytes_read"]
+        ),
+        (&64.into(), &false.into(), &1.into(), &512.into()),
+        "{d}"
+    );
+    assert_eq!(
+        (&d["writes"], &d["bytes_written"]),
+        (&1.into(), &512.into()),
+        "{d}"
     );
 }
 

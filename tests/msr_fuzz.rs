@@ -21,18 +21,18 @@ macro_rules! need_kvm {
     };
 }
 
-/// Runs the fuzz guest with `args` and checks the outcome; returns (stdout, stderr).
-fn fuzz(args: &[&str], seed: u64) -> (String, String) {
+/// Runs the fuzz guest with `args` and checks the outcome; returns (stdout, run report).
+fn fuzz(args: &[&str], seed: u64) -> (String, serde_json::Value) {
     fuzz_n(args, seed, ACCESSES)
 }
 
 /// [`fuzz`] with `accesses` accesses.
-fn fuzz_n(args: &[&str], seed: u64, accesses: u64) -> (String, String) {
+fn fuzz_n(args: &[&str], seed: u64, accesses: u64) -> (String, serde_json::Value) {
     let cmdline = format!("fuzz={accesses} seed={seed}");
-    let mut full = vec!["run", "--kernel", "builtin:conformance", "--stats"];
+    let mut full = vec!["run", "--kernel", "builtin:conformance"];
     full.extend_from_slice(args);
     full.extend_from_slice(&["--cmdline", &cmdline]);
-    let o = vmm(&full);
+    let (o, report) = vmm_report(&full);
     let (st, s, e) = (status(&o), out(&o), err(&o));
     assert!(
         !s.contains("panicked") && !e.contains("panicked"),
@@ -59,28 +59,21 @@ fn fuzz_n(args: &[&str], seed: u64, accesses: u64) -> (String, String) {
         assert!(gp > 0 && gp < accesses, "{gp} #GP of {accesses}:\n{s}");
     }
     assert!(s.contains(" 0 other exceptions"), "{s}");
-    (s, e)
+    (s, report.expect("run report"))
 }
 
 /// The userspace vPMU really served a share of the accesses (they reached the VMM).
-fn assert_vpmu_served(e: &str) {
-    let line = e
-        .lines()
-        .find(|l| l.contains("userspace vPMU:"))
-        .unwrap_or_else(|| panic!("no userspace vPMU summary:\n{e}"));
-    let reads: u64 = line
-        .split("userspace vPMU: ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("malformed summary {line:?}"));
-    assert!(reads > ACCESSES / 20, "{line}");
+fn assert_vpmu_served(report: &serde_json::Value) {
+    let reads = report["pmu"][0]["stats"]["reads"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no userspace vPMU summary in the report: {report}"));
+    assert!(reads > ACCESSES / 20, "{reads} reads: {report}");
 }
 
 #[test]
 fn userspace_amd_layout_survives_msr_fuzz() {
     need_kvm!("userspace_amd_layout_survives_msr_fuzz");
-    let (_, e) = fuzz(
+    let (_, report) = fuzz(
         &[
             "--pmu",
             "userspace",
@@ -89,20 +82,20 @@ fn userspace_amd_layout_survives_msr_fuzz() {
         ],
         0x5eed_0a3d,
     );
-    assert_vpmu_served(&e);
+    assert_vpmu_served(&report);
 }
 
 #[test]
 fn userspace_amd_legacy_layout_survives_msr_fuzz() {
     need_kvm!("userspace_amd_legacy_layout_survives_msr_fuzz");
-    let (_, e) = fuzz(&["--pmu", "userspace", "--pmu-layout", "amd-legacy"], 2);
-    assert_vpmu_served(&e);
+    let (_, report) = fuzz(&["--pmu", "userspace", "--pmu-layout", "amd-legacy"], 2);
+    assert_vpmu_served(&report);
 }
 
 #[test]
 fn userspace_intel_v5_layout_survives_msr_fuzz() {
     need_kvm!("userspace_intel_v5_layout_survives_msr_fuzz");
-    let (_, e) = fuzz(
+    let (_, report) = fuzz(
         &[
             "--pmu",
             "userspace",
@@ -111,13 +104,13 @@ fn userspace_intel_v5_layout_survives_msr_fuzz() {
         ],
         0x1e7e1,
     );
-    assert_vpmu_served(&e);
+    assert_vpmu_served(&report);
 }
 
 #[test]
 fn userspace_intel_v2_layout_survives_msr_fuzz() {
     need_kvm!("userspace_intel_v2_layout_survives_msr_fuzz");
-    let (_, e) = fuzz(
+    let (_, report) = fuzz(
         &[
             "--pmu",
             "userspace",
@@ -126,7 +119,7 @@ fn userspace_intel_v2_layout_survives_msr_fuzz() {
         ],
         7,
     );
-    assert_vpmu_served(&e);
+    assert_vpmu_served(&report);
 }
 
 #[test]
@@ -148,7 +141,7 @@ fn audit_log_stays_bounded_under_an_msr_flood() {
     // 40,000 accesses give several thousand distinct records, far more than the rate
     // limit's burst (1000) plus 100 a second for as long as the run takes, even on a slow,
     // shared host.
-    let (_, e) = fuzz_n(
+    let (_, report) = fuzz_n(
         &[
             "--pmu",
             "userspace",
@@ -162,7 +155,7 @@ fn audit_log_stays_bounded_under_an_msr_flood() {
         0xf100d,
         40_000,
     );
-    assert_vpmu_served(&e);
+    assert_vpmu_served(&report);
     let size = std::fs::metadata(&audit).expect("audit written").len();
     assert!(size <= CAP, "audit log is {size} bytes, cap {CAP}");
     let text = std::fs::read_to_string(&audit).expect("audit log");
@@ -171,7 +164,13 @@ fn audit_log_stays_bounded_under_an_msr_flood() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
         .collect();
     let summary = |kind: &str| recs.iter().filter(|r| r["summary"] == kind).count();
-    assert!(summary("suppressed") > 0, "no suppressed summary:\n{e}");
+    // Which bound bites first depends on how fast the host runs the guest (the rate limit
+    // is per second): the 64 KiB cap is below the rate limit's burst, so at least one of
+    // them always leaves its summary.
+    assert!(
+        summary("suppressed") + summary("truncated") > 0,
+        "no suppressed/truncated summary:\n{text}"
+    );
     assert!(
         recs.iter()
             .any(|r| r["verdict"] == "gp" && r.get("summary").is_none()),

@@ -231,12 +231,13 @@ fn off_makes_pmu_msrs_fault() {
         0x38f,
     ] {
         let k = write_scratch(&format!("rd-{msr:x}.elf"), &read_msr_guest(msr));
-        let o = vmm(&["run", "--kernel", &k, "--pmu", "off", "--stats"]);
+        let (o, report) = vmm_report(&["run", "--kernel", &k, "--pmu", "off"]);
         let e = err(&o);
-        if !e.contains("PMU MSRs #GP (MSR filter)") {
+        let report = report.unwrap_or_else(|| panic!("no run report: {e}"));
+        if report["pmu_setup"]["pmu_msrs_fault"] != true {
             skip(
                 "off_makes_pmu_msrs_fault",
-                &format!("KVM lacks the MSR filter here: {e}"),
+                &format!("KVM lacks the MSR filter here: {report}"),
             );
             return;
         }
@@ -245,7 +246,52 @@ fn off_makes_pmu_msrs_fault() {
             4,
             "RDMSR {msr:#x} must #GP under --pmu off: {e}"
         );
-        assert!(e.contains("triple fault"), "{e}");
+        assert_eq!(report["outcome"]["kind"], "triple_fault", "{report}");
+    }
+}
+
+/// The MSR filter is installed off the critical path (on a helper thread, while the
+/// kernel is loaded, the vCPUs are created and their threads spawned, held at a start
+/// gate), yet still before any guest instruction:
+/// every vCPU of a 4-vCPU freestanding guest starts with `mov ecx, MSR; rdmsr` on a PMU
+/// MSR, and under `--pmu off` that very first RDMSR must #GP (triple fault, no IDT),
+/// never read KVM's 0 (which would reach the debug-exit). Repeated, so a filter that
+/// raced with the first KVM_RUN would show.
+#[test]
+fn msr_filter_is_in_place_before_the_first_guest_instruction() {
+    need_kvm!("msr_filter_is_in_place_before_the_first_guest_instruction");
+    // AMD K7 PERF_CTR0 and Intel IA32_PMC0: KVM answers both with 0 without the filter,
+    // whatever the host's vendor.
+    for (round, msr) in [0xc001_0004u32, 0xc1]
+        .into_iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        let k = write_scratch(&format!("first-{round}.elf"), &read_msr_guest(msr));
+        let (o, report) = vmm_report(&["run", "--kernel", &k, "--pmu", "off", "--cpus", "4"]);
+        let report = report.unwrap_or_else(|| panic!("no run report: {}", err(&o)));
+        if report["pmu_setup"]["pmu_msrs_fault"] != true {
+            skip(
+                "msr_filter_is_in_place_before_the_first_guest_instruction",
+                &format!("KVM lacks the MSR filter here: {report}"),
+            );
+            return;
+        }
+        assert_eq!(
+            report["outcome"]["kind"], "triple_fault",
+            "the first RDMSR {msr:#x} must #GP: {report}"
+        );
+        assert_eq!(status(&o), 4, "{}", err(&o));
+        let startup = &report["startup"];
+        assert!(
+            startup["msr_filter_ns"].as_u64().is_some_and(|n| n > 0),
+            "the filter's install time is reported: {startup}"
+        );
+        assert!(
+            startup["first_kvm_run_ns"].as_u64() == report["start_to_first_entry_ns"].as_u64(),
+            "{report}"
+        );
     }
 }
 
@@ -265,7 +311,7 @@ fn userspace_cross_vendor_layout_says_what_the_guest_sees() {
             return;
         }
     };
-    let o = vmm(&[
+    let (o, report) = vmm_report(&[
         "run",
         "--kernel",
         "builtin:conformance",
@@ -273,7 +319,6 @@ fn userspace_cross_vendor_layout_says_what_the_guest_sees() {
         "userspace",
         "--pmu-layout",
         layout,
-        "--stats",
     ]);
     let e = err(&o);
     if v["hardware_pmu"] == true {
@@ -281,9 +326,15 @@ fn userspace_cross_vendor_layout_says_what_the_guest_sees() {
         assert_eq!(status(&o), 2, "{e}");
         assert!(e.contains("but the host CPU is"), "{e}");
     } else {
-        assert!(
-            e.contains(&format!("guest CPUID vendor {other}")),
-            "the cross-vendor layout must be announced: {e}"
+        let report = report.unwrap_or_else(|| panic!("no run report: {e}"));
+        let guest = if other == "AuthenticAMD" {
+            "amd"
+        } else {
+            "intel"
+        };
+        assert_eq!(
+            report["pmu_setup"]["cpuid_vendor"]["guest"], guest,
+            "the cross-vendor layout must be announced: {report}"
         );
         let (_, failed, _) = conformance_counts(&out(&o)).expect("conformance summary");
         assert_eq!(failed, 0, "{}", out(&o));
@@ -293,7 +344,7 @@ fn userspace_cross_vendor_layout_says_what_the_guest_sees() {
 #[test]
 fn demo_profile_in_userspace_mode() {
     need_kvm!("demo_profile_in_userspace_mode");
-    let o = vmm(&["demo", "--pmu", "userspace", "--stats"]);
+    let (o, report) = vmm_report(&["demo", "--pmu", "userspace"]);
     let s = out(&o);
     assert_eq!(status(&o), 0, "{s}\n{}", err(&o));
     let line = s
@@ -315,7 +366,14 @@ fn demo_profile_in_userspace_mode() {
         );
     }
     // Every sample was a PMI the VMM delivered.
-    assert!(err(&o).contains(&format!("{n} PMIs")), "{}", err(&o));
+    let report = report.expect("run report");
+    let pmis: u64 = report["pmu"]
+        .as_array()
+        .expect("per-vCPU vPMU summaries")
+        .iter()
+        .filter_map(|p| p["stats"]["pmis"].as_u64())
+        .sum();
+    assert_eq!(pmis, n, "{report}");
     // The clock model cannot honour USR/OS, and says so where users see it.
     if err(&o).contains("TSC clock model") {
         assert!(err(&o).contains("counts USR and OS alike"), "{}", err(&o));

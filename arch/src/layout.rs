@@ -19,7 +19,11 @@
 //! 0x000e_0000 .. 0x0010_0000   ACPI tables (RSDP first, where Linux's BIOS-area scan
 //!                              finds it; reserved in the e820 map)
 //! 0x0010_0000                  HIMEM_START: kernels are loaded here or above
-//! 0xc000_0000 .. 0x1_0000_0000 32-bit MMIO gap (IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000)
+//! 0xc000_0000 .. 0x1_0000_0000 32-bit MMIO gap:
+//! 0xd000_0000 ..               virtio-mmio devices, 4 KiB each (VIRTIO_MMIO_BASE)
+//! 0xfec0_0000                  IOAPIC
+//! 0xfee0_0000                  LAPIC (also the MSI address window)
+//! 0xfffb_d000 .. 0xfffc_0000   KVM's real-mode TSS (3 pages, KVM_SET_TSS_ADDR)
 //! 0x1_0000_0000 ..             RAM above 4 GiB when memory is larger than the gap start
 //! ```
 
@@ -80,6 +84,24 @@ pub const MMIO_GAP_SIZE: u64 = MMIO_GAP_END - MMIO_GAP_START;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// Local APIC base address.
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+/// Guest-physical address of the three pages KVM uses for the real-mode TSS on Intel
+/// (KVM_SET_TSS_ADDR): just below the 4 GiB boundary, in the MMIO gap, clear of the
+/// LAPIC and of any RAM.
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+/// Guest-physical base of the first virtio-mmio device; device `i` is at
+/// `VIRTIO_MMIO_BASE + i * 0x1000` (inside the 32-bit MMIO gap, far below the IOAPIC and
+/// the LAPIC).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Interrupt lines of the virtio-mmio devices, in order: ISA IRQs that no other device
+/// uses (0 PIT, 1 i8042, 2 cascade, 3 COM2, 4 COM1, 8 RTC, 12 i8042 aux, 13 FPU), all
+/// routed 1:1 to IOAPIC pins in the MP table and the default KVM GSI routing.
+pub const VIRTIO_MMIO_GSIS: [u32; 8] = [5, 6, 7, 9, 10, 11, 14, 15];
+
+/// The MSI address that targets the LAPIC with `apic_id` (physical destination mode,
+/// SDM vol. 3A 11.11.1): the LAPIC window with the destination ID in bits 19:12.
+pub const fn msi_address(apic_id: u8) -> u32 {
+    LAPIC_ADDR as u32 | ((apic_id as u32) << 12)
+}
 /// Default `initrd_addr_max` for boot protocol versions older than 2.03.
 pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 /// Page size used to align the initrd.
@@ -87,6 +109,10 @@ pub const PAGE_SIZE: u64 = 0x1000;
 
 // The fixed structures must not overlap (checked at compile time).
 const _: () = {
+    assert!(MMIO_GAP_START <= VIRTIO_MMIO_BASE);
+    assert!(VIRTIO_MMIO_BASE + 0x1000 * VIRTIO_MMIO_GSIS.len() as u64 <= IOAPIC_ADDR);
+    assert!(LAPIC_ADDR + PAGE_SIZE <= KVM_TSS_ADDR);
+    assert!(KVM_TSS_ADDR + 3 * PAGE_SIZE <= MMIO_GAP_END);
     assert!(BOOT_GDT_START + 8 * crate::gdt::BOOT_GDT_ENTRIES as u64 <= BOOT_IDT_START);
     assert!(BOOT_IDT_START + 8 <= BOOT_TSS_START);
     assert!(BOOT_TSS_START + BOOT_TSS_SIZE as u64 <= PVH_INFO_START);
@@ -181,6 +207,13 @@ pub fn initrd_addr(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn msi_address_targets_the_lapic_window() {
+        assert_eq!(msi_address(0), 0xfee0_0000);
+        assert_eq!(msi_address(3), 0xfee0_3000);
+        assert_eq!(msi_address(255), 0xfeef_f000);
+    }
 
     #[test]
     fn regions_small_and_large() {

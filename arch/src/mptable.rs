@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(c[42], 0, "extended checksum of an empty table");
         assert_eq!(
             u32::from_le_bytes(c[36..40].try_into().unwrap()),
-            0xfee0_0000
+            crate::layout::LAPIC_ADDR as u32
         );
         let count = u16::from_le_bytes([c[34], c[35]]) as u32;
         assert_eq!(count, n + 1 + 1 + 16 + 2);

@@ -132,7 +132,11 @@ impl Backend for VmmBackend {
         Ok(RawRun {
             console,
             vcpus: report.vcpus,
-            pmu: report.pmu,
+            pmu: report
+                .pmu
+                .iter()
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect(),
             wall_ns: report.wall_ns,
             start_to_first_entry_ns: report.start_to_first_entry_ns,
             clean: matches!(report.outcome, vmm::Outcome::DebugExit { value: 0 }),

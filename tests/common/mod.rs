@@ -21,6 +21,25 @@ pub fn vmm(args: &[&str]) -> Output {
         .expect("spawning vpmu-vmm")
 }
 
+/// Runs `vpmu-vmm` with `args` plus `--report FILE` (for `run` and `demo`) and returns
+/// the output and the typed run report as JSON; `None` when the VMM wrote no report (it
+/// failed before or while building the VM). Tests read the report, never the human
+/// `--stats` lines.
+pub fn vmm_report(args: &[&str]) -> (Output, Option<serde_json::Value>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = scratch(&format!("report-{}.json", N.fetch_add(1, Ordering::SeqCst)));
+    let _ = std::fs::remove_file(&path);
+    let path_s = path.to_string_lossy().into_owned();
+    let mut full = args.to_vec();
+    full.extend_from_slice(&["--report", &path_s]);
+    let o = vmm(&full);
+    let report = std::fs::read_to_string(&path)
+        .ok()
+        .map(|t| serde_json::from_str(&t).expect("the run report is JSON"));
+    (o, report)
+}
+
 /// Runs `vpmu-vmm` with `args` under a 30 s timeout and a 4 GiB address-space limit:
 /// for hostile inputs that must be refused at once, so that a VMM that reads forever or
 /// blocks fails the test quickly (abort or status 124) instead of exhausting the host.

@@ -89,16 +89,9 @@ impl Default for PmuSettings {
     }
 }
 
-/// Most virtio-blk disks a VM may have (one GSI each, see [`DISK_GSIS`]).
-pub const MAX_DISKS: usize = 8;
-/// Guest-physical base of the first virtio-mmio device; device `i` is at
-/// `VIRTIO_MMIO_BASE + i * 0x1000` (inside the 32-bit MMIO gap, far below the IOAPIC at
-/// 0xfec00000 and the LAPIC at 0xfee00000).
-pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
-/// Interrupt lines of the virtio-mmio disks, in order: ISA IRQs that no other device
-/// uses (0 PIT, 1 i8042, 2 cascade, 3 COM2, 4 COM1, 8 RTC, 12 i8042 aux, 13 FPU), all
-/// routed 1:1 to IOAPIC pins in the MP table and the default KVM GSI routing.
-pub const DISK_GSIS: [u32; MAX_DISKS] = [5, 6, 7, 9, 10, 11, 14, 15];
+/// Most virtio-blk disks a VM may have (one GSI each, see
+/// [`arch::layout::VIRTIO_MMIO_GSIS`]).
+pub const MAX_DISKS: usize = arch::layout::VIRTIO_MMIO_GSIS.len();
 
 /// A virtio-blk disk backed by a host file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,9 +124,9 @@ impl DiskConfig {
     /// Where disk `index` lives: (guest-physical base of its 4 KiB virtio-mmio window,
     /// GSI); `None` past [`MAX_DISKS`].
     pub fn mmio(index: usize) -> Option<(u64, u32)> {
-        let gsi = *DISK_GSIS.get(index)?;
+        let gsi = *arch::layout::VIRTIO_MMIO_GSIS.get(index)?;
         Some((
-            VIRTIO_MMIO_BASE + index as u64 * devices::virtio::MMIO_REGION_SIZE,
+            arch::layout::VIRTIO_MMIO_BASE + index as u64 * devices::virtio::MMIO_REGION_SIZE,
             gsi,
         ))
     }

@@ -71,6 +71,22 @@ pub enum LoadError {
         /// Guest memory size.
         mem: u64,
     },
+    /// linux-loader rejected the image (its error kept as the source).
+    #[error("{image}: invalid {format} image: {source}")]
+    Loader {
+        /// The image.
+        image: String,
+        /// "bzImage" or "ELF".
+        format: &'static str,
+        /// What the loader said.
+        source: linux_loader::loader::Error,
+    },
+    /// linux-loader refused the Linux command line (too long, a NUL, ...).
+    #[error("kernel command line rejected: {0}")]
+    LinuxCmdline(#[from] linux_loader::cmdline::Error),
+    /// The Linux command line could not be written into guest memory.
+    #[error("kernel command line rejected: {0}")]
+    CmdlineWrite(#[source] linux_loader::loader::Error),
     /// The command line is too long, contains a NUL, or (freestanding guests) is not
     /// printable ASCII.
     #[error("kernel command line rejected: {0}")]
@@ -80,7 +96,87 @@ pub enum LoadError {
     InitrdForFreestanding(String),
     /// Writing boot structures into guest memory failed.
     #[error("cannot set up boot structures: {0}")]
-    Boot(String),
+    Boot(#[from] BootError),
+}
+
+/// Why a boot structure (or the kernel's command line, or the initrd) could not be
+/// written into guest memory. Each variant keeps the `arch` error it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The boot GDT/TSS.
+    #[error("GDT: {0}")]
+    Gdt(#[from] arch::gdt::GdtError),
+    /// The identity page tables.
+    #[error("page tables: {0}")]
+    Paging(#[from] arch::paging::PagingError),
+    /// The ACPI tables.
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] arch::acpi::AcpiError),
+    /// The MP table.
+    #[error("MP table: {0}")]
+    Mptable(#[from] arch::mptable::MptableError),
+    /// The PVH start info.
+    #[error("PVH start info: {0}")]
+    Pvh(#[from] arch::pvh::PvhError),
+    /// The Linux zero page.
+    #[error("zero page: {0}")]
+    ZeroPage(#[from] arch::zero_page::ZeroPageError),
+    /// A plain write into guest memory (command line, initrd).
+    #[error("guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    /// A bzImage without a setup header reached the zero-page writer.
+    #[error("missing setup header")]
+    MissingSetupHeader,
+}
+
+/// Why the PMU configuration (policy, layout) is unusable. Each variant keeps its source.
+#[derive(Debug, thiserror::Error)]
+pub enum PmuConfigError {
+    /// `--pmu-layout` could not be parsed or cannot be had on this host.
+    #[error(transparent)]
+    Layout(#[from] vpmu::cpuid::LayoutError),
+    /// A policy file is not a regular file of bounded size.
+    #[error("policy {path} {source}")]
+    PolicyFile {
+        /// The policy file.
+        path: PathBuf,
+        /// Why.
+        source: devices::host_file::ReadError,
+    },
+    /// A policy file is not UTF-8.
+    #[error("policy {0} is not UTF-8 text")]
+    PolicyNotUtf8(PathBuf),
+    /// A policy could not be parsed or compiled for the layout.
+    #[error("{name}: {source}")]
+    Policy {
+        /// The policy's name (its path, or "builtin default").
+        name: String,
+        /// Why.
+        source: vpmu::policy::PolicyError,
+    },
+    /// The compiled policy does not fit KVM's event filter.
+    #[error(transparent)]
+    KvmFilter(#[from] vpmu::policy::KvmFilterError),
+    /// The PMU CPUID leaves could not be written.
+    #[error("CPUID: {0}")]
+    Cpuid(#[from] vpmu::cpuid::CpuidError),
+    /// An in-kernel or userspace mode resolved to no PMU at all.
+    #[error("--pmu {0} with an empty PMU layout")]
+    EmptyLayout(vpmu::discovery::PmuMode),
+    /// A vPMU backend was asked for without a compiled policy (a VMM bug).
+    #[error("--pmu {0}: no compiled policy")]
+    NoPolicy(vpmu::discovery::PmuMode),
+    /// `--pmu-audit-max-bytes` below the minimum the audit's own summaries need.
+    #[error("--pmu-audit-max-bytes {max} is below the minimum of {min} bytes")]
+    AuditMaxBytes {
+        /// Asked for.
+        max: u64,
+        /// The minimum.
+        min: u64,
+    },
+    /// The userspace vPMU turns counts into deadlines with the TSC frequency.
+    #[error("KVM_GET_TSC_KHZ failed: the userspace vPMU needs a stable TSC")]
+    NoTscFrequency,
 }
 
 /// Top-level VMM error.
@@ -94,7 +190,13 @@ pub enum Error {
     Load(#[from] LoadError),
     /// /dev/kvm could not be opened.
     #[error("cannot open /dev/kvm: {0}")]
-    KvmOpen(String),
+    KvmOpen(#[source] kvm_ioctls::Error),
+    /// The host probe could not use KVM (its own sentence).
+    #[error("{0}")]
+    HostProbe(String),
+    /// KVM lacks a capability the VMM cannot run without.
+    #[error("KVM lacks {0}")]
+    MissingCap(&'static str),
     /// A KVM ioctl failed.
     #[error("KVM {op} failed: {source}")]
     Kvm {
@@ -105,24 +207,36 @@ pub enum Error {
     },
     /// Guest memory could not be created.
     #[error("cannot allocate guest memory: {0}")]
-    Memory(String),
+    Memory(#[from] vm_memory::mmap::FromRangesError),
+    /// A guest memory region has no host mapping (cannot happen for regions just made).
+    #[error("guest memory region: {0}")]
+    MemoryRegion(#[source] vm_memory::GuestMemoryError),
     /// A disk image could not be used.
     #[error(transparent)]
     Disk(#[from] devices::virtio::BlockError),
-    /// A device could not be set up.
+    /// A device could not be put on its bus (overlap, empty or overflowing range).
     #[error("device setup failed: {0}")]
-    Device(String),
+    Bus(#[from] devices::BusError),
+    /// A device could not be put on the MMIO bus.
+    #[error("device setup failed: {0}")]
+    MmioBus(#[from] devices::MmioBusError),
+    /// The vCPU's CPUID could not be normalised (topology).
+    #[error("CPUID setup failed: {0}")]
+    Cpuid(#[from] arch::cpuid::CpuidError),
+    /// A KVM MSR list (KVM_SET_MSRS / KVM_GET_MSRS) could not be built.
+    #[error("MSR list for KVM: {0}")]
+    MsrList(#[source] vmm_sys_util::fam::Error),
     /// The requested PMU mode cannot be had on this host.
     #[error("--pmu {mode}: {reason}")]
     PmuUnavailable {
         /// The mode.
-        mode: String,
+        mode: vpmu::discovery::PmuMode,
         /// Why, and what to do about it.
         reason: String,
     },
-    /// The PMU configuration (layout, policy, audit file) is invalid.
+    /// The PMU configuration (layout, policy) is invalid.
     #[error("PMU configuration: {0}")]
-    PmuConfig(String),
+    PmuConfig(#[from] PmuConfigError),
     /// A seccomp filter could not be built or installed.
     #[error("seccomp: {0}")]
     Seccomp(String),

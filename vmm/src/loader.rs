@@ -132,10 +132,10 @@ fn invalid(
     format: &'static str,
 ) -> impl FnOnce(linux_loader::loader::Error) -> LoadError {
     let image = image.to_string();
-    move |e| LoadError::Invalid {
+    move |source| LoadError::Loader {
         image,
         format,
-        detail: e.to_string(),
+        source,
     }
 }
 
@@ -216,14 +216,12 @@ pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, L
 }
 
 fn write_linux_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), LoadError> {
-    let mut c = Cmdline::new(arch::layout::CMDLINE_MAX_SIZE)
-        .map_err(|e| LoadError::Cmdline(e.to_string()))?;
+    let mut c = Cmdline::new(arch::layout::CMDLINE_MAX_SIZE)?;
     if !cmdline.is_empty() {
-        c.insert_str(cmdline)
-            .map_err(|e| LoadError::Cmdline(e.to_string()))?;
+        c.insert_str(cmdline)?;
     }
     linux_loader::loader::load_cmdline(mem, GuestAddress(arch::layout::CMDLINE_START), &c)
-        .map_err(|e| LoadError::Cmdline(e.to_string()))
+        .map_err(LoadError::CmdlineWrite)
 }
 
 /// Checks a freestanding guest's argument string against the boot contract
@@ -263,7 +261,7 @@ fn write_raw_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, LoadEr
     let mut b = cmdline.as_bytes().to_vec();
     b.push(0);
     mem.write_slice(&b, GuestAddress(arch::layout::CMDLINE_START))
-        .map_err(|e| LoadError::Boot(e.to_string()))?;
+        .map_err(|e| LoadError::Boot(e.into()))?;
     Ok(arch::layout::CMDLINE_START)
 }
 
@@ -288,7 +286,7 @@ pub fn load_initrd(
             }
         })?;
     mem.write_slice(&data, addr)
-        .map_err(|e| LoadError::Boot(e.to_string()))?;
+        .map_err(|e| LoadError::Boot(e.into()))?;
     Ok(Some((addr, size)))
 }
 

@@ -11,7 +11,7 @@ pub(crate) fn set_msr(vcpu: &VcpuFd, index: u32, data: u64) -> Result<bool> {
         data,
         ..Default::default()
     }])
-    .map_err(|e| Error::Device(format!("MSR list: {e:?}")))?;
+    .map_err(Error::MsrList)?;
     Ok(vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))? == 1)
 }
 
@@ -21,7 +21,7 @@ pub(crate) fn get_msr(vcpu: &VcpuFd, index: u32) -> Result<Option<u64>> {
         index,
         ..Default::default()
     }])
-    .map_err(|e| Error::Device(format!("MSR list: {e:?}")))?;
+    .map_err(Error::MsrList)?;
     let n = vcpu
         .get_msrs(&mut msrs)
         .map_err(Error::kvm("KVM_GET_MSRS"))?;

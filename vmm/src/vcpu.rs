@@ -137,25 +137,10 @@ impl Vcpu {
             shared: &shared,
             vcpu: self.index,
         };
-        kick::register_current(self.fd.get_kvm_run() as *mut _);
-        if let Some(slot) = self.shared.tids.get(self.index as usize) {
-            slot.store(kick::current_tid(), Ordering::SeqCst);
-        }
-        if let Some(pmu) = self.pmu.as_mut() {
-            if let Err(e) = pmu.attach_thread(kick::current_tid()) {
-                self.shared.end(Outcome::VmmError {
-                    vcpu: self.index,
-                    detail: format!("userspace vPMU: {e}"),
-                });
-            }
-        }
-        if self.index == 0 {
-            let ns = self.shared.started.elapsed().as_nanos() as u64;
-            self.shared
-                .first_entry_ns
-                .store(ns.max(1), Ordering::SeqCst);
-        }
-        while !self.shared.stopping.load(Ordering::Relaxed) {
+        self.attach_thread();
+        // SeqCst pairs with `Shared::end` (store `stopping`, then read the tids): either
+        // this thread sees the stop here, or `end` sees its tid and kicks it.
+        while !self.shared.stopping.load(Ordering::SeqCst) {
             if let Some(pmu) = self.pmu.as_mut() {
                 pmu.before_run();
             }
@@ -173,14 +158,14 @@ impl Vcpu {
             let h0 = Instant::now();
             match res {
                 Ok(exit) => {
-                    let index = self.index;
-                    if let Some(outcome) = handle_exit(
-                        index,
-                        exit,
-                        &self.shared,
-                        self.pmu.as_mut(),
-                        &mut self.stats,
-                    ) {
+                    let mut p = Peripherals {
+                        vcpu: self.index,
+                        pio: &self.shared.pio,
+                        mmio: &self.shared.mmio,
+                        pmu: self.pmu.as_mut().map(|b| &mut **b as &mut dyn VcpuPmu),
+                        stats: &mut self.stats,
+                    };
+                    if let Some(outcome) = handle_exit(exit, &mut p) {
                         self.end_with(outcome);
                         break;
                     }
@@ -208,6 +193,29 @@ impl Vcpu {
             pmu.detach_thread();
         }
         (self.stats, self.pmu)
+    }
+
+    /// On the vCPU thread, before the first KVM_RUN: register for kicks, let the vPMU
+    /// target this thread, and (vCPU 0) record the start-to-first-entry time.
+    fn attach_thread(&mut self) {
+        kick::register_current(self.fd.get_kvm_run() as *mut _);
+        if let Some(slot) = self.shared.tids.get(self.index as usize) {
+            slot.store(kick::current_tid(), Ordering::SeqCst);
+        }
+        if let Some(pmu) = self.pmu.as_mut() {
+            if let Err(e) = pmu.attach_thread(kick::current_tid()) {
+                self.shared.end(Outcome::VmmError {
+                    vcpu: self.index,
+                    detail: format!("userspace vPMU: {e}"),
+                });
+            }
+        }
+        if self.index == 0 {
+            let ns = self.shared.started.elapsed().as_nanos() as u64;
+            self.shared
+                .first_entry_ns
+                .store(ns.max(1), Ordering::SeqCst);
+        }
     }
 
     fn end_with(&mut self, outcome: Outcome) {
@@ -270,7 +278,7 @@ impl Vcpu {
             }
             PmiDelivery::Fixed(vector) => {
                 let msi = kvm_bindings::kvm_msi {
-                    address_lo: 0xfee0_0000 | (u32::from(self.index) << 12),
+                    address_lo: arch::layout::msi_address(self.index),
                     address_hi: 0,
                     data: u32::from(vector),
                     ..Default::default()
@@ -283,23 +291,35 @@ impl Vcpu {
     }
 }
 
+/// What an exit may touch: the buses, the vCPU's vPMU and its statistics. Built for each
+/// exit from the vCPU's state; tests build it from bare buses, without KVM.
+pub struct Peripherals<'a> {
+    /// The vCPU (for outcomes).
+    pub vcpu: u8,
+    /// Port-I/O devices.
+    pub pio: &'a PioBus,
+    /// MMIO devices.
+    pub mmio: &'a MmioBus,
+    /// The vCPU's vPMU in the VMM, if any (PMU MSR exits go there; without one they #GP).
+    pub pmu: Option<&'a mut dyn VcpuPmu>,
+    /// Exit counters.
+    pub stats: &'a mut VcpuStats,
+}
+
 /// Handles one exit. Returns `Some(outcome)` when the VM must end.
-fn handle_exit(
-    index: u8,
-    exit: VcpuExit<'_>,
-    shared: &Shared,
-    pmu: Option<&mut Box<dyn VcpuPmu>>,
-    stats: &mut VcpuStats,
-) -> Option<Outcome> {
+pub fn handle_exit(exit: VcpuExit<'_>, p: &mut Peripherals<'_>) -> Option<Outcome> {
+    let index = p.vcpu;
+    let stats = &mut *p.stats;
+    let (pio, mmio) = (p.pio, p.mmio);
     match exit {
         VcpuExit::IoIn(port, data) => {
             stats.io_in += 1;
-            shared.pio.read(port, data);
+            pio.read(port, data);
             None
         }
         VcpuExit::IoOut(port, data) => {
             stats.io_out += 1;
-            match shared.pio.write(port, data) {
+            match pio.write(port, data) {
                 DeviceAction::None => None,
                 DeviceAction::Exit(VmExit::Reset) => Some(Outcome::Reset),
                 DeviceAction::Exit(VmExit::PowerOff) => Some(Outcome::PowerOff),
@@ -308,17 +328,17 @@ fn handle_exit(
         }
         VcpuExit::MmioRead(addr, data) => {
             stats.mmio += 1;
-            shared.mmio.read(addr, data);
+            mmio.read(addr, data);
             None
         }
         VcpuExit::MmioWrite(addr, data) => {
             stats.mmio += 1;
-            shared.mmio.write(addr, data);
+            mmio.write(addr, data);
             None
         }
         VcpuExit::X86Rdmsr(exit) => {
             stats.msr_read += 1;
-            match pmu.and_then(|p| p.rdmsr(exit.index)) {
+            match p.pmu.as_deref_mut().and_then(|pmu| pmu.rdmsr(exit.index)) {
                 Some(v) => {
                     *exit.data = v;
                     *exit.error = 0;
@@ -332,7 +352,10 @@ fn handle_exit(
         }
         VcpuExit::X86Wrmsr(exit) => {
             stats.msr_write += 1;
-            let ok = pmu.map(|p| p.wrmsr(exit.index, exit.data)).unwrap_or(false);
+            let ok = p
+                .pmu
+                .as_deref_mut()
+                .is_some_and(|pmu| pmu.wrmsr(exit.index, exit.data));
             if ok {
                 *exit.error = 0;
             } else {
@@ -380,6 +403,191 @@ fn handle_exit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvm_ioctls::{MsrExitReason, ReadMsrExit, WriteMsrExit};
+
+    /// A vPMU that answers one MSR and accepts writes of even values.
+    struct FakePmu;
+
+    impl VcpuPmu for FakePmu {
+        fn attach_thread(&mut self, _tid: libc::pid_t) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn detach_thread(&mut self) {}
+        fn before_run(&mut self) {}
+        fn after_run(&mut self, _ran_tsc: u64, _kicked: bool) -> bool {
+            false
+        }
+        fn rdmsr(&mut self, msr: u32) -> Option<u64> {
+            (msr == 0xc1).then_some(0x1234)
+        }
+        fn wrmsr(&mut self, _msr: u32, value: u64) -> bool {
+            value.is_multiple_of(2)
+        }
+        fn masks_lvtpc_on_pmi(&self) -> bool {
+            false
+        }
+        fn summary(&self) -> crate::pmu::PmuSummary {
+            unreachable!("not used by handle_exit")
+        }
+    }
+
+    fn buses() -> (PioBus, MmioBus) {
+        let mut pio = PioBus::new();
+        pio.insert(
+            devices::DEBUG_EXIT_PORT,
+            devices::DEBUG_EXIT_LEN,
+            Arc::new(Mutex::new(devices::DebugExit::new())),
+        )
+        .expect("debug-exit");
+        pio.insert(
+            devices::I8042_BASE,
+            devices::I8042_LEN,
+            Arc::new(Mutex::new(devices::I8042::new())),
+        )
+        .expect("i8042");
+        (pio, MmioBus::new())
+    }
+
+    /// Runs `exit` through `handle_exit` on vCPU 2, with or without a vPMU.
+    fn handle(exit: VcpuExit<'_>, with_pmu: bool, stats: &mut VcpuStats) -> Option<Outcome> {
+        let (pio, mmio) = buses();
+        let mut fake = FakePmu;
+        let mut p = Peripherals {
+            vcpu: 2,
+            pio: &pio,
+            mmio: &mmio,
+            pmu: with_pmu.then_some(&mut fake as &mut dyn VcpuPmu),
+            stats,
+        };
+        handle_exit(exit, &mut p)
+    }
+
+    #[test]
+    fn handle_exit_port_io() {
+        let mut st = VcpuStats::default();
+        // Debug-exit: the guest's value ends the VM.
+        let o = handle(VcpuExit::IoOut(0xf4, &[0x2a]), false, &mut st);
+        assert_eq!(o, Some(Outcome::DebugExit { value: 0x2a }));
+        // The i8042 reset command.
+        let o = handle(VcpuExit::IoOut(0x64, &[0xfe]), false, &mut st);
+        assert_eq!(o, Some(Outcome::Reset));
+        // A stray port reads all-ones and the VM goes on.
+        let mut data = [0u8; 2];
+        assert_eq!(
+            handle(VcpuExit::IoIn(0x1234, &mut data), false, &mut st),
+            None
+        );
+        assert_eq!(data, [0xff, 0xff]);
+        assert_eq!(handle(VcpuExit::IoOut(0x1234, &[1]), false, &mut st), None);
+        assert_eq!((st.io_in, st.io_out), (1, 3));
+    }
+
+    #[test]
+    fn handle_exit_stray_mmio_reads_all_ones() {
+        let mut st = VcpuStats::default();
+        let mut data = [0u8; 4];
+        assert_eq!(
+            handle(VcpuExit::MmioRead(0xd000_0000, &mut data), false, &mut st),
+            None
+        );
+        assert_eq!(data, [0xff; 4]);
+        assert_eq!(
+            handle(
+                VcpuExit::MmioWrite(0xd000_0000, &[1, 2, 3, 4]),
+                false,
+                &mut st
+            ),
+            None
+        );
+        assert_eq!(st.mmio, 2);
+    }
+
+    #[test]
+    fn handle_exit_msrs_go_to_the_vpmu_or_gp() {
+        let mut st = VcpuStats::default();
+        let (mut error, mut data) = (0u8, 0u64);
+        fn rd<'a>(error: &'a mut u8, data: &'a mut u64) -> VcpuExit<'a> {
+            VcpuExit::X86Rdmsr(ReadMsrExit {
+                error,
+                reason: MsrExitReason::Filter,
+                index: 0xc1,
+                data,
+            })
+        }
+        // No vPMU in the VMM (`--pmu off`): every routed MSR #GPs.
+        assert_eq!(handle(rd(&mut error, &mut data), false, &mut st), None);
+        assert_eq!(error, 1);
+        // The vPMU answers.
+        assert_eq!(handle(rd(&mut error, &mut data), true, &mut st), None);
+        assert_eq!((error, data), (0, 0x1234));
+        for (value, want_error) in [(2u64, 0u8), (3, 1)] {
+            let wr = VcpuExit::X86Wrmsr(WriteMsrExit {
+                error: &mut error,
+                reason: MsrExitReason::Filter,
+                index: 0x186,
+                data: value,
+            });
+            assert_eq!(handle(wr, true, &mut st), None);
+            assert_eq!(error, want_error, "wrmsr {value}");
+        }
+        assert_eq!((st.msr_read, st.msr_write, st.msr_gp), (2, 2, 2));
+    }
+
+    #[test]
+    fn handle_exit_endings() {
+        let mut st = VcpuStats::default();
+        let cases: Vec<(VcpuExit<'_>, Option<Outcome>)> = vec![
+            (
+                VcpuExit::Shutdown,
+                Some(Outcome::TripleFault { vcpu: 2, rip: None }),
+            ),
+            (
+                VcpuExit::FailEntry(0x21, 0),
+                Some(Outcome::FailEntry {
+                    vcpu: 2,
+                    reason: 0x21,
+                }),
+            ),
+            (
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                Some(Outcome::PowerOff),
+            ),
+            (
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]),
+                Some(Outcome::Reset),
+            ),
+            (
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[]),
+                Some(Outcome::Crash { vcpu: 2 }),
+            ),
+            (
+                VcpuExit::InternalError,
+                Some(Outcome::InternalError {
+                    vcpu: 2,
+                    suberror: 0,
+                    data: Vec::new(),
+                    rip: None,
+                }),
+            ),
+            (VcpuExit::Hlt, None),
+            (VcpuExit::IrqWindowOpen, None),
+        ];
+        for (exit, want) in cases {
+            let name = format!("{exit:?}");
+            assert_eq!(handle(exit, false, &mut st), want, "{name}");
+        }
+        // Anything unknown ends the VM with a VMM error naming the exit.
+        let o = handle(VcpuExit::SystemEvent(0x99, &[]), false, &mut st);
+        assert!(
+            matches!(o, Some(Outcome::VmmError { vcpu: 2, .. })),
+            "{o:?}"
+        );
+        let o = handle(VcpuExit::Debug(Default::default()), false, &mut st);
+        assert!(
+            matches!(&o, Some(Outcome::VmmError { detail, .. }) if detail.contains("Debug")),
+            "{o:?}"
+        );
+    }
 
     /// A panicking vCPU thread must end the VM (the main thread waits for that), not
     /// leave the VMM hanging.

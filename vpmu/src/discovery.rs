@@ -130,6 +130,9 @@ pub trait HostSource {
 pub struct SystemHost {
     kvm: Result<kvm_ioctls::Kvm, String>,
     sys: PathBuf,
+    /// KVM_GET_SUPPORTED_CPUID as the caller already made it (the VMM makes it once per
+    /// run and shares it); `None`: ask KVM.
+    supported_cpuid: Option<Vec<kvm_cpuid_entry2>>,
 }
 
 impl SystemHost {
@@ -138,6 +141,17 @@ impl SystemHost {
         SystemHost {
             kvm: kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}")),
             sys: PathBuf::from("/sys"),
+            supported_cpuid: None,
+        }
+    }
+
+    /// Like [`SystemHost::new`], but answers `supported_cpuid` with `entries`, a
+    /// KVM_GET_SUPPORTED_CPUID the caller already made (the ioctl is not free, and the
+    /// VMM needs its result for every vCPU anyway).
+    pub fn with_supported_cpuid(entries: Vec<kvm_cpuid_entry2>) -> SystemHost {
+        SystemHost {
+            supported_cpuid: Some(entries),
+            ..SystemHost::new()
         }
     }
 
@@ -156,6 +170,9 @@ impl Default for SystemHost {
 impl HostSource for SystemHost {
     fn supported_cpuid(&self) -> Result<Vec<kvm_cpuid_entry2>, String> {
         let kvm = self.kvm.as_ref().map_err(Clone::clone)?;
+        if let Some(entries) = &self.supported_cpuid {
+            return Ok(entries.clone());
+        }
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map(|c| c.as_slice().to_vec())
             .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))
@@ -618,6 +635,12 @@ impl HostPmu {
     /// Probe the real host.
     pub fn probe_system() -> HostPmu {
         HostPmu::probe(&SystemHost::new())
+    }
+
+    /// Probe the real host with a KVM_GET_SUPPORTED_CPUID result the caller already has
+    /// (see [`SystemHost::with_supported_cpuid`]).
+    pub fn probe_system_with_cpuid(entries: Vec<kvm_cpuid_entry2>) -> HostPmu {
+        HostPmu::probe(&SystemHost::with_supported_cpuid(entries))
     }
 
     /// Whether the host has a hardware PMU: a perf core PMU in sysfs or a layout in KVM's

@@ -181,24 +181,11 @@ impl VcpuPmu for InKernelAudit {
         false
     }
 
-    fn summary(&self) -> String {
-        let s = &self.stats;
-        let per_exit = s.handler_ns.checked_div(s.writes).unwrap_or(0);
-        let mut line = format!(
-            "pmu audit: {} selector writes ({} ns each in the VMM), {} denied, {} #GP",
-            s.writes, per_exit, s.denied, s.gp
-        );
-        if !self.programmed.items().is_empty() {
-            line.push_str(&format!("; programmed: {}", self.programmed.summary()));
+    fn summary(&self) -> super::PmuSummary {
+        super::PmuSummary::Audit {
+            vcpu: self.vcpu,
+            audit: self.stats.clone(),
+            programmed: self.programmed.items().to_vec(),
         }
-        line
-    }
-
-    fn summary_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "vcpu": self.vcpu,
-            "audit": self.stats,
-            "programmed": self.programmed.items(),
-        })
     }
 }

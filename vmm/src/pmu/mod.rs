@@ -90,10 +90,33 @@ pub trait VcpuPmu: Send {
     /// Whether delivering a PMI sets the LVTPC mask bit (Intel: yes, SDM vol. 3B 20.6.3.5.8
     /// "the LVT performance counter register's mask bit is set"; AMD: no).
     fn masks_lvtpc_on_pmi(&self) -> bool;
-    /// A one-line summary for the end of the run.
-    fn summary(&self) -> String;
-    /// Counters of denied/faulting programming attempts, etc.
-    fn summary_json(&self) -> serde_json::Value;
+    /// What this vCPU's vPMU did, for the run report.
+    fn summary(&self) -> PmuSummary;
+}
+
+/// What a vCPU's vPMU in the VMM did during the run (`RunReport::pmu`). Serialized
+/// without a tag: the variants have different field names.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum PmuSummary {
+    /// The userspace vPMU.
+    Userspace {
+        /// The vCPU.
+        vcpu: u8,
+        /// Its counters.
+        stats: userspace::Stats,
+        /// What the guest programmed, with verdicts.
+        programmed: Vec<audit::Programmed>,
+    },
+    /// The audit of KVM's in-kernel vPMU (`--pmu-audit` under emulated/passthrough).
+    Audit {
+        /// The vCPU.
+        vcpu: u8,
+        /// Its counters.
+        audit: inkernel_audit::Stats,
+        /// What the guest programmed, with verdicts.
+        programmed: Vec<audit::Programmed>,
+    },
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use super::inkernel_audit::InKernelAudit;
 use super::userspace::UserspacePmu;
 use super::VcpuPmu;
 use crate::config::VmConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, PmuConfigError, Result};
 use crate::msrs::{get_msr, set_msr};
 
 /// KVM_PMU_CAP_DISABLE (include/uapi/linux/kvm.h).
@@ -60,6 +60,8 @@ pub struct PmuPlan {
     /// In-kernel modes: what an EBUSY from the first KVM_CREATE_VCPU means on this host
     /// (KVM's mediated vPMU cannot start while host perf events count the guest).
     ebusy_explanation: Option<String>,
+    /// The MSR filter to install before the first KVM_RUN ([`PmuPlan::take_msr_filter`]).
+    msr_filter: Option<MsrFilter>,
 }
 
 fn kvm_pmu_disable(kvm: &Kvm, vm: &VmFd) -> Result<bool> {
@@ -85,11 +87,20 @@ pub fn read_policy_file(path: &std::path::Path) -> Result<Policy> {
             op: format!("reading policy {}", path.display()),
             source,
         },
-        e => Error::PmuConfig(format!("policy {} {e}", path.display())),
+        source => PmuConfigError::PolicyFile {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into(),
     })?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Error::PmuConfig(format!("policy {} is not UTF-8 text", path.display())))?;
-    Policy::from_toml(&text).map_err(|e| Error::PmuConfig(format!("{}: {e}", path.display())))
+    let text =
+        String::from_utf8(bytes).map_err(|_| PmuConfigError::PolicyNotUtf8(path.to_path_buf()))?;
+    Ok(
+        Policy::from_toml(&text).map_err(|source| PmuConfigError::Policy {
+            name: path.display().to_string(),
+            source,
+        })?,
+    )
 }
 
 fn load_policy(
@@ -104,7 +115,10 @@ fn load_policy(
     };
     let compiled = policy
         .compile(vendor, num_fixed)
-        .map_err(|e| Error::PmuConfig(format!("{name}: {e}")))?;
+        .map_err(|source| PmuConfigError::Policy {
+            name: name.clone(),
+            source,
+        })?;
     // The operator's own file: say what it cannot do here. (The builtin default's skipped
     // rules, e.g. ref-cycles on AMD, are documented in resources/policies/default.toml.)
     if config.pmu.policy.is_some() {
@@ -138,11 +152,8 @@ fn check_unused_pmu_options(config: &VmConfig) -> Result<()> {
         );
     }
     if config.pmu.layout != "host" {
-        let _: vpmu::cpuid::LayoutRequest = config
-            .pmu
-            .layout
-            .parse()
-            .map_err(|e: vpmu::cpuid::LayoutError| Error::PmuConfig(e.to_string()))?;
+        let _: vpmu::cpuid::LayoutRequest =
+            config.pmu.layout.parse().map_err(PmuConfigError::from)?;
         eprintln!(
             "vpmu-vmm: warning: --pmu-layout {} has no effect under --pmu off",
             config.pmu.layout
@@ -197,10 +208,7 @@ fn install_pmu_event_filter(
     compiled: &CompiledPolicy,
 ) -> Result<()> {
     let has = |cap: u32| kvm.check_extension_raw(libc::c_ulong::from(cap)) > 0;
-    let refuse = |reason: String| Error::PmuUnavailable {
-        mode: mode.to_string(),
-        reason,
-    };
+    let refuse = |reason: String| Error::PmuUnavailable { mode, reason };
     if let Some(why) = filter_caps_refusal(
         has(kvm_bindings::KVM_CAP_PMU_EVENT_FILTER),
         has(kvm_bindings::KVM_CAP_PMU_EVENT_MASKED_EVENTS),
@@ -211,7 +219,7 @@ fn install_pmu_event_filter(
     let bytes = compiled
         .kvm_filter_ref()
         .to_ioctl_bytes()
-        .map_err(|e| Error::PmuConfig(e.to_string()))?;
+        .map_err(PmuConfigError::from)?;
     // Copy into u64-aligned storage (the struct's alignment).
     let mut words = vec![0u64; bytes.len().div_ceil(8)];
     for (i, b) in bytes.iter().enumerate() {
@@ -262,60 +270,93 @@ fn enable_msr_exits(vm: &VmFd) -> Result<()> {
         .map_err(Error::kvm("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)"))
 }
 
-/// Installs an MSR filter (default: allow) whose ranges `(base, count)` send the accesses
-/// `flags` of the MSRs for which `to_vmm` holds to the VMM and let KVM handle the others.
-fn install_msr_filter(
-    vm: &VmFd,
-    ranges: &[(u32, u32)],
+/// An MSR filter the plan decided on, to be installed before the first KVM_RUN: ranges
+/// `(base, count, bitmap)` whose clear bits send the accesses `flags` to the VMM (with
+/// KVM_MSR_EXIT_REASON_FILTER a denial means "exit to userspace"); everything outside the
+/// ranges stays in KVM (default: allow).
+///
+/// KVM_X86_SET_MSR_FILTER waits for an SRCU grace period (`synchronize_srcu`, 8-15 ms on
+/// a loaded host) before it returns, so the builder installs it on a helper thread while
+/// it loads the kernel and creates the vCPUs, and joins that thread before any vCPU
+/// thread starts ([`crate::vm::Vm::start`]). KVM applies a new filter to vCPUs that exist
+/// (KVM_REQ_MSR_FILTER_CHANGED, made before the ioctl returns) and to vCPUs created later
+/// alike, so the order of vCPU creation and installation does not matter; only "before
+/// the first KVM_RUN" does.
+#[derive(Debug, Clone)]
+pub struct MsrFilter {
     flags: MsrFilterRangeFlags,
-    to_vmm: impl Fn(u32) -> bool,
-) -> Result<()> {
-    // A clear bit denies the access, which with KVM_MSR_EXIT_REASON_FILTER means "exit to
-    // userspace". Bitmaps stay alive until set_msr_filter returns (KVM copies them).
-    let bitmaps: Vec<Vec<u8>> = ranges
-        .iter()
-        .map(|&(base, n)| filter_bitmap(base, n, &to_vmm))
-        .collect();
-    let filter: Vec<MsrFilterRange<'_>> = ranges
-        .iter()
-        .zip(bitmaps.iter())
-        .map(|((base, n), bm)| MsrFilterRange {
+    ranges: Vec<(u32, u32, Vec<u8>)>,
+}
+
+impl MsrFilter {
+    /// The filter sending the accesses `flags` of the MSRs of `ranges` for which `to_vmm`
+    /// holds to the VMM.
+    fn new(
+        ranges: &[(u32, u32)],
+        flags: MsrFilterRangeFlags,
+        to_vmm: impl Fn(u32) -> bool,
+    ) -> Self {
+        MsrFilter {
             flags,
-            base: *base,
-            msr_count: *n,
-            bitmap: bm,
-        })
-        .collect();
-    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
-        .map_err(Error::kvm("KVM_X86_SET_MSR_FILTER"))
+            ranges: ranges
+                .iter()
+                .map(|&(base, n)| (base, n, filter_bitmap(base, n, &to_vmm)))
+                .collect(),
+        }
+    }
+
+    /// Whether the filter sends `msr`'s accesses `flags` to the VMM.
+    pub fn routes(&self, msr: u32, flags: MsrFilterRangeFlags) -> bool {
+        self.flags.contains(flags)
+            && self.ranges.iter().any(|(base, n, bm)| {
+                let i = msr.wrapping_sub(*base);
+                i < *n && bm[(i / 8) as usize] & (1 << (i % 8)) == 0
+            })
+    }
+
+    /// KVM_X86_SET_MSR_FILTER (blocks for an SRCU grace period).
+    pub fn install(&self, vm: &VmFd) -> Result<()> {
+        let filter: Vec<MsrFilterRange<'_>> = self
+            .ranges
+            .iter()
+            .map(|(base, n, bm)| MsrFilterRange {
+                flags: self.flags,
+                base: *base,
+                msr_count: *n,
+                bitmap: bm,
+            })
+            .collect();
+        vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
+            .map_err(Error::kvm("KVM_X86_SET_MSR_FILTER"))
+    }
 }
 
 /// Routes every PMU MSR of both vendors' architectures to the VMM: the userspace vPMU
 /// answers those its layout has and #GPs the rest; `off` #GPs them all. Both vendors', so
-/// a guest never sees KVM's 0 for the other vendor's MSRs.
-fn route_pmu_msrs_to_userspace(vm: &VmFd) -> Result<()> {
+/// a guest never sees KVM's 0 for the other vendor's MSRs. Enables the exits now and
+/// returns the filter to install.
+fn route_pmu_msrs_to_userspace(vm: &VmFd) -> Result<MsrFilter> {
     enable_msr_exits(vm)?;
-    install_msr_filter(
-        vm,
+    Ok(MsrFilter::new(
         &vpmu::model::pmu_msr_ranges_all(),
         MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
         |_| true,
-    )
+    ))
 }
 
 /// `--pmu-audit` with KVM's in-kernel vPMU: guest writes of `vendor`'s event selectors and
 /// FIXED_CTR_CTRL go to the VMM (see [`super::inkernel_audit`]); everything else, reads of
-/// those included, stays in KVM.
-fn route_selector_writes_to_userspace(vm: &VmFd, vendor: vpmu::Vendor) -> Result<()> {
+/// those included, stays in KVM. Enables the exits now and returns the filter to install.
+fn route_selector_writes_to_userspace(vm: &VmFd, vendor: vpmu::Vendor) -> Result<MsrFilter> {
     let selectors = vpmu::model::selector_msrs(vendor);
     let ranges: Vec<(u32, u32)> = vpmu::model::pmu_msr_ranges(vendor)
         .into_iter()
         .filter(|&(base, n)| selectors.iter().any(|&m| m >= base && m - base < n))
         .collect();
     enable_msr_exits(vm)?;
-    install_msr_filter(vm, &ranges, MsrFilterRangeFlags::WRITE, |m| {
+    Ok(MsrFilter::new(&ranges, MsrFilterRangeFlags::WRITE, |m| {
         selectors.binary_search(&m).is_ok()
-    })
+    }))
 }
 
 /// Runs [`vpmu::inkernel::LivenessCheck`] on `vcpu` (after KVM_SET_CPUID2): the outer
@@ -346,7 +387,7 @@ fn unavailable(mode: PmuMode, host: &HostPmu) -> Option<Error> {
         vpmu::discovery::Availability::Available => None,
         vpmu::discovery::Availability::Unavailable { reason, remedy } => {
             Some(Error::PmuUnavailable {
-                mode: mode.to_string(),
+                mode,
                 reason: if remedy.is_empty() {
                     reason
                 } else {
@@ -357,8 +398,11 @@ fn unavailable(mode: PmuMode, host: &HostPmu) -> Option<Error> {
     }
 }
 
-/// Decides and applies the VM-wide vPMU state for `config`.
-pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
+/// Decides and applies the VM-wide vPMU state for `config`, except the MSR filter, which
+/// it leaves in the plan for the caller to install before the first KVM_RUN
+/// ([`PmuPlan::take_msr_filter`]). `supported` is this run's one KVM_GET_SUPPORTED_CPUID,
+/// shared with the host probe and every vCPU's CPUID.
+pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig, supported: &CpuId) -> Result<PmuPlan> {
     let mode = config.pmu.mode;
     let mut plan = PmuPlan {
         mode,
@@ -371,6 +415,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         off_msrs_fault: false,
         vendor_rewrite: None,
         ebusy_explanation: None,
+        msr_filter: None,
     };
     if mode == PmuMode::Off {
         check_unused_pmu_options(config)?;
@@ -380,23 +425,20 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         // the MSR filter, send every PMU MSR of both vendors to the VMM, which has no PMU to offer:
         // each access #GPs, exactly as on a CPU without performance counters.
         if kvm.check_extension(Cap::X86UserSpaceMsr) && kvm.check_extension(Cap::X86MsrFilter) {
-            route_pmu_msrs_to_userspace(vm)?;
+            plan.msr_filter = Some(route_pmu_msrs_to_userspace(vm)?);
             plan.off_msrs_fault = true;
         }
         return Ok(plan);
     }
-    let host = HostPmu::probe_system();
+    let host = HostPmu::probe_system_with_cpuid(supported.as_slice().to_vec());
     if matches!(mode, PmuMode::Emulated | PmuMode::Passthrough) {
         plan.ebusy_explanation = Some(vpmu::discovery::explain_vcpu_create_ebusy(&host));
     }
     if let Some(e) = unavailable(mode, &host) {
         return Err(e);
     }
-    let request: vpmu::cpuid::LayoutRequest = config
-        .pmu
-        .layout
-        .parse()
-        .map_err(|e: vpmu::cpuid::LayoutError| Error::PmuConfig(e.to_string()))?;
+    let request: vpmu::cpuid::LayoutRequest =
+        config.pmu.layout.parse().map_err(PmuConfigError::from)?;
     let userspace = mode == PmuMode::Userspace;
     // On a host without a PMU the userspace vPMU is pure emulation (clock model), so it
     // may model either vendor's architecture: the requested vendor wins. Everywhere else
@@ -407,21 +449,22 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
         _ => host.vendor,
     };
     plan.layout = vpmu::cpuid::resolve_with_vendor(&request, vendor_hint, &host.layout, userspace)
-        .map_err(|e| Error::PmuConfig(e.to_string()))?;
+        .map_err(PmuConfigError::from)?;
     let vendor = plan
         .layout
         .vendor()
-        .ok_or_else(|| Error::PmuConfig(format!("--pmu {mode} with an empty PMU layout")))?;
+        .ok_or(PmuConfigError::EmptyLayout(mode))?;
     plan.vendor_rewrite = host.vendor.filter(|h| *h != vendor).map(|h| (vendor, h));
     let (compiled, name) = load_policy(config, vendor, &plan.layout)?;
     plan.policy_name = name;
     if let Some(path) = &config.pmu.audit {
         let max = config.pmu.audit_max_bytes;
         if max < super::audit::MIN_MAX_BYTES {
-            return Err(Error::PmuConfig(format!(
-                "--pmu-audit-max-bytes {max} is below the minimum of {} bytes",
-                super::audit::MIN_MAX_BYTES
-            )));
+            return Err(PmuConfigError::AuditMaxBytes {
+                max,
+                min: super::audit::MIN_MAX_BYTES,
+            }
+            .into());
         }
         let limits = super::audit::Limits {
             max_bytes: max,
@@ -441,19 +484,19 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
                     && kvm.check_extension(Cap::X86MsrFilter))
                 {
                     return Err(Error::PmuUnavailable {
-                        mode: mode.to_string(),
+                        mode,
                         reason: "--pmu-audit needs KVM's MSR filter (KVM_CAP_X86_MSR_FILTER, \
                                  Linux 5.10+) to see what the guest programs; drop --pmu-audit \
                                  or use a newer kernel"
                             .into(),
                     });
                 }
-                route_selector_writes_to_userspace(vm, vendor)?;
+                plan.msr_filter = Some(route_selector_writes_to_userspace(vm, vendor)?);
             }
         }
         PmuMode::Userspace => {
             plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
-            route_pmu_msrs_to_userspace(vm)?;
+            plan.msr_filter = Some(route_pmu_msrs_to_userspace(vm)?);
             plan.source = match host.userspace_counter_source() {
                 vpmu::discovery::CounterSource::HostPerf { .. } => {
                     super::userspace::Source::HostPerf
@@ -468,13 +511,19 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig) -> Result<PmuPlan> {
 }
 
 impl PmuPlan {
+    /// The MSR filter this plan needs, once: the caller must install it
+    /// ([`MsrFilter::install`]) before any vCPU's first KVM_RUN.
+    pub fn take_msr_filter(&mut self) -> Option<MsrFilter> {
+        self.msr_filter.take()
+    }
+
     /// Turns a KVM_CREATE_VCPU failure into the error the user sees: EBUSY under KVM's
     /// in-kernel vPMU is the mediated vPMU refusing to start (`perf_create_mediated_pmu`),
     /// explained with this host's NMI watchdog and what to do.
     pub fn vcpu_create_error(&self, e: kvm_ioctls::Error) -> Error {
         match &self.ebusy_explanation {
             Some(why) if e.errno() == libc::EBUSY => Error::PmuUnavailable {
-                mode: self.mode.to_string(),
+                mode: self.mode,
                 reason: why.clone(),
             },
             _ => Error::Kvm {
@@ -486,8 +535,7 @@ impl PmuPlan {
 
     /// Writes the guest's PMU CPUID leaves for this plan.
     pub fn apply_cpuid(&self, cpuid: &mut CpuId) -> Result<()> {
-        vpmu::cpuid::apply_cpuid(&self.layout, cpuid)
-            .map_err(|e| Error::PmuConfig(format!("CPUID: {e}")))
+        vpmu::cpuid::apply_cpuid(&self.layout, cpuid).map_err(|e| PmuConfigError::from(e).into())
     }
 
     /// After KVM_SET_CPUID2, before the first KVM_RUN: writes the vPMU MSRs the layout
@@ -501,7 +549,7 @@ impl PmuPlan {
         for (index, data) in vpmu::inkernel::vcpu_msrs(&self.layout) {
             if !set_msr(vcpu, index, data)? {
                 return Err(Error::PmuUnavailable {
-                    mode: self.mode.to_string(),
+                    mode: self.mode,
                     reason: format!(
                         "KVM refused MSR {index:#x} = {data:#x} for the guest's PMU layout"
                     ),
@@ -509,7 +557,7 @@ impl PmuPlan {
             }
         }
         check_live_vpmu(vcpu, &self.layout)?.map_err(|why| Error::PmuUnavailable {
-            mode: self.mode.to_string(),
+            mode: self.mode,
             reason: format!(
                 "{why}; is kvm.enable_pmu=Y and does the host have a PMU? see `vpmu-vmm probe`"
             ),
@@ -529,7 +577,7 @@ impl PmuPlan {
         let policy = || {
             self.policy
                 .clone()
-                .ok_or_else(|| Error::PmuConfig("no policy".into()))
+                .ok_or(Error::PmuConfig(PmuConfigError::NoPolicy(self.mode)))
         };
         match (self.mode, &self.audit) {
             (PmuMode::Userspace, _) => Ok(Some(Box::new(UserspacePmu::new(
@@ -558,58 +606,86 @@ impl PmuPlan {
         Ok(())
     }
 
-    /// One line describing the mode, the layout and the policy.
-    pub fn describe(&self) -> String {
-        let layout = match &self.layout {
-            PmuConfig::None => "no PMU".to_string(),
-            PmuConfig::Intel(i) => format!(
-                "intel v{} {}x{}-bit GP + {}x{}-bit fixed",
-                i.version, i.num_gp, i.gp_width, i.num_fixed, i.fixed_width
-            ),
-            PmuConfig::Amd(a) => format!(
-                "amd {} {}x{}-bit{}",
-                if a.core_ext { "core-ext" } else { "legacy" },
-                a.num_counters,
-                a.width,
-                if a.perfmon_v2 { " PerfMonV2" } else { "" }
-            ),
-        };
-        let mut s = format!("pmu {} ({layout})", self.mode);
-        if let Some((guest, host)) = self.vendor_rewrite {
-            s.push_str(&format!(
-                ", guest CPUID vendor {} (host {})",
-                vpmu::cpuid::vendor_id(guest),
-                vpmu::cpuid::vendor_id(host)
-            ));
+    /// What the guest was given, for the run report.
+    pub fn setup(&self) -> PmuSetup {
+        PmuSetup {
+            mode: self.mode,
+            layout: self.layout.clone(),
+            cpuid_vendor: self
+                .vendor_rewrite
+                .map(|(guest, host)| VendorRewrite { guest, host }),
+            counter_source: (self.mode == PmuMode::Userspace).then_some(self.source),
+            policy: (!self.policy_name.is_empty()).then(|| self.policy_name.clone()),
+            kvm_pmu_disabled: self.kvm_pmu_disabled,
+            pmu_msrs_fault: self.off_msrs_fault,
         }
-        if self.mode == PmuMode::Userspace {
-            s.push_str(match self.source {
-                super::userspace::Source::Clock => {
-                    ", counters: TSC clock model (counts USR and OS alike)"
-                }
-                super::userspace::Source::HostPerf => ", counters: host perf events",
-            });
-        }
-        if !self.policy_name.is_empty() {
-            s.push_str(&format!(", policy {}", self.policy_name));
-        }
-        if self.mode == PmuMode::Off {
-            s.push_str(if self.kvm_pmu_disabled {
-                ", KVM vPMU disabled"
-            } else {
-                ", KVM_PMU_CAP_DISABLE unavailable"
-            });
-            if self.off_msrs_fault {
-                s.push_str(", PMU MSRs #GP (MSR filter)");
-            }
-        }
-        s
     }
+}
+
+/// The guest's CPUID vendor string, rewritten to match a cross-vendor PMU layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct VendorRewrite {
+    /// The vendor the guest sees.
+    pub guest: vpmu::Vendor,
+    /// The host CPU's vendor.
+    pub host: vpmu::Vendor,
+}
+
+/// What the vPMU setup gave the guest (`RunReport::pmu_setup`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PmuSetup {
+    /// The mode.
+    pub mode: PmuMode,
+    /// The guest's PMU layout.
+    pub layout: PmuConfig,
+    /// Set when the guest's CPUID vendor string was rewritten.
+    pub cpuid_vendor: Option<VendorRewrite>,
+    /// The userspace vPMU's counter source (userspace mode only).
+    pub counter_source: Option<super::userspace::Source>,
+    /// The allowlist policy's name (its path, or "builtin default"); none under `off`.
+    pub policy: Option<String>,
+    /// KVM_CAP_PMU_CAPABILITY(KVM_PMU_CAP_DISABLE) was applied.
+    pub kvm_pmu_disabled: bool,
+    /// `off`: every PMU MSR of both vendors is routed to the VMM by the MSR filter and
+    /// #GPs (false where KVM has no MSR filter).
+    pub pmu_msrs_fault: bool,
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{filter_bitmap, filter_caps_refusal, msr_filter_bitmap_len};
+    use super::{filter_bitmap, filter_caps_refusal, msr_filter_bitmap_len, MsrFilter};
+    use kvm_ioctls::MsrFilterRangeFlags;
+
+    #[test]
+    fn pmu_off_filter_routes_every_pmu_msr_of_both_vendors() {
+        let f = MsrFilter::new(
+            &vpmu::model::pmu_msr_ranges_all(),
+            MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            |_| true,
+        );
+        for msr in [
+            0xc001_0004u32,
+            0xc001_0200,
+            0xc000_0301,
+            0xc1,
+            0x186,
+            0x309,
+            0x38f,
+        ] {
+            assert!(f.routes(msr, MsrFilterRangeFlags::READ), "{msr:#x}");
+            assert!(f.routes(msr, MsrFilterRangeFlags::WRITE), "{msr:#x}");
+        }
+        // IA32_APIC_BASE and EFER stay in KVM.
+        assert!(!f.routes(0x1b, MsrFilterRangeFlags::READ));
+        assert!(!f.routes(0xc000_0080, MsrFilterRangeFlags::READ));
+        // Selector-write filters leave reads in KVM.
+        let sel = vpmu::model::selector_msrs(vpmu::Vendor::Intel);
+        let w = MsrFilter::new(&[(0x186, 8)], MsrFilterRangeFlags::WRITE, |m| {
+            sel.binary_search(&m).is_ok()
+        });
+        assert!(w.routes(0x186, MsrFilterRangeFlags::WRITE));
+        assert!(!w.routes(0x186, MsrFilterRangeFlags::READ));
+    }
 
     #[test]
     fn selector_write_bitmaps_exit_only_on_selectors() {

@@ -31,7 +31,8 @@ use super::perf::{self, PerfCounter};
 use super::VcpuPmu;
 
 /// Where a userspace-vPMU counter's counts come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
     /// TSC clock model: cycles only (hosts without a PMU).
     Clock,
@@ -513,20 +514,12 @@ impl VcpuPmu for UserspacePmu {
         self.vendor == Vendor::Intel
     }
 
-    fn summary(&self) -> String {
-        let s = &self.stats;
-        let mut line = format!(
-            "userspace vPMU: {} MSR reads, {} writes, {} #GP, {} denied, {} unsupported, {} overflows, {} PMIs",
-            s.reads, s.writes, s.gp, s.denied, s.unsupported, s.overflows, s.pmis
-        );
-        if !self.programmed.items().is_empty() {
-            line.push_str(&format!("; programmed: {}", self.programmed.summary()));
+    fn summary(&self) -> super::PmuSummary {
+        super::PmuSummary::Userspace {
+            vcpu: self.vcpu,
+            stats: self.stats.clone(),
+            programmed: self.programmed.items().to_vec(),
         }
-        line
-    }
-
-    fn summary_json(&self) -> serde_json::Value {
-        serde_json::json!({ "vcpu": self.vcpu, "stats": self.stats, "programmed": self.programmed.items() })
     }
 }
 
