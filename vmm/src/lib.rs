@@ -24,8 +24,8 @@ pub mod outcome;
 #[cfg(target_arch = "x86_64")]
 pub mod pmu;
 #[cfg(target_arch = "x86_64")]
-#[cfg(target_arch = "x86_64")]
 pub mod seccomp;
+#[cfg(target_arch = "x86_64")]
 pub mod vcpu;
 #[cfg(target_arch = "x86_64")]
 pub mod vm;
