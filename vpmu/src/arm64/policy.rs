@@ -245,21 +245,6 @@ impl Arm64Policy {
         Ok(p)
     }
 
-    /// Reads a policy file (at most [`MAX_POLICY_BYTES`]).
-    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let len = std::fs::metadata(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .len();
-        if len > MAX_POLICY_BYTES {
-            return Err(format!(
-                "{}: {len} bytes, more than the {MAX_POLICY_BYTES} a policy may have",
-                path.display()
-            ));
-        }
-        let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::from_toml(&src).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
     /// Whether the policy lets `event` count (the in-VMM matcher; same answer as KVM's
     /// bitmap built from [`Self::compile`] for events inside the host's event space).
     pub fn allows(&self, event: u16) -> bool {
