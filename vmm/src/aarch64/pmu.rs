@@ -27,9 +27,9 @@ use kvm_bindings::kvm_device_attr;
 use kvm_ioctls::VcpuFd;
 
 use arch::aarch64::{fdt, regs};
+use devices::host_file::{read_regular, ReadError};
 use vpmu::arm64::events;
 use vpmu::arm64::filter::{NR_EVENTS_PMUV3, NR_EVENTS_PMUV3P1};
-use devices::host_file::{read_regular, ReadError};
 use vpmu::arm64::policy::{Arm64Policy, Compiled, MAX_POLICY_BYTES};
 use vpmu::discovery::{Availability, HostPmu, PmuMode};
 
@@ -246,7 +246,8 @@ pub fn audit(fd: &VcpuFd, plan: &Plan) -> std::result::Result<Vec<Programmed>, S
     }
     let cc_en = en & (1 << regs::PMU_CYCLE_IDX) != 0;
     let ccfiltr = get(regs::PMCCFILTR_EL0, "PMCCFILTR_EL0")?;
-    if cc_en || ccfiltr != 0 {
+    let ccnt = get(regs::PMCCNTR_EL0, "PMCCNTR_EL0")?;
+    if cc_en || ccfiltr != 0 || ccnt != 0 {
         v.push(Programmed {
             counter: regs::PMU_CYCLE_IDX,
             event: events::CPU_CYCLES,
@@ -254,7 +255,7 @@ pub fn audit(fd: &VcpuFd, plan: &Plan) -> std::result::Result<Vec<Programmed>, S
             typer: ccfiltr,
             enabled: cc_en,
             allowed: plan.compiled.allows(events::CPU_CYCLES),
-            value: get(regs::PMCCNTR_EL0, "PMCCNTR_EL0")?,
+            value: ccnt,
         });
     }
     Ok(v)
