@@ -215,9 +215,8 @@ mod tests {
                 // "The default depends on the first applied filter."
                 vec![f.action != KVM_PMU_EVENT_ALLOW; nr_events as usize]
             });
-            for e in f.base_event as usize..(f.base_event as usize + f.nevents as usize) {
-                b[e] = f.action == KVM_PMU_EVENT_ALLOW;
-            }
+            let range = f.base_event as usize..(f.base_event as usize + f.nevents as usize);
+            b[range].fill(f.action == KVM_PMU_EVENT_ALLOW);
         }
         Ok(bitmap)
     }
@@ -324,7 +323,7 @@ mod tests {
             let r = s.to_ranges();
             let b = kvm_apply(nr, &r).expect("compiled ranges are valid for KVM");
             for e in 0..nr {
-                let kvm = b.as_ref().map_or(true, |b| b[e as usize]);
+                let kvm = b.as_ref().is_none_or(|b| b[e as usize]);
                 prop_assert_eq!(kvm, s.contains(e), "event 0x{:x}", e);
             }
             let ones = s.runs(true).len();
