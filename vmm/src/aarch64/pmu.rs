@@ -55,8 +55,9 @@ pub struct Plan {
     pub compiled: Compiled,
     /// Where the policy came from.
     pub source: String,
-    /// The host PMU to bind with SET_PMU (only when the host has several).
-    pub set_pmu: Option<(String, u32)>,
+    /// The host PMU to bind with SET_PMU (only when the host has several): name, perf
+    /// type, and the CPUs it covers (the vCPU threads are pinned to them).
+    pub set_pmu: Option<(String, u32, Vec<usize>)>,
 }
 
 /// The default arm64 policy: the named PMUv3 common events (`vpmu::arm64::events::EVENTS`:
@@ -121,9 +122,20 @@ pub fn plan(policy: &Arm64Policy, source: String, host: &HostPmu, vcpu0: &VcpuFd
     let compiled = policy
         .compile(nr_events(vcpu0))
         .map_err(|e| Error::PmuConfig(format!("{source}: {e}")))?;
-    let set_pmu = (host.perf_pmus.len() > 1)
-        .then(|| host.perf_pmus.first().map(|p| (p.name.clone(), p.pmu_type)))
-        .flatten();
+    // Several PMUs (big.LITTLE): the one covering the CPU the VMM runs on now, else the
+    // first. Unverified: the rig's L1 has one PMU.
+    let set_pmu = if host.perf_pmus.len() > 1 {
+        // SAFETY: sched_getcpu has no preconditions.
+        let here = unsafe { libc::sched_getcpu() };
+        let pick = host
+            .perf_pmus
+            .iter()
+            .find(|p| usize::try_from(here).is_ok_and(|h| p.cpus.contains(&h)))
+            .or(host.perf_pmus.first());
+        pick.map(|p| (p.name.clone(), p.pmu_type, p.cpus.clone()))
+    } else {
+        None
+    };
     Ok(Plan {
         compiled,
         source,
@@ -146,7 +158,7 @@ pub fn setup(fds: &[VcpuFd], plan: &Plan) -> Result<()> {
     let Some(vcpu0) = fds.first() else {
         return Ok(());
     };
-    if let Some((_, ty)) = &plan.set_pmu {
+    if let Some((_, ty, _)) = &plan.set_pmu {
         let ty = *ty as i32;
         set_attr(
             vcpu0,
@@ -180,15 +192,43 @@ pub fn setup(fds: &[VcpuFd], plan: &Plan) -> Result<()> {
 impl Plan {
     /// The mode line for `--stats`.
     pub fn describe(&self) -> String {
-        let pmu = self
-            .set_pmu
-            .as_ref()
-            .map_or(String::new(), |(n, t)| format!("; host PMU {n} (type {t})"));
+        let pmu = self.set_pmu.as_ref().map_or(String::new(), |(n, t, c)| {
+            format!(
+                "; host PMU {n} (type {t}), vCPUs pinned to its {} CPUs",
+                c.len()
+            )
+        });
         format!(
             "pmu emulated (arm64 KVM PMUv3) | policy {}: {}{pmu}",
             self.source, self.compiled
         )
     }
+}
+
+impl Plan {
+    /// The CPUs the vCPU threads must run on (SET_PMU restricts the VM to its PMU's CPUs).
+    pub fn pin_cpus(&self) -> Option<Vec<usize>> {
+        self.set_pmu
+            .as_ref()
+            .map(|(_, _, c)| c.clone())
+            .filter(|c| !c.is_empty())
+    }
+}
+
+/// Pins the calling thread to `cpus` (those below CPU_SETSIZE).
+pub fn pin_current_thread(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET gets indices below
+    // CPU_SETSIZE only; sched_setaffinity(0, ..) affects the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// One programmed counter as read at exit.

@@ -219,9 +219,17 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let mut handles = Vec::with_capacity(fds.len());
     for (i, fd) in fds.into_iter().enumerate() {
         let sh = shared.clone();
+        let pin = pmu_plan.as_ref().and_then(pmu::Plan::pin_cpus);
         let h = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
-            .spawn(move || vcpu::run(i as u8, fd, sh))
+            .spawn(move || {
+                if let Some(cpus) = pin {
+                    if let Err(e) = pmu::pin_current_thread(&cpus) {
+                        eprintln!("vpmu-vmm: vCPU {i}: cannot pin to the PMU's CPUs: {e}");
+                    }
+                }
+                vcpu::run(i as u8, fd, sh)
+            })
             .map_err(|source| Error::Io {
                 op: "spawning a vCPU thread".into(),
                 source,

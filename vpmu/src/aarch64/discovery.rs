@@ -105,6 +105,8 @@ pub struct PerfPmu {
     pub name: String,
     /// Its perf `type` (what KVM_ARM_VCPU_PMU_V3_SET_PMU takes).
     pub pmu_type: u32,
+    /// The CPUs it covers (its `cpus` file; empty when absent).
+    pub cpus: Vec<usize>,
 }
 
 /// Everything discovery learned about the host.
@@ -156,9 +158,14 @@ pub fn perf_pmus_in(dir: &std::path::Path) -> Vec<PerfPmu> {
                 return None;
             }
             let t = std::fs::read_to_string(e.path().join("type")).ok()?;
+            let cpus = std::fs::read_to_string(e.path().join("cpus"))
+                .ok()
+                .and_then(|c| crate::arm64::cpulist::parse(&c))
+                .unwrap_or_default();
             Some(PerfPmu {
                 name,
                 pmu_type: t.trim().parse().ok()?,
+                cpus,
             })
         })
         .collect();
@@ -279,7 +286,13 @@ impl HostPmu {
             );
         }
         for p in &self.perf_pmus {
-            let _ = writeln!(s, "host PMU: {} (perf type {})", p.name, p.pmu_type);
+            let _ = writeln!(
+                s,
+                "host PMU: {} (perf type {}, {} CPUs)",
+                p.name,
+                p.pmu_type,
+                p.cpus.len()
+            );
         }
         for mode in PmuMode::ALL {
             match self.availability(mode) {
@@ -316,6 +329,7 @@ mod tests {
         h.perf_pmus.push(PerfPmu {
             name: "armv8_pmuv3_0".into(),
             pmu_type: 8,
+            cpus: vec![0, 1],
         });
         assert!(h.availability(PmuMode::Emulated).is_available());
         h.kvm_pmu_v3 = false;
