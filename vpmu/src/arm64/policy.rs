@@ -386,6 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn shipped_arm64_policies_parse_and_compile() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/policies/arm64");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("resources/policies/arm64") {
+            let path = entry.expect("entry").path();
+            let src = std::fs::read_to_string(&path).expect("read");
+            let p =
+                Arm64Policy::from_toml(&src).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            p.compile(NR_EVENTS_PMUV3).expect("compiles");
+            if path.ends_with("default.toml") {
+                // The built-in policy (vmm's default_policy) lists exactly the named events.
+                let mut listed: Vec<u16> = p.rules.iter().map(|r| r.event).collect();
+                let mut named: Vec<u16> = events::EVENTS.iter().map(|e| e.number).collect();
+                listed.sort_unstable();
+                named.sort_unstable();
+                assert_eq!(listed, named);
+            }
+            n += 1;
+        }
+        assert!(n >= 3);
+    }
+
+    #[test]
     fn empty_allowlist_denies_everything() {
         let c = Arm64Policy::from_toml("action = \"allow\"\n")
             .unwrap()
