@@ -409,6 +409,33 @@ mod tests {
         assert!(n >= 3);
     }
 
+    /// The ```toml arm64 blocks of docs/POLICY.md parse and compile (the x86 test reads
+    /// the plain ```toml blocks).
+    #[test]
+    fn policy_md_arm64_examples_parse() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/POLICY.md");
+        let doc = std::fs::read_to_string(path).expect("docs/POLICY.md");
+        let mut n = 0;
+        let mut cur: Option<String> = None;
+        for line in doc.lines() {
+            match (&mut cur, line.trim_start()) {
+                (None, "```toml arm64") => cur = Some(String::new()),
+                (Some(b), "```") => {
+                    let p = Arm64Policy::from_toml(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+                    p.compile(NR_EVENTS_PMUV3).expect("compiles");
+                    n += 1;
+                    cur = None;
+                }
+                (Some(b), _) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+        assert!(n >= 1);
+    }
+
     #[test]
     fn empty_allowlist_denies_everything() {
         let c = Arm64Policy::from_toml("action = \"allow\"\n")
