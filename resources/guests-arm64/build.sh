@@ -4,6 +4,7 @@
 #   OUT/exit.img      debug-exit with 42 -> vpmu-vmm status 85
 #   OUT/poweroff.img  PSCI SYSTEM_OFF   -> vpmu-vmm status 0
 #   OUT/fuzz.img      10000 random MMIO loads/stores around the devices, then debug-exit 42 -> 85
+#   OUT/pmu.img       the PMU conformance guest (pmu.S; --cpus 1), debug-exit 42 -> 85
 # Both are raw arm64 Images (64-byte Image header), booted with `vpmu-vmm run --kernel`.
 # usage: resources/guests-arm64/build.sh [OUT]   (default resources/out/guests-arm64)
 set -euo pipefail
@@ -15,10 +16,10 @@ trap 'rm -rf "$tmp"' EXIT
 for t in aarch64-linux-gnu-as aarch64-linux-gnu-ld aarch64-linux-gnu-objcopy; do
 	command -v "$t" >/dev/null || { echo "guests-arm64: error: $t missing: run scripts/setup-arm64.sh" >&2; exit 2; }
 done
-build() { # NAME ASFLAGS...
+build() { # NAME ASFLAGS...   (SRC=file.S, default guest.S)
 	local name=$1
 	shift
-	aarch64-linux-gnu-as "$@" -o "$tmp/$name.o" "$HERE/guest.S"
+	aarch64-linux-gnu-as "$@" -o "$tmp/$name.o" "$HERE/${SRC:-guest.S}"
 	aarch64-linux-gnu-ld -nostdlib -static -Ttext=0x80000000 -e _start -o "$tmp/$name.elf" "$tmp/$name.o"
 	aarch64-linux-gnu-objcopy -O binary "$tmp/$name.elf" "$tmp/$name.img"
 	if ! cmp -s "$tmp/$name.img" "$OUT/$name.img"; then cp "$tmp/$name.img" "$OUT/$name.img"; fi
@@ -26,4 +27,5 @@ build() { # NAME ASFLAGS...
 build exit --defsym POWEROFF=0 --defsym EXIT_CODE=42 --defsym FUZZ=0
 build poweroff --defsym POWEROFF=1 --defsym EXIT_CODE=0 --defsym FUZZ=0
 build fuzz --defsym POWEROFF=0 --defsym EXIT_CODE=42 --defsym FUZZ=10000
-echo "guests-arm64: $OUT/exit.img $OUT/poweroff.img $OUT/fuzz.img"
+SRC=pmu.S build pmu
+echo "guests-arm64: $OUT/exit.img $OUT/poweroff.img $OUT/fuzz.img $OUT/pmu.img"

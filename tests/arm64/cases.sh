@@ -3,7 +3,7 @@
 # --file tests/arm64/cases.sh --file <guest images>): each case runs vpmu-vmm once and is
 # framed by "ARM64-CASE <name> begin" / "ARM64-CASE <name> status <n>" (parsed by
 # tests/linux_arm64.rs). One L1 boot serves every case. Guest images: exit.img,
-# poweroff.img, fuzz.img (resources/guests-arm64/build.sh).
+# poweroff.img, fuzz.img, pmu.img (resources/guests-arm64/build.sh).
 C=$(cat /l2/cmdline)
 b64() { printf '%s' "$1" | base64 -w0; }
 case_() { # NAME VPMU-VMM-ARGS...
@@ -47,5 +47,27 @@ case_ bad-truncated run --kernel /tmp/truncated.img --memory 64M
 case_ bad-toolarge run --kernel /l2/Image --memory 16M
 case_ bad-memory run --kernel /files/exit.img --memory 5T
 case_ bad-cpus run --kernel /files/exit.img --cpus 0
-case_ bad-pmu run --kernel /files/exit.img --pmu emulated
+case_ bad-pmu run --kernel /files/exit.img --pmu passthrough
+case_ bad-pmu-userspace run --kernel /files/exit.img --pmu userspace
+printf 'action = "allow"\n[[event]]\nname = "bogus"\n' >/tmp/bad-policy.toml
+case_ bad-policy run --kernel /files/exit.img --pmu emulated --pmu-policy /tmp/bad-policy.toml
 case_ probe probe
+# ---- the arm64 vPMU (KVM PMUv3 under QEMU's emulated PMUv3: only 0x11 and 0x08 count)
+printf 'action = "deny"\ncycle_counter = "allow"\n[[event]]\nname = "instructions"\n' >/tmp/deny-inst.toml
+printf 'action = "allow"\ncycle_counter = "deny"\n[[event]]\nname = "instructions"\n' >/tmp/deny-cycles.toml
+case_ pmu-guest-off run --kernel /files/pmu.img --memory 64M --pmu off --stats
+case_ pmu-guest run --kernel /files/pmu.img --memory 64M --pmu emulated --stats
+case_ pmu-guest-deny-inst run --kernel /files/pmu.img --memory 64M --pmu emulated \
+	--pmu-policy /tmp/deny-inst.toml --pmu-audit /tmp/audit.jsonl --stats
+echo "L1-AUDIT $(grep -c '"sampled":true' /tmp/audit.jsonl) $(grep -c '"verdict":"denied"' /tmp/audit.jsonl)"
+case_ pmu-guest-deny-cycles run --kernel /files/pmu.img --memory 64M --pmu emulated \
+	--pmu-policy /tmp/deny-cycles.toml --stats
+# shellcheck disable=SC2016 # expands in L2
+linux perf 1 'echo L2-PMUS $(ls /sys/bus/event_source/devices); perf stat -e cycles,instructions /bin/vpmu-work 0.2 2>&1; cd /tmp;
+perf record -e cycles -c 1000000 -o /tmp/p.data /bin/vpmu-work 0.3 2>&1;
+perf report -i /tmp/p.data --stdio --sort sym 2>/dev/null | grep -m5 "%"' '' --pmu emulated
+linux perf-deny-inst 1 'perf stat -e cycles,instructions /bin/vpmu-work 0.2 2>&1' '' \
+	--pmu emulated --pmu-policy /tmp/deny-inst.toml
+# shellcheck disable=SC2016 # expands in L2
+linux perf-off 1 'echo L2-PMUS $(ls /sys/bus/event_source/devices); perf stat -e cycles true 2>&1' ''
+

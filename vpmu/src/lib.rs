@@ -10,6 +10,8 @@
 //! - `inkernel`: what a VMM writes and checks for KVM's in-kernel x86 vPMU.
 //! - `selector`: event-selector decoding and vetting.
 //! - `policy`: the operator's event allowlist (TOML), compiled to a KVM filter and a matcher.
+//! - [`arm64`]: the arm64 vPMU's pure parts (PMUv3 events, KVM's arm64 event filter, the
+//!   arm64 allowlist); arch-neutral.
 //!
 //! On aarch64 hosts the x86-only modules (`cpuid`, `discovery`, `policy`, `guest`, `inkernel`,
 //! `mediated`: x86 CPUID/MSR
@@ -18,6 +20,7 @@
 //!
 //! This crate must not depend on `vmm`.
 
+pub mod arm64;
 pub mod config;
 #[cfg(target_arch = "x86_64")]
 pub mod cpuid;

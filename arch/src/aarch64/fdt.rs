@@ -26,6 +26,11 @@ pub const IRQ_EDGE_RISING: u32 = 1;
 pub const IRQ_LEVEL_HIGH: u32 = 4;
 /// Arch timer PPIs: secure physical, non-secure physical, virtual, hypervisor.
 pub const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+/// PMU overflow interrupt: PPI 7 = INTID 23 (what KVM_ARM_VCPU_PMU_V3_IRQ takes, see
+/// [`PMU_INTID`]; Cloud Hypervisor's `AARCH64_PMU_IRQ`).
+pub const PMU_PPI: u32 = 7;
+/// The PMU overflow interrupt's INTID (PPIs are INTIDs 16..31).
+pub const PMU_INTID: u32 = PMU_PPI + 16;
 /// GIC maintenance interrupt PPI.
 pub const GIC_MAINT_PPI: u32 = 9;
 /// Clock the UART reports (vm-superio ignores baud rates; any sane value will do).
@@ -46,6 +51,8 @@ pub struct FdtConfig {
     pub serial: (u64, u32),
     /// virtio-mmio devices (base, SPI).
     pub virtio: Vec<(u64, u32)>,
+    /// A `pmu` node (`arm,armv8-pmuv3`, PPI [`PMU_PPI`]): the guest has KVM's PMUv3.
+    pub pmu: bool,
 }
 
 /// Why a device tree could not be written.
@@ -144,6 +151,14 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
         .collect();
     f.property_array_u32("interrupts", &cells)?;
     f.end_node(timer)?;
+
+    if cfg.pmu {
+        // Documentation/devicetree/bindings/arm/pmu.yaml: one per-CPU PPI, level high.
+        let pmu = f.begin_node("pmu")?;
+        f.property_string("compatible", "arm,armv8-pmuv3")?;
+        f.property_array_u32("interrupts", &irq(IRQ_TYPE_PPI, PMU_PPI, IRQ_LEVEL_HIGH))?;
+        f.end_node(pmu)?;
+    }
 
     let uart = f.begin_node(&uart_name)?;
     f.property_string("compatible", "ns16550a")?;
@@ -268,11 +283,25 @@ mod tests {
             initrd: Some((0x9000_0000, 0x10_0000)),
             serial: (layout::SERIAL_BASE, layout::SERIAL_SPI),
             virtio: (0..disks).filter_map(layout::virtio_mmio).collect(),
+            pmu: false,
         }
     }
 
     fn s(v: &[u8]) -> &str {
         std::str::from_utf8(v).unwrap().trim_end_matches('\0')
+    }
+
+    #[test]
+    fn pmu_node_only_with_the_pmu() {
+        let t = decode(&create_fdt(&config(1, 0)).unwrap()).unwrap();
+        assert!(!t.contains_key("/pmu"));
+        let mut c = config(2, 0);
+        c.pmu = true;
+        let t = decode(&create_fdt(&c).unwrap()).unwrap();
+        let pmu = &t["/pmu"];
+        assert_eq!(s(&pmu["compatible"]), "arm,armv8-pmuv3");
+        assert_eq!(cells(&pmu["interrupts"]), [IRQ_TYPE_PPI, 7, IRQ_LEVEL_HIGH]);
+        assert_eq!(PMU_INTID, 23);
     }
 
     #[test]

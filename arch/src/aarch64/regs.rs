@@ -52,13 +52,40 @@ pub const FEATURE_PSCI_0_2: u32 = 2;
 pub const FEATURE_PMU_V3: u32 = 3;
 
 /// `kvm_vcpu_init.features[0]` for vCPU `index`: PSCI 0.2 everywhere, secondaries powered
-/// off until the guest starts them with PSCI CPU_ON.
-pub fn vcpu_features(index: u32, preferred: u32) -> u32 {
+/// off until the guest starts them with PSCI CPU_ON, and `KVM_ARM_VCPU_PMU_V3` when the
+/// guest gets KVM's vPMU (without it the PMU registers UNDEF in the guest: sys_regs.c
+/// `pmu_visibility` hides them and the access injects an undefined exception).
+pub fn vcpu_features(index: u32, preferred: u32, pmu: bool) -> u32 {
     let mut f = preferred | (1 << FEATURE_PSCI_0_2);
     if index > 0 {
         f |= 1 << FEATURE_POWER_OFF;
     }
+    if pmu {
+        f |= 1 << FEATURE_PMU_V3;
+    }
     f
+}
+
+/// PMCR_EL0 (3, 3, 9, 12, 0).
+pub const PMCR_EL0: u64 = sys_reg(3, 3, 9, 12, 0);
+/// PMCNTENSET_EL0 (3, 3, 9, 12, 1).
+pub const PMCNTENSET_EL0: u64 = sys_reg(3, 3, 9, 12, 1);
+/// PMCCNTR_EL0 (3, 3, 9, 13, 0).
+pub const PMCCNTR_EL0: u64 = sys_reg(3, 3, 9, 13, 0);
+/// PMCCFILTR_EL0 (3, 3, 14, 15, 7).
+pub const PMCCFILTR_EL0: u64 = sys_reg(3, 3, 14, 15, 7);
+/// The cycle counter's index in PMCNTENSET and friends.
+pub const PMU_CYCLE_IDX: u32 = 31;
+
+/// PMEVCNTR<n>_EL0 (3, 3, 14, 8 + n / 8, n % 8), n <= 30.
+pub const fn pmevcntr(n: u64) -> u64 {
+    sys_reg(3, 3, 14, 8 | ((n >> 3) & 3), n & 7)
+}
+
+/// PMEVTYPER<n>_EL0 (3, 3, 14, 12 + n / 8, n % 8), n <= 30 (arch/arm64 sysreg.h
+/// `SYS_PMEVTYPERn_EL0`).
+pub const fn pmevtyper(n: u64) -> u64 {
+    sys_reg(3, 3, 14, 12 | ((n >> 3) & 3), n & 7)
 }
 
 /// The `reg` of a `cpu@N` device-tree node: MPIDR's affinity fields (Aff2..Aff0).
@@ -122,12 +149,21 @@ mod tests {
         assert_eq!(MPIDR_EL1, 0x6030_0000_0013_c005);
         assert_eq!(sys_reg(3, 3, 9, 12, 0), 0x6030_0000_0013_dce0); // PMCR_EL0
         assert_eq!(PSTATE_BOOT, 0x3c5);
+        // docs: the KVM ids of the PMU registers (notes: computed from the encodings).
+        assert_eq!(PMCNTENSET_EL0, 0x6030_0000_0013_dce1);
+        assert_eq!(PMCCNTR_EL0, 0x6030_0000_0013_dce8);
+        assert_eq!(PMCCFILTR_EL0, 0x6030_0000_0013_df7f);
+        assert_eq!(pmevcntr(0), 0x6030_0000_0013_df40);
+        assert_eq!(pmevcntr(30), 0x6030_0000_0013_df40 + 30);
+        assert_eq!(pmevtyper(0), 0x6030_0000_0013_df60);
+        assert_eq!(pmevtyper(9), 0x6030_0000_0013_df60 + 9);
     }
 
     #[test]
     fn features() {
-        assert_eq!(vcpu_features(0, 0), 1 << 2);
-        assert_eq!(vcpu_features(1, 0), (1 << 2) | 1);
+        assert_eq!(vcpu_features(0, 0, false), 1 << 2);
+        assert_eq!(vcpu_features(1, 0, false), (1 << 2) | 1);
+        assert_eq!(vcpu_features(1, 0, true), (1 << 3) | (1 << 2) | 1);
         assert_eq!(mpidr_to_fdt_reg(0x8000_0003), 3);
         assert_eq!(mpidr_to_fdt_reg(0x8001_0203), 0x01_0203);
     }

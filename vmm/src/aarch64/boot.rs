@@ -107,6 +107,7 @@ pub fn write_fdt(
     mpidrs: Vec<u64>,
     initrd: Option<(u64, u64)>,
     virtio: Vec<(u64, u32)>,
+    pmu: bool,
 ) -> Result<u64, LoadError> {
     if config.cmdline.len() >= CMDLINE_MAX {
         return Err(LoadError::Cmdline(format!(
@@ -122,6 +123,7 @@ pub fn write_fdt(
         initrd,
         serial: (layout::SERIAL_BASE, layout::SERIAL_SPI),
         virtio,
+        pmu,
     };
     let blob = fdt::create_fdt(&cfg).map_err(|e| LoadError::Boot(e.to_string()))?;
     let addr = layout::fdt_addr(config.memory)

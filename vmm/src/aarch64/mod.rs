@@ -8,11 +8,14 @@
 //!
 //! - [`vm`]: [`vm::run`], [`vm::probe_host`], [`vm::RunReport`] (the x86 backend's names).
 //! - `gic`: the in-kernel GICv3 (KVM_CREATE_DEVICE).
+//! - `pmu`: KVM's PMUv3 for `--pmu emulated` (feature, filter from the policy, IRQ, INIT)
+//!   and the exit-time ("sampled") audit.
 //! - `boot`: Image, initrd and device tree into guest memory.
 //! - `vcpu`: vCPU init, boot registers and the KVM_RUN loop (its `Shared` is what
 //!   `crate::console` waits on and forwards stdin through, as on x86).
 
 mod boot;
 mod gic;
+mod pmu;
 pub(crate) mod vcpu;
 pub mod vm;

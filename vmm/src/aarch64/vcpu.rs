@@ -16,13 +16,14 @@ use crate::error::{Error, Result};
 use crate::kick;
 use crate::outcome::Outcome;
 
-/// Creates and initialises vCPU `index` (all vCPUs must be created before the vGIC).
-pub fn create(vm: &VmFd, index: u8, preferred: &kvm_vcpu_init) -> Result<VcpuFd> {
+/// Creates and initialises vCPU `index` (all vCPUs must be created before the vGIC), with
+/// KVM's PMUv3 when `pmu`.
+pub fn create(vm: &VmFd, index: u8, preferred: &kvm_vcpu_init, pmu: bool) -> Result<VcpuFd> {
     let fd = vm
         .create_vcpu(u64::from(index))
         .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
     let mut kvi = *preferred;
-    kvi.features[0] = regs::vcpu_features(u32::from(index), preferred.features[0]);
+    kvi.features[0] = regs::vcpu_features(u32::from(index), preferred.features[0], pmu);
     fd.vcpu_init(&kvi)
         .map_err(Error::kvm("KVM_ARM_VCPU_INIT"))?;
     Ok(fd)
@@ -160,8 +161,9 @@ impl Drop for EndOnPanic<'_> {
     }
 }
 
-/// Runs vCPU `index` until the VM stops. Call on the vCPU's own thread.
-pub fn run(index: u8, mut fd: VcpuFd, shared: Arc<Shared>) -> VcpuStats {
+/// Runs vCPU `index` until the VM stops. Call on the vCPU's own thread. Gives the fd back
+/// (for the exit-time PMU audit).
+pub fn run(index: u8, mut fd: VcpuFd, shared: Arc<Shared>) -> (VcpuStats, VcpuFd) {
     let _guard = EndOnPanic {
         shared: &shared,
         vcpu: index,
@@ -218,7 +220,7 @@ pub fn run(index: u8, mut fd: VcpuFd, shared: Arc<Shared>) -> VcpuStats {
         fd.set_kvm_immediate_exit(0);
     }
     kick::unregister_current();
-    stats
+    (stats, fd)
 }
 
 fn handle_exit(

@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use arch::aarch64::layout;
 
-use super::{boot, gic, vcpu};
+use super::{boot, gic, pmu, vcpu};
 use crate::config::{Console, VmConfig};
 use crate::error::{ConfigError, Error, Result};
 use crate::outcome::Outcome;
@@ -27,9 +27,9 @@ pub struct RunReport {
     pub outcome: Outcome,
     /// Per-vCPU exit statistics.
     pub vcpus: Vec<VcpuStats>,
-    /// Per-vCPU vPMU summaries (none on arm64 yet).
+    /// Per-vCPU vPMU audit (`--pmu emulated`: the programming read at exit, "sampled").
     pub pmu: Vec<serde_json::Value>,
-    /// One line per vCPU for humans (none on arm64 yet).
+    /// One line per vCPU for humans (`--pmu emulated`: the sampled audit).
     #[serde(skip)]
     pub pmu_lines: Vec<String>,
     /// The vPMU mode.
@@ -124,13 +124,8 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     if config.memory > layout::DRAM_MAX_SIZE {
         return Err(ConfigError::Memory(config.memory).into());
     }
-    if config.pmu.mode != vpmu::discovery::PmuMode::Off {
-        return Err(Error::PmuUnavailable {
-            mode: config.pmu.mode.to_string(),
-            reason: "the arm64 vPMU is not implemented yet: only --pmu off works on aarch64 hosts"
-                .into(),
-        });
-    }
+    // The mode and the policy are checked before anything is built.
+    let pmu_prep = pmu::prepare(&config.pmu)?;
     if config.disks.len() > layout::MAX_VIRTIO {
         return Err(ConfigError::Disk(format!("at most {} disks", layout::MAX_VIRTIO)).into());
     }
@@ -162,11 +157,20 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let mut fds = Vec::with_capacity(usize::from(config.cpus));
     let mut mpidrs = Vec::with_capacity(usize::from(config.cpus));
     for i in 0..config.cpus {
-        let fd = vcpu::create(&vm, i, &preferred)?;
+        let fd = vcpu::create(&vm, i, &preferred, pmu_prep.is_some())?;
         mpidrs.push(vcpu::mpidr(&fd)?);
         fds.push(fd);
     }
+    let pmu_plan = match (&pmu_prep, fds.first()) {
+        (Some((policy, source, host)), Some(vcpu0)) => {
+            Some(pmu::plan(policy, source.clone(), host, vcpu0)?)
+        }
+        _ => None,
+    };
     let _gic = gic::create(&vm, u32::from(config.cpus))?;
+    if let Some(plan) = &pmu_plan {
+        pmu::setup(&fds, plan)?;
+    }
 
     // Devices: interrupts through irqfds, GSI n = SPI n (INTID 32 + n).
     let serial_evt = eventfd(libc::EFD_NONBLOCK)?;
@@ -196,7 +200,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         disk_devs.push(dev);
     }
 
-    let fdt = boot::write_fdt(&mem, &config, mpidrs, initrd, virtio)?;
+    let fdt = boot::write_fdt(&mem, &config, mpidrs, initrd, virtio, pmu_plan.is_some())?;
     for (i, fd) in fds.iter().enumerate() {
         vcpu::set_boot_regs(fd, i as u8, loaded.entry, fdt)?;
     }
@@ -215,9 +219,17 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let mut handles = Vec::with_capacity(fds.len());
     for (i, fd) in fds.into_iter().enumerate() {
         let sh = shared.clone();
+        let pin = pmu_plan.as_ref().and_then(pmu::Plan::pin_cpus);
         let h = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
-            .spawn(move || vcpu::run(i as u8, fd, sh))
+            .spawn(move || {
+                if let Some(cpus) = pin {
+                    if let Err(e) = pmu::pin_current_thread(&cpus) {
+                        eprintln!("vpmu-vmm: vCPU {i}: cannot pin to the PMU's CPUs: {e}");
+                    }
+                }
+                vcpu::run(i as u8, fd, sh)
+            })
             .map_err(|source| Error::Io {
                 op: "spawning a vCPU thread".into(),
                 source,
@@ -231,6 +243,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         && unsafe { libc::isatty(0) } == 1;
     crate::console::wait_for_stop(&shared, stdin_is_tty.then(|| serial.clone()));
     let mut vcpus = Vec::new();
+    let mut audits = Vec::new();
     for (i, h) in handles.into_iter().enumerate() {
         // Keep kicking until the thread leaves KVM_RUN (a kick can race with entry).
         while !h.is_finished() {
@@ -245,7 +258,12 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
             std::thread::sleep(Duration::from_millis(1));
         }
         match h.join() {
-            Ok(stats) => vcpus.push(stats),
+            Ok((stats, fd)) => {
+                vcpus.push(stats);
+                if let Some(plan) = &pmu_plan {
+                    audits.push((i, pmu::audit(&fd, plan)));
+                }
+            }
             Err(_) => shared.end(Outcome::VmmError {
                 vcpu: i as u8,
                 detail: "vCPU thread panicked".into(),
@@ -262,12 +280,28 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
             detail: "VM stopped without an outcome".into(),
         });
     let _ = std::io::stdout().flush();
+    let pmu_lines: Vec<String> = audits.iter().map(|(i, a)| pmu::audit_line(*i, a)).collect();
+    let sampled: Vec<(usize, Vec<pmu::Programmed>)> = audits
+        .into_iter()
+        .filter_map(|(i, a)| a.ok().map(|v| (i, v)))
+        .collect();
+    if let Some(path) = &config.pmu.audit {
+        if pmu_plan.is_some() {
+            pmu::write_audit(path, &sampled)?;
+        }
+    }
     Ok(RunReport {
         outcome,
         vcpus,
-        pmu: Vec::new(),
-        pmu_lines: Vec::new(),
-        pmu_mode: "pmu off (arm64: no PMUv3 for the guest)".into(),
+        pmu: sampled
+            .iter()
+            .map(|(i, v)| serde_json::json!({"vcpu": i, "sampled": true, "programmed": v}))
+            .collect(),
+        pmu_lines,
+        pmu_mode: pmu_plan.as_ref().map_or_else(
+            || "pmu off (arm64: no PMUv3 for the guest)".to_string(),
+            pmu::Plan::describe,
+        ),
         start_to_first_entry_ns: shared.first_entry_ns.load(Ordering::SeqCst),
         wall_ns: started.elapsed().as_nanos() as u64,
         unhandled_mmio: {

@@ -2,10 +2,17 @@
 //! with the same names for what the VMM and the CLI use ([`PmuMode`], [`HostPmu`],
 //! [`Availability`], `probe_system`, `availability`, `report`, `probe_report`).
 //!
-//! The arm64 vPMU is not implemented yet: only `--pmu off` is available; the other modes
-//! are reported unavailable with that reason. The probe still records what a future vPMU
-//! needs: KVM's arm64 PMU and PSCI capabilities and the host's PMUv3 perf PMUs
-//! (`/sys/bus/event_source/devices/armv8_pmuv3*`).
+//! Modes on arm64:
+//! - `off`: always (the vCPUs lack KVM_ARM_VCPU_PMU_V3; PMU registers UNDEF in the guest).
+//! - `emulated`: KVM's perf-based PMUv3 (KVM_ARM_VCPU_PMU_V3): needs KVM_CAP_ARM_PMU_V3 and
+//!   a host PMUv3 perf PMU (`/sys/bus/event_source/devices/armv8_*`, what KVM binds to:
+//!   pmu-emul.c `kvm_host_pmu_init` registers every `arm_pmu` perf creates).
+//! - `passthrough`: refused: mainline KVM has no arm64 PMU passthrough (every PMU sysreg
+//!   traps, debug.c `kvm_arm_setup_mdcr_el2` sets MDCR_EL2.TPM/TPMCR); the out-of-tree
+//!   "partitioned PMU" series (FEAT_HPMN0 / MDCR_EL2.HPMN) would be what it needs.
+//! - `userspace`: refused: arm64 KVM handles PMU sysreg traps in the kernel (sys_regs.c
+//!   `access_pm*`); there is no exit that hands them to the VMM (unlike x86's MSR
+//!   filter / KVM_EXIT_X86_RDMSR), so a VMM cannot be the PMU.
 
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
@@ -19,7 +26,7 @@ use thiserror::Error;
 pub enum PmuMode {
     /// No PMU: the vCPUs are created without KVM_ARM_VCPU_PMU_V3 (PMU registers UNDEF).
     Off,
-    /// KVM's perf-based vPMU (KVM_ARM_VCPU_PMU_V3) — not implemented on arm64 yet.
+    /// KVM's perf-based vPMU (KVM_ARM_VCPU_PMU_V3), filtered by the policy.
     Emulated,
     /// A mediated passthrough vPMU — not on arm64.
     Passthrough,
@@ -98,6 +105,8 @@ pub struct PerfPmu {
     pub name: String,
     /// Its perf `type` (what KVM_ARM_VCPU_PMU_V3_SET_PMU takes).
     pub pmu_type: u32,
+    /// The CPUs it covers (its `cpus` file; empty when absent).
+    pub cpus: Vec<usize>,
 }
 
 /// Everything discovery learned about the host.
@@ -149,9 +158,14 @@ pub fn perf_pmus_in(dir: &std::path::Path) -> Vec<PerfPmu> {
                 return None;
             }
             let t = std::fs::read_to_string(e.path().join("type")).ok()?;
+            let cpus = std::fs::read_to_string(e.path().join("cpus"))
+                .ok()
+                .and_then(|c| crate::arm64::cpulist::parse(&c))
+                .unwrap_or_default();
             Some(PerfPmu {
                 name,
                 pmu_type: t.trim().parse().ok()?,
+                cpus,
             })
         })
         .collect();
@@ -188,9 +202,45 @@ impl HostPmu {
     pub fn availability(&self, mode: PmuMode) -> Availability {
         match mode {
             PmuMode::Off => Availability::Available,
-            _ => Availability::Unavailable {
-                reason: "the arm64 vPMU is not implemented yet (only --pmu off on aarch64)".into(),
-                remedy: "use --pmu off".into(),
+            PmuMode::Emulated => {
+                if let Some(e) = &self.kvm_error {
+                    Availability::Unavailable {
+                        reason: format!("KVM is unusable: {e}"),
+                        remedy: "load KVM and give access to /dev/kvm".into(),
+                    }
+                } else if !self.kvm_pmu_v3 {
+                    Availability::Unavailable {
+                        reason: "KVM lacks KVM_CAP_ARM_PMU_V3 (no PMUv3 for guests)".into(),
+                        remedy: "a host kernel with CONFIG_HW_PERF_EVENTS and a PMUv3 KVM can use"
+                            .into(),
+                    }
+                } else if self.perf_pmus.is_empty() {
+                    Availability::Unavailable {
+                        reason:
+                            "no host PMUv3 perf PMU (no armv8_* in /sys/bus/event_source/devices)"
+                                .into(),
+                        remedy:
+                            "a host whose kernel drives the CPU PMU (CONFIG_ARM_PMU, a pmu node \
+                                 or ACPI PMU table)"
+                                .into(),
+                    }
+                } else {
+                    Availability::Available
+                }
+            }
+            PmuMode::Passthrough => Availability::Unavailable {
+                reason: "mainline arm64 KVM has no PMU passthrough: every PMU register traps \
+                         (MDCR_EL2.TPM, debug.c kvm_arm_setup_mdcr_el2) and is emulated on perf"
+                    .into(),
+                remedy: "it would need KVM's partitioned-PMU support (FEAT_HPMN0, MDCR_EL2.HPMN; \
+                         not in mainline); use --pmu emulated"
+                    .into(),
+            },
+            PmuMode::Userspace => Availability::Unavailable {
+                reason: "arm64 KVM emulates PMU system registers in the kernel (sys_regs.c \
+                         access_pm*) and has no exit that hands those traps to the VMM"
+                    .into(),
+                remedy: "use --pmu emulated (KVM's vPMU with the policy's event filter)".into(),
             },
         }
     }
@@ -236,7 +286,13 @@ impl HostPmu {
             );
         }
         for p in &self.perf_pmus {
-            let _ = writeln!(s, "host PMU: {} (perf type {})", p.name, p.pmu_type);
+            let _ = writeln!(
+                s,
+                "host PMU: {} (perf type {}, {} CPUs)",
+                p.name,
+                p.pmu_type,
+                p.cpus.len()
+            );
         }
         for mode in PmuMode::ALL {
             match self.availability(mode) {
@@ -257,8 +313,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_off_is_available() {
-        let h = HostPmu {
+    fn modes() {
+        let mut h = HostPmu {
             arch: "aarch64",
             kvm_error: None,
             kvm_pmu_v3: true,
@@ -267,7 +323,19 @@ mod tests {
         };
         assert!(h.availability(PmuMode::Off).is_available());
         assert!(!h.availability(PmuMode::Emulated).is_available());
-        assert!(h.report().contains("--pmu emulated: unavailable"));
+        assert!(h
+            .report()
+            .contains("--pmu emulated: unavailable: no host PMUv3"));
+        h.perf_pmus.push(PerfPmu {
+            name: "armv8_pmuv3_0".into(),
+            pmu_type: 8,
+            cpus: vec![0, 1],
+        });
+        assert!(h.availability(PmuMode::Emulated).is_available());
+        h.kvm_pmu_v3 = false;
+        assert!(h.report().contains("KVM_CAP_ARM_PMU_V3"));
+        assert!(!h.availability(PmuMode::Passthrough).is_available());
+        assert!(!h.availability(PmuMode::Userspace).is_available());
         assert_eq!("off".parse::<PmuMode>(), Ok(PmuMode::Off));
     }
 }
