@@ -6,16 +6,18 @@
 //! side by side), `validate` (everything this host's vPMU can do, in one report), `guests`
 //! (list or extract the built-in guests), `policy check` (what a policy compiles to).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
 use vmm::outcome::STATUS_VMM_ERROR;
-use vmm::pmu::setup::PmuSetup;
-use vmm::pmu::PmuSummary;
 use vmm::{Console, DiskConfig, KernelImage, PmuSettings, RunReport, VmConfig};
+
+#[cfg_attr(target_arch = "x86_64", path = "report_x86_64.rs")]
+#[cfg_attr(target_arch = "aarch64", path = "report_aarch64.rs")]
+mod report;
+use report::finish;
 use vpmu::discovery::PmuMode;
 
 #[cfg(target_arch = "x86_64")]
@@ -122,7 +124,7 @@ struct PmuArgs {
     #[arg(long, value_name = "FILE")]
     pmu_audit: Option<PathBuf>,
     /// Largest --pmu-audit file, in bytes (at least 4096); default 16 MiB.
-    #[arg(long, value_name = "BYTES", default_value_t = vmm::pmu::audit::DEFAULT_MAX_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = vmm::config::DEFAULT_AUDIT_MAX_BYTES)]
     pmu_audit_max_bytes: u64,
 }
 
@@ -247,9 +249,11 @@ enum CliError {
     #[error(transparent)]
     Bench(#[from] bench::Error),
     /// `validate` could not run (its own sentence).
+    #[cfg(target_arch = "x86_64")]
     #[error("{0}")]
     Validate(String),
     /// `policy check` could not read or compile the policy (its own sentence).
+    #[cfg(target_arch = "x86_64")]
     #[error("{0}")]
     Policy(String),
 }
@@ -301,150 +305,6 @@ fn no_builtin(name: &str) -> CliError {
         "no built-in guest '{name}' (available: {})",
         vpmu_guests::NAMES.join(", ")
     ))
-}
-
-/// `PmuSetup` for humans: mode, layout, policy and what `off` did.
-fn pmu_setup_line(p: &PmuSetup) -> String {
-    let layout = match &p.layout {
-        vpmu::PmuConfig::None => "no PMU".to_string(),
-        vpmu::PmuConfig::Intel(i) => format!(
-            "intel v{} {}x{}-bit GP + {}x{}-bit fixed",
-            i.version, i.num_gp, i.gp_width, i.num_fixed, i.fixed_width
-        ),
-        vpmu::PmuConfig::Amd(a) => format!(
-            "amd {} {}x{}-bit{}",
-            if a.core_ext { "core-ext" } else { "legacy" },
-            a.num_counters,
-            a.width,
-            if a.perfmon_v2 { " PerfMonV2" } else { "" }
-        ),
-    };
-    let mut s = format!("pmu {} ({layout})", p.mode);
-    if let Some(r) = p.cpuid_vendor {
-        s.push_str(&format!(
-            ", guest CPUID vendor {} (host {})",
-            vpmu::cpuid::vendor_id(r.guest),
-            vpmu::cpuid::vendor_id(r.host)
-        ));
-    }
-    match p.counter_source {
-        Some(vmm::pmu::userspace::Source::Clock) => {
-            s.push_str(", counters: TSC clock model (counts USR and OS alike)")
-        }
-        Some(vmm::pmu::userspace::Source::HostPerf) => s.push_str(", counters: host perf events"),
-        None => {}
-    }
-    if let Some(policy) = &p.policy {
-        s.push_str(&format!(", policy {policy}"));
-    }
-    if p.mode == PmuMode::Off {
-        s.push_str(if p.kvm_pmu_disabled {
-            ", KVM vPMU disabled"
-        } else {
-            ", KVM_PMU_CAP_DISABLE unavailable"
-        });
-        if p.pmu_msrs_fault {
-            s.push_str(", PMU MSRs #GP (MSR filter)");
-        }
-    }
-    s
-}
-
-/// `0x3c/0x00 cycles counting x4, ...`
-fn programmed_text(items: &[vmm::pmu::audit::Programmed]) -> String {
-    items
-        .iter()
-        .map(|p| {
-            let name = p.name.map(|n| format!(" {n}")).unwrap_or_default();
-            format!("{}{name} {} x{}", p.event, p.verdict, p.count)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// One vCPU's vPMU summary for humans.
-fn pmu_summary_line(p: &PmuSummary) -> String {
-    let (vcpu, mut line, programmed) = match p {
-        PmuSummary::Userspace { vcpu, stats: s, programmed } => (
-            vcpu,
-            format!(
-                "userspace vPMU: {} MSR reads, {} writes, {} #GP, {} denied, {} unsupported, {} overflows, {} PMIs",
-                s.reads, s.writes, s.gp, s.denied, s.unsupported, s.overflows, s.pmis
-            ),
-            programmed,
-        ),
-        PmuSummary::Audit { vcpu, audit: s, programmed } => (
-            vcpu,
-            format!(
-                "pmu audit: {} selector writes ({} ns each in the VMM), {} denied, {} #GP",
-                s.writes,
-                s.handler_ns.checked_div(s.writes).unwrap_or(0),
-                s.denied,
-                s.gp
-            ),
-            programmed,
-        ),
-    };
-    if !programmed.is_empty() {
-        line.push_str(&format!("; programmed: {}", programmed_text(programmed)));
-    }
-    format!("vcpu{vcpu}: {line}")
-}
-
-/// The `--stats` text.
-fn stats_text(r: &RunReport) -> String {
-    let ms = |ns: u64| ns as f64 / 1e6;
-    let mut s = format!(
-        "vpmu-vmm: {} | {} | start to first guest entry {:.2} ms | wall {:.1} ms | stray port accesses {}\n",
-        pmu_setup_line(&r.pmu_setup),
-        r.outcome,
-        ms(r.start_to_first_entry_ns),
-        ms(r.wall_ns),
-        r.unhandled_pio
-    );
-    let p = &r.startup;
-    s.push_str(&format!(
-        "startup (ms): kvm {:.2}, cpuid {:.2}, vm {:.2}, irqchip {:.2}, pmu plan {:.2}, memory {:.2}, kernel {:.2}, devices {:.2}, vcpus {:.2}, threads {:.2}; helpers: memory slots {:.2}, msr filter {:.2} (waited {:.2}); to first KVM_RUN {:.2}\n",
-        ms(p.open_kvm_ns), ms(p.supported_cpuid_ns), ms(p.create_vm_ns), ms(p.irqchip_ns),
-        ms(p.pmu_plan_ns), ms(p.memory_ns), ms(p.load_kernel_ns), ms(p.devices_ns),
-        ms(p.vcpu_create_ns), ms(p.vcpu_spawn_ns), ms(p.memory_register_ns), ms(p.msr_filter_ns),
-        ms(p.helper_wait_ns), ms(p.first_kvm_run_ns)
-    ));
-    for (i, v) in r.vcpus.iter().enumerate() {
-        s.push_str(&format!(
-            "vcpu{i}: exits {} (io in {}, io out {}, mmio {}, rdmsr {}, wrmsr {}, #GP {}, kicks {}), pmis {}\n",
-            v.exits, v.io_in, v.io_out, v.mmio, v.msr_read, v.msr_write, v.msr_gp, v.interrupted, v.pmis
-        ));
-    }
-    for p in &r.pmu {
-        s.push_str(&pmu_summary_line(p));
-        s.push('\n');
-    }
-    for (i, d) in r.disks.iter().enumerate() {
-        s.push_str(&format!(
-            "disk{i}: {} sectors{} | reads {} ({} bytes), writes {} ({} bytes), flushes {}, errors {}, dropped chains {}\n",
-            d.sectors,
-            if d.read_only { " ro" } else { "" },
-            d.reads, d.bytes_read, d.writes, d.bytes_written, d.flushes, d.errors, d.dropped
-        ));
-    }
-    s.trim_end().to_string()
-}
-
-fn finish(report: RunReport, stats: bool, status: i32) -> ExitCode {
-    let _ = std::io::stdout().flush();
-    if stats {
-        eprintln!("{}", stats_text(&report));
-    } else {
-        // The userspace vPMU's one-line summary per vCPU (denied/#GP/unsupported counts).
-        for p in &report.pmu {
-            eprintln!("vpmu-vmm: {}", pmu_summary_line(p));
-        }
-    }
-    if !report.outcome.is_clean() && !matches!(report.outcome, vmm::Outcome::DebugExit { .. }) {
-        eprintln!("vpmu-vmm: {}", report.outcome);
-    }
-    ExitCode::from(status.clamp(0, 255) as u8)
 }
 
 /// `--report FILE`: the typed run report as JSON.

@@ -84,14 +84,21 @@ impl Default for PmuSettings {
             layout: "host".to_string(),
             policy: None,
             audit: None,
-            audit_max_bytes: crate::pmu::audit::DEFAULT_MAX_BYTES,
+            audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
         }
     }
 }
 
+/// Default cap of the `--pmu-audit` file (`--pmu-audit-max-bytes`): 16 MiB.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 16 << 20;
+
 /// Most virtio-blk disks a VM may have (one GSI each, see
-/// [`arch::layout::VIRTIO_MMIO_GSIS`]).
+/// `arch::layout::VIRTIO_MMIO_GSIS`).
+#[cfg(target_arch = "x86_64")]
 pub const MAX_DISKS: usize = arch::layout::VIRTIO_MMIO_GSIS.len();
+/// Most virtio-blk disks a VM may have.
+#[cfg(target_arch = "aarch64")]
+pub const MAX_DISKS: usize = 8;
 
 /// A virtio-blk disk backed by a host file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +130,7 @@ impl DiskConfig {
 
     /// Where disk `index` lives: (guest-physical base of its 4 KiB virtio-mmio window,
     /// GSI); `None` past [`MAX_DISKS`].
+    #[cfg(target_arch = "x86_64")]
     pub fn mmio(index: usize) -> Option<(u64, u32)> {
         let gsi = *arch::layout::VIRTIO_MMIO_GSIS.get(index)?;
         Some((
@@ -132,6 +140,7 @@ impl DiskConfig {
     }
 
     /// The Linux kernel parameter announcing disk `index` (`virtio_mmio.device=`).
+    #[cfg(target_arch = "x86_64")]
     pub fn linux_cmdline_param(index: usize) -> Option<String> {
         let (base, gsi) = Self::mmio(index)?;
         Some(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"))
@@ -181,6 +190,7 @@ impl VmConfig {
 
     /// Whether the Linux command line (before any ` -- `) has `acpi=off`: the kernel then
     /// ignores the ACPI tables, so the disks' DSDT entries are not seen either.
+    #[cfg(target_arch = "x86_64")]
     pub fn linux_acpi_off(&self) -> bool {
         let kernel_part = match self.cmdline.find(" -- ") {
             Some(i) => &self.cmdline[..i],
@@ -196,6 +206,7 @@ impl VmConfig {
     /// `virtio_mmio.device=4K@<base>:<irq>` per disk inserted, before a ` -- ` (what
     /// follows it belongs to init). Both at once would describe each disk twice (see
     /// docs/DISKS.md). Freestanding guests get `cmdline` unchanged.
+    #[cfg(target_arch = "x86_64")]
     pub fn linux_cmdline(&self) -> String {
         if !self.linux_acpi_off() {
             return self.cmdline.clone();

@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use arch::aarch64::{fdt, image, layout};
 
 use crate::config::{KernelImage, VmConfig};
-use crate::error::LoadError;
+use crate::error::{BootError, LoadError};
 
 /// Linux arm64's COMMAND_LINE_SIZE.
 pub const CMDLINE_MAX: usize = 2048;
@@ -96,7 +96,7 @@ pub fn load_initrd(
         mem: config.memory,
     })?;
     mem.write_slice(&bytes, GuestAddress(addr))
-        .map_err(|e| LoadError::Boot(format!("writing the initrd: {e}")))?;
+        .map_err(|e| LoadError::Boot(BootError(format!("writing the initrd: {e}"))))?;
     Ok(Some((addr, size)))
 }
 
@@ -125,10 +125,10 @@ pub fn write_fdt(
         virtio,
         pmu,
     };
-    let blob = fdt::create_fdt(&cfg).map_err(|e| LoadError::Boot(e.to_string()))?;
+    let blob = fdt::create_fdt(&cfg).map_err(|e| LoadError::Boot(BootError(e.to_string())))?;
     let addr = layout::fdt_addr(config.memory)
-        .ok_or_else(|| LoadError::Boot("no room for the device tree".into()))?;
+        .ok_or_else(|| LoadError::Boot(BootError("no room for the device tree".into())))?;
     mem.write_slice(&blob, GuestAddress(addr))
-        .map_err(|e| LoadError::Boot(format!("writing the device tree: {e}")))?;
+        .map_err(|e| LoadError::Boot(BootError(format!("writing the device tree: {e}"))))?;
     Ok(addr)
 }

@@ -34,7 +34,7 @@ use vpmu::arm64::policy::{Arm64Policy, Compiled, MAX_POLICY_BYTES};
 use vpmu::discovery::{Availability, HostPmu, PmuMode};
 
 use crate::config::PmuSettings;
-use crate::error::{Error, Result};
+use crate::error::{Error, PmuConfigError, Result};
 
 /// `KVM_ARM_VCPU_PMU_V3_CTRL` (arm64 uapi asm/kvm.h).
 const PMU_V3_CTRL: u32 = 0;
@@ -79,7 +79,7 @@ pub fn prepare(settings: &PmuSettings) -> Result<Option<(Arm64Policy, String, Ho
     let host = HostPmu::probe_system();
     if let Availability::Unavailable { reason, remedy } = host.availability(settings.mode) {
         return Err(Error::PmuUnavailable {
-            mode: settings.mode.to_string(),
+            mode: settings.mode,
             reason: format!("{reason} ({remedy})"),
         });
     }
@@ -91,13 +91,12 @@ pub fn prepare(settings: &PmuSettings) -> Result<Option<(Arm64Policy, String, Ho
                     op: format!("reading policy {}", path.display()),
                     source,
                 },
-                e => Error::PmuConfig(format!("policy {} {e}", path.display())),
+                e => PmuConfigError::Arm64(format!("policy {} {e}", path.display())).into(),
             })?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                Error::PmuConfig(format!("policy {} is not UTF-8 text", path.display()))
-            })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| Error::PmuConfig(PmuConfigError::PolicyNotUtf8(path.clone())))?;
             let p = Arm64Policy::from_toml(&text)
-                .map_err(|e| Error::PmuConfig(format!("{}: {e}", path.display())))?;
+                .map_err(|e| PmuConfigError::Arm64(format!("{}: {e}", path.display())))?;
             (p, path.display().to_string())
         }
         None => (default_policy(), "built-in arm64 policy".to_string()),
@@ -121,7 +120,7 @@ pub fn nr_events(vcpu0: &VcpuFd) -> u32 {
 pub fn plan(policy: &Arm64Policy, source: String, host: &HostPmu, vcpu0: &VcpuFd) -> Result<Plan> {
     let compiled = policy
         .compile(nr_events(vcpu0))
-        .map_err(|e| Error::PmuConfig(format!("{source}: {e}")))?;
+        .map_err(|e| PmuConfigError::Arm64(format!("{source}: {e}")))?;
     // Several PMUs (big.LITTLE): the one covering the CPU the VMM runs on now, else the
     // first. Unverified: the rig's L1 has one PMU.
     let set_pmu = if host.perf_pmus.len() > 1 {

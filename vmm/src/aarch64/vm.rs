@@ -74,7 +74,7 @@ impl RunReport {
 pub fn probe_host() -> Result<vpmu::discovery::HostPmu> {
     let host = vpmu::discovery::HostPmu::probe_system();
     if let Some(e) = &host.kvm_error {
-        return Err(Error::KvmOpen(e.clone()));
+        return Err(Error::HostProbe(e.clone()));
     }
     Ok(host)
 }
@@ -90,11 +90,11 @@ fn console_writer(console: &Console) -> Box<dyn Write + Send> {
 fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(layout::DRAM_START), size as usize)])
-            .map_err(|e| Error::Memory(e.to_string()))?;
+            .map_err(Error::Memory)?;
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
-            .map_err(|e| Error::Memory(e.to_string()))?;
+            .map_err(Error::MemoryRegion)?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -139,7 +139,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         .map(|d| devices::virtio::Block::open(&d.path, d.read_only))
         .collect::<std::result::Result<Vec<_>, _>>()?;
 
-    let kvm = Kvm::new().map_err(|e| Error::KvmOpen(e.to_string()))?;
+    let kvm = Kvm::new().map_err(Error::KvmOpen)?;
     if !kvm.check_extension(Cap::ArmPsci02) {
         return Err(Error::Device("KVM lacks KVM_CAP_ARM_PSCI_0_2".into()));
     }

@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Default cap on the audit file (16 MiB).
-pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+pub const DEFAULT_MAX_BYTES: u64 = crate::config::DEFAULT_AUDIT_MAX_BYTES;
 /// Smallest accepted cap: room for a few records and the final summaries.
 pub const MIN_MAX_BYTES: u64 = 4096;
 /// Bytes kept free below the cap for the end-of-run `suppressed`, `dropped` and
