@@ -126,6 +126,7 @@ pub enum LayoutError {
 /// and, when `mem_size` exceeds [`MMIO_GAP_START`], a second one starting at 4 GiB.
 ///
 /// Returns an empty vector for `mem_size == 0`.
+#[allow(clippy::cast_possible_truncation)] // 64-bit hosts only: usize is u64
 pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, usize)> {
     if mem_size == 0 {
         return Vec::new();
@@ -183,6 +184,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    #[allow(clippy::cast_possible_truncation)] // 64-bit hosts only
     fn regions_small_and_large() {
         assert!(ram_regions(0).is_empty());
         assert_eq!(ram_regions(128 << 20), vec![(GuestAddress(0), 128 << 20)]);

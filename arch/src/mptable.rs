@@ -87,6 +87,7 @@ pub fn mptable_size(num_cpus: u32) -> usize {
 }
 
 /// The tables as they must appear at [`MPTABLE_START`].
+#[allow(clippy::cast_possible_truncation)] // CPU ids < MAX_CPUS (254), so the table stays small; addresses below 4 GiB
 pub fn mptable_bytes(num_cpus: u32) -> Result<Vec<u8>, MptableError> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(MptableError::BadCpuCount(num_cpus));
