@@ -172,7 +172,7 @@ fn cpu_count(n: u64) -> Result<u8, vmm::error::ConfigError> {
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("vpmu-vmm: {msg}");
-    ExitCode::from(STATUS_VMM_ERROR as u8)
+    ExitCode::from(u8::try_from(STATUS_VMM_ERROR).expect("STATUS_VMM_ERROR is 2"))
 }
 
 /// Resolves `--pmu`, including `auto`, against the host's capabilities.
