@@ -1,6 +1,6 @@
 //! Segment descriptors and the boot GDT.
 //!
-//! The boot GDT lives at [`BOOT_GDT_START`](crate::layout::BOOT_GDT_START):
+//! The boot GDT lives at [`BOOT_GDT_START`]:
 //!
 //! | selector | descriptor                                     |
 //! |----------|------------------------------------------------|
@@ -14,8 +14,8 @@
 //!
 //! The user segments are ordered for `sysretq`: with [`BOOT_STAR`] in the STAR MSR,
 //! `syscall` loads CS 0x08 / SS 0x10 and `sysretq` loads CS 0x3b / SS 0x33. The TSS at
-//! [`BOOT_TSS_START`](crate::layout::BOOT_TSS_START) has RSP0 =
-//! [`BOOT_STACK_POINTER`](crate::layout::BOOT_STACK_POINTER), so an exception or
+//! [`BOOT_TSS_START`] has RSP0 =
+//! [`BOOT_STACK_POINTER`], so an exception or
 //! interrupt taken at CPL3 lands on the boot stack; it has no I/O bitmap (CPL3 port I/O
 //! needs IOPL 3).
 //!

@@ -1,6 +1,6 @@
 //! Identity map of the first 4 GiB with 2 MiB pages.
 //!
-//! PML4[0] -> PDPT; PDPT[i] -> PD i (i in 0..4); PD i entry j maps
+//! PML4\[0\] -> PDPT; PDPT\[i\] -> PD i (i in 0..4); PD i entry j maps
 //! `i GiB + j * 2 MiB` with PS=1. Every entry is present and writable. With
 //! `user_accessible` the U/S bit is set on every level, so freestanding guests can drop
 //! to CPL3 and keep running on these tables.

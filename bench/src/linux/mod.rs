@@ -27,7 +27,7 @@
 //! missing, and `native` otherwise.
 //!
 //! By concern: [`script`] writes what the guest and L1 run, [`parse`] reads their
-//! consoles, [`run`] spawns and times the VMs (native) or the nested rig, [`report`] turns
+//! consoles, [`run`](mod@run) spawns and times the VMs (native) or the nested rig, [`report`] turns
 //! result lines into statistics and `linux.json`; `linux.md` is rendered by
 //! [`crate::markdown::render_linux`], beside the freestanding report.
 
