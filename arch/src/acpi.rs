@@ -868,7 +868,7 @@ mod tests {
         let m = table(&b, madt_addr, b"APIC");
         assert_eq!(m.len(), madt_size(n));
         assert_eq!(m[8], 5);
-        assert_eq!(u32_at(m, 36), 0xfee0_0000);
+        assert_eq!(u64::from(u32_at(m, 36)), LAPIC_ADDR);
         assert_eq!(u32_at(m, 40), 1, "PCAT_COMPAT");
         let mut off = 44;
         let (mut lapics, mut ioapics, mut isos, mut nmis) = (0u32, 0, 0, 0);
@@ -886,7 +886,7 @@ mod tests {
                 1 => {
                     assert_eq!(len, 12);
                     assert_eq!(e[2] as u32, n, "IOAPIC id = number of CPUs");
-                    assert_eq!(u32_at(e, 4), 0xfec0_0000);
+                    assert_eq!(u64::from(u32_at(e, 4)), IOAPIC_ADDR);
                     assert_eq!(u32_at(e, 8), 0, "GSI base");
                     ioapics += 1;
                 }
