@@ -263,7 +263,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vpmu-vmm: {e}");
-            ExitCode::from(STATUS_VMM_ERROR as u8)
+            ExitCode::from(u8::try_from(STATUS_VMM_ERROR).expect("STATUS_VMM_ERROR is 2"))
         }
     }
 }

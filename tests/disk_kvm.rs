@@ -305,21 +305,10 @@ fn disks_must_be_regular_files_or_block_devices() {
 
 /// Takes an OFD lock on all of `f` (F_OFD_SETLK, like vpmu-vmm and QEMU).
 fn ofd_lock(f: &std::fs::File, exclusive: bool) {
-    use std::os::unix::io::AsRawFd;
-    let fl = libc::flock {
-        l_type: if exclusive {
-            libc::F_WRLCK
-        } else {
-            libc::F_RDLCK
-        } as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    // SAFETY: F_OFD_SETLK reads the struct flock, which outlives the call; f is open.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-    assert_eq!(r, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
+    use std::os::fd::AsFd;
+    if let Err(e) = host_sys::ofd_lock(f.as_fd(), exclusive) {
+        panic!("F_OFD_SETLK: {e}");
+    }
 }
 
 #[test]

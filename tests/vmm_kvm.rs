@@ -118,7 +118,7 @@ fn bad_kernel_files_give_clear_errors() {
     let empty = write_scratch("empty", b"");
     assert_clean_error(&["run", "--kernel", &empty], "not a bzImage or an ELF64");
     let garbage: Vec<u8> = (0..65536u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .map(|i| ((i.wrapping_mul(2654435761) >> 13) & 0xff) as u8)
         .collect();
     let g = write_scratch("garbage", &garbage);
     assert_clean_error(&["run", "--kernel", &g], "not a bzImage or an ELF64");

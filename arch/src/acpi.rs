@@ -226,7 +226,7 @@ fn header(signature: &[u8; 4], revision: u8, oem_table_id: &[u8; 8]) -> Vec<u8> 
 }
 
 fn finish(mut t: Vec<u8>) -> Vec<u8> {
-    let len = t.len() as u32;
+    let len = u32::try_from(t.len()).expect("an ACPI table is far smaller than 4 GiB");
     t[4..8].copy_from_slice(&len.to_le_bytes());
     t[9] = 0;
     t[9] = checksum(&t);
@@ -263,6 +263,7 @@ mod aml {
 
     /// PkgLength (20.2.4) of a package whose contents after the PkgLength are `len`
     /// bytes; the encoded length counts its own bytes.
+    #[allow(clippy::cast_possible_truncation)] // splits `total` (< 2^28 + 4) into its bytes
     pub fn pkg_length(len: usize) -> Vec<u8> {
         let mut n = 1;
         while n < 4 && len + n >= [1 << 6, 1 << 12, 1 << 20, 1 << 28][n - 1] {
@@ -342,6 +343,7 @@ mod aml {
     }
 
     /// An integer constant in its shortest encoding (ZeroOp, OneOp, Byte/Word/DWord/QWord).
+    #[allow(clippy::cast_possible_truncation)] // each arm's range fits its cast
     pub fn integer(n: u64) -> Vec<u8> {
         match n {
             0 => vec![ZERO_OP],
@@ -356,7 +358,7 @@ mod aml {
     /// `Package (n) { elements }` (n = the number of elements, at most 255; each element
     /// already encoded, e.g. by [`integer`]).
     pub fn package_of(elements: &[Vec<u8>]) -> Vec<u8> {
-        let mut b = vec![elements.len().min(0xff) as u8]; // NumElements
+        let mut b = vec![u8::try_from(elements.len()).unwrap_or(u8::MAX)]; // NumElements
         for e in elements.iter().take(0xff) {
             b.extend_from_slice(e);
         }
@@ -399,7 +401,8 @@ mod aml {
             Ok(n) => vec![BYTE_PREFIX, n],
             Err(_) => {
                 let mut v = vec![WORD_PREFIX];
-                v.extend_from_slice(&(data.len() as u16).to_le_bytes());
+                let len = u16::try_from(data.len()).expect("resource template over 64 KiB");
+                v.extend_from_slice(&len.to_le_bytes());
                 v
             }
         };
@@ -555,6 +558,7 @@ pub fn dsdt_bytes(virtio_mmio: &[VirtioMmioDevice]) -> Result<Vec<u8>, AcpiError
 pub fn facs_bytes() -> [u8; FACS_SIZE] {
     let mut f = [0u8; FACS_SIZE];
     f[0..4].copy_from_slice(b"FACS");
+    #[allow(clippy::cast_possible_truncation)] // FACS_SIZE is 64
     f[4..8].copy_from_slice(&(FACS_SIZE as u32).to_le_bytes());
     f[32] = 2; // version
     f
@@ -565,8 +569,10 @@ pub fn facs_bytes() -> [u8; FACS_SIZE] {
 pub fn fadt_bytes(facs_addr: u64, dsdt_addr: u64) -> Vec<u8> {
     let mut t = header(b"FACP", FADT_REVISION, b"VPMUFACP");
     t.resize(FADT_SIZE, 0);
-    t[36..40].copy_from_slice(&(facs_addr as u32).to_le_bytes()); // FIRMWARE_CTRL
-    t[40..44].copy_from_slice(&(dsdt_addr as u32).to_le_bytes()); // DSDT
+    let facs = u32::try_from(facs_addr).expect("the FACS is below 4 GiB");
+    let dsdt = u32::try_from(dsdt_addr).expect("the DSDT is below 4 GiB");
+    t[36..40].copy_from_slice(&facs.to_le_bytes()); // FIRMWARE_CTRL
+    t[40..44].copy_from_slice(&dsdt.to_le_bytes()); // DSDT
     t[46..48].copy_from_slice(&u16::from(SCI_IRQ).to_le_bytes()); // SCI_INT
                                                                   // SMI_CMD (48) = 0: no SMI command port, the system is always in ACPI mode.
     t[56..60].copy_from_slice(&u32::from(PM1A_EVT_BLK).to_le_bytes());
@@ -603,6 +609,7 @@ pub fn madt_size(num_cpus: u32) -> usize {
 }
 
 /// The MADT for `num_cpus` CPUs (1..=[`MAX_CPUS`]).
+#[allow(clippy::cast_possible_truncation)] // small constant sizes and addresses below 4 GiB; CPU ids < MAX_CPUS (254)
 pub fn madt_bytes(num_cpus: u32) -> Result<Vec<u8>, AcpiError> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(AcpiError::BadCpuCount(num_cpus));
@@ -658,6 +665,7 @@ pub fn rsdp_bytes(xsdt_addr: u64) -> [u8; RSDP_SIZE] {
     r[15] = 2; // revision: ACPI 2.0+
 
     // RsdtAddress (16..20) = 0.
+    #[allow(clippy::cast_possible_truncation)] // RSDP_SIZE is 36
     r[20..24].copy_from_slice(&(RSDP_SIZE as u32).to_le_bytes());
     r[24..32].copy_from_slice(&xsdt_addr.to_le_bytes());
     r[8] = checksum(&r[0..20]);
@@ -764,7 +772,7 @@ mod tests {
     /// (signature, length, checksum, OEM fields) and returns its bytes.
     fn table<'a>(block: &'a [u8], addr: u64, sig: &[u8; 4]) -> &'a [u8] {
         assert!(addr >= ACPI_START, "{sig:?} below the block");
-        let off = (addr - ACPI_START) as usize;
+        let off = usize::try_from(addr - ACPI_START).unwrap();
         assert_eq!(off % 16, 0, "{sig:?} 16-byte aligned");
         let t = &block[off..];
         assert_eq!(&t[0..4], sig);
@@ -860,7 +868,7 @@ mod tests {
         let m = table(&b, madt_addr, b"APIC");
         assert_eq!(m.len(), madt_size(n));
         assert_eq!(m[8], 5);
-        assert_eq!(u32_at(m, 36), 0xfee0_0000);
+        assert_eq!(u64::from(u32_at(m, 36)), LAPIC_ADDR);
         assert_eq!(u32_at(m, 40), 1, "PCAT_COMPAT");
         let mut off = 44;
         let (mut lapics, mut ioapics, mut isos, mut nmis) = (0u32, 0, 0, 0);
@@ -878,7 +886,7 @@ mod tests {
                 1 => {
                     assert_eq!(len, 12);
                     assert_eq!(e[2] as u32, n, "IOAPIC id = number of CPUs");
-                    assert_eq!(u32_at(e, 4), 0xfec0_0000);
+                    assert_eq!(u64::from(u32_at(e, 4)), IOAPIC_ADDR);
                     assert_eq!(u32_at(e, 8), 0, "GSI base");
                     ioapics += 1;
                 }
@@ -1156,7 +1164,8 @@ mod tests {
                 let has = |needle: &[u8]| dev.windows(needle.len()).any(|w| w == needle);
                 assert!(has(&aml::name(b"_HID", &aml::string("LNRO0005"))));
                 assert!(has(&aml::name(b"_UID", &aml::integer(i as u64))));
-                assert!(has(&aml::memory32_fixed(d.base as u32, 0x1000)));
+                let base = u32::try_from(d.base).unwrap();
+                assert!(has(&aml::memory32_fixed(base, 0x1000)));
                 assert!(has(&aml::extended_irq_edge(d.gsi)));
                 assert_eq!(&dev[dev.len() - 2..], &[0x79, 0], "end tag last");
             }
@@ -1170,7 +1179,7 @@ mod tests {
             .map(|i| VirtioMmioDevice {
                 base: 0xd000_0000 + i * 0x1000,
                 size: 0x1000,
-                gsi: 16 + i as u32,
+                gsi: 16 + u32::try_from(i).unwrap(),
             })
             .collect();
         let devs = dsdt_devices(&dsdt_bytes(&many).unwrap());

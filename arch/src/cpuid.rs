@@ -5,15 +5,15 @@
 //!
 //! | leaf | change |
 //! |------|--------|
-//! | 0x1 | EBX[31:24] APIC id, EBX[23:16] logical processors = `num_vcpus`, EDX.HTT = (`num_vcpus` > 1), ECX[31] hypervisor = 1 |
-//! | 0x4 (Intel) | EAX[31:26] cores - 1; EAX[25:14] sharing: 0 for L1/L2, `num_vcpus` - 1 for L3 |
+//! | 0x1 | EBX\[31:24\] APIC id, EBX\[23:16\] logical processors = `num_vcpus`, EDX.HTT = (`num_vcpus` > 1), ECX\[31\] hypervisor = 1 |
+//! | 0x4 (Intel) | EAX\[31:26\] cores - 1; EAX\[25:14\] sharing: 0 for L1/L2, `num_vcpus` - 1 for L3 |
 //! | 0xB, 0x1F | subleaf 0 SMT level (shift 0, 1 thread), subleaf 1 core level (shift ceil(log2 n), n), higher subleaves invalid; EDX = x2APIC id |
-//! | 0x80000001 (AMD) | ECX[1] CmpLegacy = (`num_vcpus` > 1) only |
-//! | 0x80000008 (AMD) | ECX[7:0] NC = n - 1, ECX[15:12] ApicIdSize = ceil(log2 n); other bits kept |
+//! | 0x80000001 (AMD) | ECX\[1\] CmpLegacy = (`num_vcpus` > 1) only |
+//! | 0x80000008 (AMD) | ECX\[7:0\] NC = n - 1, ECX\[15:12\] ApicIdSize = ceil(log2 n); other bits kept |
 //! | 0x8000001E (AMD) | EAX extended APIC id, EBX core id / 1 thread per core, ECX node 0 of 1 |
 //!
 //! Not touched, on purpose:
-//! - PMU leaves and bits: 0xA, leaf 1 ECX[15] (PDCM), 0x80000001 ECX[23]
+//! - PMU leaves and bits: 0xA, leaf 1 ECX\[15\] (PDCM), 0x80000001 ECX\[23\]
 //!   (PerfCtrExtCore), 0x80000022 (PerfMonV2). The `vpmu` crate owns them and may apply
 //!   its own changes before or after this function.
 //! - the hypervisor leaves 0x40000000.. : KVM_GET_SUPPORTED_CPUID already reports the

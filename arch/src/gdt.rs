@@ -1,6 +1,6 @@
 //! Segment descriptors and the boot GDT.
 //!
-//! The boot GDT lives at [`BOOT_GDT_START`](crate::layout::BOOT_GDT_START):
+//! The boot GDT lives at [`BOOT_GDT_START`]:
 //!
 //! | selector | descriptor                                     |
 //! |----------|------------------------------------------------|
@@ -14,8 +14,8 @@
 //!
 //! The user segments are ordered for `sysretq`: with [`BOOT_STAR`] in the STAR MSR,
 //! `syscall` loads CS 0x08 / SS 0x10 and `sysretq` loads CS 0x3b / SS 0x33. The TSS at
-//! [`BOOT_TSS_START`](crate::layout::BOOT_TSS_START) has RSP0 =
-//! [`BOOT_STACK_POINTER`](crate::layout::BOOT_STACK_POINTER), so an exception or
+//! [`BOOT_TSS_START`] has RSP0 =
+//! [`BOOT_STACK_POINTER`], so an exception or
 //! interrupt taken at CPL3 lands on the boot stack; it has no I/O bitmap (CPL3 port I/O
 //! needs IOPL 3).
 //!
@@ -105,6 +105,7 @@ impl GdtEntry {
     /// Flat user data segment.
     pub const USER_DATA: GdtEntry = GdtEntry::new(0, 0xfffff, ACCESS_USER_DATA, FLAG_G | FLAG_DB);
     /// The boot TSS (busy).
+    #[allow(clippy::cast_possible_truncation)] // its address (0x580) and size (0x68) are tiny
     pub const TSS: GdtEntry = GdtEntry::new(
         BOOT_TSS_START as u32,
         BOOT_TSS_SIZE as u32 - 1,
@@ -135,6 +136,7 @@ impl GdtEntry {
     }
 
     /// Decodes 8 descriptor bytes.
+    #[allow(clippy::cast_possible_truncation)] // the masked fields fit their types
     pub const fn decode(raw: u64) -> Self {
         GdtEntry {
             base: (((raw >> 16) & 0xff_ffff) | (((raw >> 56) & 0xff) << 24)) as u32,
@@ -189,11 +191,13 @@ pub fn boot_gdt() -> [u64; BOOT_GDT_ENTRIES] {
 pub fn boot_tss() -> [u8; BOOT_TSS_SIZE] {
     let mut t = [0u8; BOOT_TSS_SIZE];
     t[4..12].copy_from_slice(&BOOT_STACK_POINTER.to_le_bytes());
+    #[allow(clippy::cast_possible_truncation)] // BOOT_TSS_SIZE is 0x68
     t[102..104].copy_from_slice(&(BOOT_TSS_SIZE as u16).to_le_bytes());
     t
 }
 
 /// Limit value for GDTR (size in bytes - 1).
+#[allow(clippy::cast_possible_truncation)] // 8 entries: 63
 pub const BOOT_GDT_LIMIT: u16 = (BOOT_GDT_ENTRIES * 8 - 1) as u16;
 
 /// Writes [`boot_gdt`] at [`BOOT_GDT_START`] and [`boot_tss`] at [`BOOT_TSS_START`].

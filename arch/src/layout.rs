@@ -100,8 +100,12 @@ pub const VIRTIO_MMIO_GSIS: [u32; 8] = [5, 6, 7, 9, 10, 11, 14, 15];
 /// The MSI address that targets the LAPIC with `apic_id` (physical destination mode,
 /// SDM vol. 3A 11.11.1): the LAPIC window with the destination ID in bits 19:12.
 pub const fn msi_address(apic_id: u8) -> u32 {
-    LAPIC_ADDR as u32 | ((apic_id as u32) << 12)
+    // The LAPIC window is below 4 GiB (checked at compile time below).
+    #[allow(clippy::cast_possible_truncation)]
+    let lapic = LAPIC_ADDR as u32;
+    lapic | ((apic_id as u32) << 12)
 }
+const _: () = assert!(LAPIC_ADDR <= u32::MAX as u64);
 /// Default `initrd_addr_max` for boot protocol versions older than 2.03.
 pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 /// Page size used to align the initrd.
@@ -152,6 +156,7 @@ pub enum LayoutError {
 /// and, when `mem_size` exceeds [`MMIO_GAP_START`], a second one starting at 4 GiB.
 ///
 /// Returns an empty vector for `mem_size == 0`.
+#[allow(clippy::cast_possible_truncation)] // 64-bit hosts only: usize is u64
 pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, usize)> {
     if mem_size == 0 {
         return Vec::new();
@@ -216,6 +221,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::cast_possible_truncation)] // 64-bit hosts only
     fn regions_small_and_large() {
         assert!(ram_regions(0).is_empty());
         assert_eq!(ram_regions(128 << 20), vec![(GuestAddress(0), 128 << 20)]);

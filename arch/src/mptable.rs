@@ -87,6 +87,7 @@ pub fn mptable_size(num_cpus: u32) -> usize {
 }
 
 /// The tables as they must appear at [`MPTABLE_START`].
+#[allow(clippy::cast_possible_truncation)] // CPU ids < MAX_CPUS (254), so the table stays small; addresses below 4 GiB
 pub fn mptable_bytes(num_cpus: u32) -> Result<Vec<u8>, MptableError> {
     if num_cpus == 0 || num_cpus > MAX_CPUS {
         return Err(MptableError::BadCpuCount(num_cpus));
@@ -205,8 +206,8 @@ mod tests {
         assert_eq!(u16::from_le_bytes([c[40], c[41]]), 0, "no extended entries");
         assert_eq!(c[42], 0, "extended checksum of an empty table");
         assert_eq!(
-            u32::from_le_bytes(c[36..40].try_into().unwrap()),
-            crate::layout::LAPIC_ADDR as u32
+            u64::from(u32::from_le_bytes(c[36..40].try_into().unwrap())),
+            LAPIC_ADDR
         );
         let count = u16::from_le_bytes([c[34], c[35]]) as u32;
         assert_eq!(count, n + 1 + 1 + 16 + 2);
@@ -230,8 +231,8 @@ mod tests {
                     assert_eq!(c[off + 1] as u32, n, "IOAPIC id");
                     assert_eq!(c[off + 3] & 1, 1);
                     assert_eq!(
-                        u32::from_le_bytes(c[off + 4..off + 8].try_into().unwrap()),
-                        0xfec0_0000
+                        u64::from(u32::from_le_bytes(c[off + 4..off + 8].try_into().unwrap())),
+                        IOAPIC_ADDR
                     );
                     ioapics += 1;
                     off += 8;

@@ -1,6 +1,6 @@
 //! Identity map of the first 4 GiB with 2 MiB pages.
 //!
-//! PML4[0] -> PDPT; PDPT[i] -> PD i (i in 0..4); PD i entry j maps
+//! PML4\[0\] -> PDPT; PDPT\[i\] -> PD i (i in 0..4); PD i entry j maps
 //! `i GiB + j * 2 MiB` with PS=1. Every entry is present and writable. With
 //! `user_accessible` the U/S bit is set on every level, so freestanding guests can drop
 //! to CPL3 and keep running on these tables.
@@ -37,13 +37,13 @@ pub enum PagingError {
 pub fn identity_map_tables(user_accessible: bool) -> Vec<(u64, Box<[u64; 512]>)> {
     let us = if user_accessible { PTE_US } else { 0 };
     let table_flags = PTE_P | PTE_RW | us;
-    let mut out = Vec::with_capacity(2 + PD_COUNT as usize);
+    let mut out = Vec::new();
     let mut pml4 = Box::new([0u64; 512]);
     pml4[0] = PDPT_START | table_flags;
     out.push((PML4_START, pml4));
     let mut pdpt = Box::new([0u64; 512]);
-    for i in 0..PD_COUNT {
-        pdpt[i as usize] = (PD_START + i * 0x1000) | table_flags;
+    for (entry, i) in pdpt.iter_mut().zip(0..PD_COUNT) {
+        *entry = (PD_START + i * 0x1000) | table_flags;
     }
     out.push((PDPT_START, pdpt));
     for i in 0..PD_COUNT {

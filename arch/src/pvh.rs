@@ -107,7 +107,8 @@ pub fn write_start_info<M: GuestMemory + ?Sized>(
         wr("module list", PVH_MODLIST_START, &m)?;
         nr_modules = 1;
     }
-    let si = start_info_bytes(nr_modules, cmdline, rsdp, map.len() as u32);
+    let entries = u32::try_from(map.len()).expect("the e820 map has a handful of entries");
+    let si = start_info_bytes(nr_modules, cmdline, rsdp, entries);
     wr("start info", PVH_INFO_START, &si)?;
     Ok(GuestAddress(PVH_INFO_START))
 }

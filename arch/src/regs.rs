@@ -295,16 +295,18 @@ mod tests {
         assert_eq!((f.fcw, f.mxcsr), (0x37f, 0x1f80));
         let m = boot_msrs(0);
         let get = |i| m.iter().find(|e| e.index == i).map(|e| e.data);
-        assert_eq!(get(0x1a0), Some(1));
+        assert_eq!(get(msr::MISC_ENABLE), Some(1));
         // KVM's reset value (BTS_UNAVAIL | PEBS_UNAVAIL) survives.
         let kept = boot_msrs(0x1800);
         assert_eq!(
-            kept.iter().find(|e| e.index == 0x1a0).map(|e| e.data),
+            kept.iter()
+                .find(|e| e.index == msr::MISC_ENABLE)
+                .map(|e| e.data),
             Some(0x1801)
         );
-        assert_eq!(get(0x2ff), Some(0x806));
-        assert_eq!(get(0xc000_0082), Some(0));
-        assert_eq!(get(0xc000_0081), Some(0x0028_0008_0000_0000));
+        assert_eq!(get(msr::MTRR_DEF_TYPE), Some(0x806));
+        assert_eq!(get(msr::LSTAR), Some(0));
+        assert_eq!(get(msr::STAR), Some(0x0028_0008_0000_0000));
         assert_eq!(get(0x10), None, "TSC untouched");
         // No PMU MSRs (the vpmu crate owns them).
         let pmu = |i: u32| {

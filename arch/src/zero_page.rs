@@ -113,7 +113,7 @@ pub fn validate_setup_header(hdr: &setup_header) -> Result<(), ZeroPageError> {
     if version < MIN_BOOT_PROTOCOL {
         return Err(ZeroPageError::ProtocolTooOld {
             major: (version >> 8) as u8,
-            minor: version as u8,
+            minor: (version & 0xff) as u8,
         });
     }
     if xl & XLF_KERNEL_64 == 0 {
@@ -124,6 +124,7 @@ pub fn validate_setup_header(hdr: &setup_header) -> Result<(), ZeroPageError> {
 
 /// A setup header for an ELF vmlinux (which carries none): valid magic, protocol 2.06,
 /// 64-bit entry, 16 MiB alignment, command line limit [`crate::layout::CMDLINE_MAX_SIZE`] - 1.
+#[allow(clippy::cast_possible_truncation)] // CMDLINE_MAX_SIZE - 1 is 0xffff
 pub fn elf_setup_header() -> setup_header {
     setup_header {
         boot_flag: BOOT_FLAG,
@@ -138,8 +139,8 @@ pub fn elf_setup_header() -> setup_header {
 }
 
 fn fits_u32(what: &'static str, addr: u64, size: u64) -> Result<u32, ZeroPageError> {
-    match addr.checked_add(size) {
-        Some(end) if end <= 1 << 32 => Ok(addr as u32),
+    match (addr.checked_add(size), u32::try_from(addr)) {
+        (Some(end), Ok(addr32)) if end <= 1 << 32 => Ok(addr32),
         _ => Err(ZeroPageError::Above4G { what, addr, size }),
     }
 }
@@ -171,7 +172,11 @@ pub fn build_boot_params(
     )?;
     if let Some((addr, size)) = cfg.initrd {
         bp.hdr.ramdisk_image = fits_u32("initrd", addr.0, size)?;
-        bp.hdr.ramdisk_size = size as u32;
+        bp.hdr.ramdisk_size = u32::try_from(size).map_err(|_| ZeroPageError::Above4G {
+            what: "initrd",
+            addr: addr.0,
+            size,
+        })?;
     }
     let map = e820_map(cfg.mem_size)?;
     if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
@@ -184,7 +189,8 @@ pub fn build_boot_params(
             r#type: e.kind,
         };
     }
-    bp.e820_entries = map.len() as u8;
+    bp.e820_entries =
+        u8::try_from(map.len()).expect("checked against E820_MAX_ENTRIES_ZEROPAGE above");
     bp.acpi_rsdp_addr = cfg.rsdp_addr.map_or(0, |a| a.0);
     Ok(bp)
 }

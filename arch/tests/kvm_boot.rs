@@ -40,7 +40,7 @@ fn run(code: &[u8], user_code: &[u8], user_pages: bool, rdi: u64) -> Option<Outc
     for (slot, (addr, len)) in ram_regions(MEM).into_iter().enumerate() {
         let host = mem.get_host_address(addr).unwrap();
         let region = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot: u32::try_from(slot).unwrap(),
             guest_phys_addr: addr.0,
             memory_size: len as u64,
             userspace_addr: host as u64,

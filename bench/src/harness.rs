@@ -133,6 +133,7 @@ pub fn validate(raw: &RawRun, workload: &str) -> Result<Vec<Rep>, String> {
     Ok(reps)
 }
 
+#[allow(clippy::cast_possible_truncation)] // a median of u64 ticks, rounded: back in range
 fn median_u64(xs: &[u64]) -> u64 {
     Summary::of_u64(xs)
         .map(|s| s.median.round() as u64)
@@ -227,7 +228,9 @@ fn calibrate(
             iters = iters.saturating_mul(10);
             continue;
         }
-        let scaled = (iters as u128 * target_ticks as u128 / ticks as u128) as u64;
+        let scaled =
+            u64::try_from(u128::from(iters) * u128::from(target_ticks) / u128::from(ticks))
+                .unwrap_or(u64::MAX);
         let scaled = round2(scaled.clamp(1000, 1 << 40));
         if ticks >= target_ticks / 2 && ticks <= target_ticks.saturating_mul(2) {
             return Ok(scaled);
@@ -742,6 +745,7 @@ pub fn msr_cost(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // fake TSC counts from scaled floats
 pub(crate) mod fake {
     use super::*;
 

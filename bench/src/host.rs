@@ -49,18 +49,21 @@ pub fn find_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
 pub fn measure_tsc_khz(window: Duration) -> Option<u64> {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: RDTSC has no side effects and is always available on x86_64.
         let t0 = Instant::now();
+        // SAFETY: RDTSC only reads the time-stamp counter into EDX:EAX: it touches no
+        // memory, and every x86_64 CPU has it (Linux does not set CR4.TSD for us).
         let c0 = unsafe { core::arch::x86_64::_rdtsc() };
         std::thread::sleep(window);
+        // SAFETY: as for `c0`: a register read with no memory effects.
         let c1 = unsafe { core::arch::x86_64::_rdtsc() };
-        let ns = t0.elapsed().as_nanos() as u64;
+        let ns = u64::try_from(t0.elapsed().as_nanos()).ok()?;
         if ns == 0 || c1 <= c0 {
             return None;
         }
         // kHz, rounded to the nearest MHz (the measurement is not better than that).
         let khz = (c1 - c0) as u128 * 1_000_000 / ns as u128;
-        Some(((khz as u64 + 500) / 1000) * 1000)
+        let khz = u64::try_from(khz).ok()?;
+        Some(((khz + 500) / 1000) * 1000)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -78,6 +81,7 @@ pub fn vm_hwm_kib(status: &str) -> Option<u64> {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+#[allow(clippy::cast_possible_truncation)] // day is 1..=31, month 1..=12
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);

@@ -27,6 +27,7 @@ pub fn num(x: f64) -> String {
 }
 
 /// Formats a count: an integer when it is one, else one decimal (a median of two).
+#[allow(clippy::cast_possible_truncation)] // |x| < 1e15 and integral: exact in an i64
 pub fn count(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
         format!("{}", x as i64)

@@ -61,6 +61,7 @@ fn x_label(a: &Activity) -> String {
 }
 
 /// Draws the chart into `path`.
+#[allow(clippy::cast_possible_truncation)] // axis positions: small non-negative integral floats
 pub fn draw(r: &BenchReport, path: &Path) -> Result<(), String> {
     let (xs, lines) = series(r);
     let root = SVGBackend::new(path, (960, 560)).into_drawing_area();

@@ -59,6 +59,7 @@ impl Summary {
 /// The `q`-quantile (`0.0..=1.0`) of ascending `sorted` values, linearly interpolated
 /// between the two closest ranks (R's type 7, numpy's default): position `q * (n - 1)`.
 /// `quantile(v, 0.5)` is the median as [`Summary`] computes it. `None` when empty.
+#[allow(clippy::cast_possible_truncation)] // pos is in 0..=n-1
 pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     let n = sorted.len();
     if n == 0 || !(0.0..=1.0).contains(&q) {

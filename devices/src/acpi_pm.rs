@@ -105,6 +105,7 @@ impl PioDevice for AcpiPm {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // fixtures build bytes and small values by truncation
 mod tests {
     use super::*;
     use proptest::prelude::*;

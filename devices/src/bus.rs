@@ -27,7 +27,7 @@ impl VmExit {
     pub fn exit_status(&self) -> u8 {
         match *self {
             VmExit::Reset | VmExit::PowerOff => 0,
-            VmExit::DebugExit(v) => ((v << 1) | 1) as u8,
+            VmExit::DebugExit(v) => (((v << 1) | 1) & 0xff) as u8,
         }
     }
 }
@@ -134,8 +134,8 @@ impl PioBus {
                 } => BusError::Overlap {
                     base,
                     len,
-                    other_base: other_base as u16,
-                    other_len: other_len as u16,
+                    other_base: port16(other_base),
+                    other_len: port16(other_len),
                 },
             })
     }
@@ -143,7 +143,7 @@ impl PioBus {
     /// Guest `in` from `port`: unmapped ports read as all ones.
     pub fn read(&self, port: u16, data: &mut [u8]) {
         match self.map.find(u64::from(port)) {
-            Some((off, dev)) => lock(dev).read(off as u16, data),
+            Some((off, dev)) => lock(dev).read(port16(off), data),
             None => {
                 self.map.stray(false);
                 data.fill(0xff);
@@ -154,7 +154,7 @@ impl PioBus {
     /// Guest `out` to `port`: unmapped ports ignore the write.
     pub fn write(&self, port: u16, data: &[u8]) -> DeviceAction {
         match self.map.find(u64::from(port)) {
-            Some((off, dev)) => lock(dev).write(off as u16, data),
+            Some((off, dev)) => lock(dev).write(port16(off), data),
             None => {
                 self.map.stray(true);
                 DeviceAction::None
@@ -172,7 +172,16 @@ impl PioBus {
     }
 }
 
+/// A port, port offset or port range length the map holds: everything on the port bus
+/// was inserted from `u16` values, so it fits.
+#[allow(clippy::cast_possible_truncation)] // < 2^16 (see above)
+fn port16(v: u64) -> u16 {
+    debug_assert!(v <= u64::from(u16::MAX));
+    v as u16
+}
+
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // fixtures build bytes and small values by truncation
 mod tests {
     use super::*;
     use proptest::prelude::*;

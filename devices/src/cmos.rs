@@ -128,6 +128,7 @@ pub struct DateTime {
 impl DateTime {
     /// UTC date and time of `secs` seconds since 1970-01-01T00:00:00Z (proleptic Gregorian,
     /// no leap seconds; H. Hinnant's `civil_from_days`).
+    #[allow(clippy::cast_possible_truncation)] // each field is reduced to its range first
     pub fn from_unix(secs: i64) -> DateTime {
         let days = secs.div_euclid(86_400);
         let tod = secs.rem_euclid(86_400);
@@ -227,6 +228,7 @@ impl Cmos {
     }
 
     /// Value of register `index` (0..=127) as the guest reads it.
+    #[allow(clippy::cast_possible_truncation)] // year % 100 and century % 100 fit a byte
     pub fn read_register(&self, index: u8) -> u8 {
         let i = index & 0x7f;
         let time = |f: fn(&DateTime) -> u8| f(&DateTime::from_unix((self.clock)()));
@@ -289,6 +291,7 @@ impl PioDevice for Cmos {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // fixtures build bytes and small values by truncation
 mod tests {
     use super::*;
     use proptest::prelude::*;

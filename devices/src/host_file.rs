@@ -16,8 +16,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 /// What an open host file is.
@@ -63,16 +63,7 @@ pub fn open(path: &Path, write: bool) -> io::Result<File> {
         .write(write)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns (`file`), with no
-    // pointer arguments; failures are reported through errno.
-    let set = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
-    };
-    if !set {
-        return Err(io::Error::last_os_error());
-    }
+    host_sys::clear_nonblocking(file.as_fd())?;
     Ok(file)
 }
 
@@ -95,14 +86,7 @@ pub fn kind(file: &File) -> io::Result<FileKind> {
             "not a regular file"
         }));
     }
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: fstatfs writes a `struct statfs` into the buffer it is given, which is
-    // large enough and properly aligned (MaybeUninit of that type); `file` is open.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstatfs returned 0, so it filled in the whole struct.
-    let f_type = unsafe { st.assume_init() }.f_type as u32;
+    let f_type = host_sys::filesystem_type(file.as_fd())?;
     Ok(PSEUDO_FILESYSTEMS
         .iter()
         .find(|&&(magic, _)| magic == f_type)
@@ -143,7 +127,8 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     if size > limit {
         return Err(ReadError::TooLarge { size, limit });
     }
-    let mut data = Vec::with_capacity(size as usize);
+    // size <= limit; a capacity the host cannot hold fails the read below instead.
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(limit.saturating_add(1)).read_to_end(&mut data)?;
     if data.len() as u64 > limit {
         return Err(ReadError::TooLarge {
@@ -171,25 +156,9 @@ pub enum LockError {
 /// description: it is released when the last descriptor of it is closed, and conflicts
 /// with locks through any other open of the same file, in this process or another.
 pub fn lock(file: &File, exclusive: bool) -> Result<(), LockError> {
-    let fl = libc::flock {
-        l_type: if exclusive {
-            libc::F_WRLCK
-        } else {
-            libc::F_RDLCK
-        } as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        // 0: to the end of the file, however large it grows.
-        l_len: 0,
-        // Must be 0 for OFD locks.
-        l_pid: 0,
-    };
-    // SAFETY: F_OFD_SETLK reads the `struct flock` it is pointed to, which lives for the
-    // whole call; `file` is an open descriptor.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+    let Err(e) = host_sys::ofd_lock(file.as_fd(), exclusive) else {
         return Ok(());
-    }
-    let e = io::Error::last_os_error();
+    };
     match e.raw_os_error() {
         Some(libc::EAGAIN) | Some(libc::EACCES) => Err(LockError::Held),
         _ => Err(LockError::Io(e)),
@@ -244,9 +213,7 @@ mod tests {
         ));
         // A FIFO without a writer: refused at once, not waited on.
         let fifo = temp_path("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
-        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        host_sys::mkfifo(&fifo, 0o600).unwrap();
         assert!(matches!(
             read_regular(&fifo, 1 << 20),
             Err(ReadError::NotRegular("a FIFO"))

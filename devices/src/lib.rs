@@ -17,6 +17,7 @@
 //!   (no blocking on FIFOs, regular files only, size limits before reading, OFD locks).
 //!
 //! No device panics on any offset, access size or value.
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod acpi_pm;

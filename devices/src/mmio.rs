@@ -121,6 +121,7 @@ impl MmioBus {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // fixtures build bytes and small values by truncation
 mod tests {
     use super::*;
     use proptest::prelude::*;

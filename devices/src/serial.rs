@@ -128,24 +128,30 @@ impl Serial {
     }
 }
 
+/// The UART register byte `i` of an access at `offset` reaches, if any.
+fn uart_reg(offset: u16, i: usize) -> Option<u8> {
+    let reg = u8::try_from(usize::from(offset) + i).ok()?;
+    (u16::from(reg) < SERIAL_PORT_LEN).then_some(reg)
+}
+
 impl PioDevice for Serial {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         // A wide access is split into byte accesses to consecutive registers, like an
         // 8-bit ISA device sees it.
         for (i, b) in data.iter_mut().enumerate() {
-            let reg = usize::from(offset) + i;
-            *b = if reg < usize::from(SERIAL_PORT_LEN) {
-                self.uart.read(reg as u8)
-            } else {
-                0xff
+            *b = match uart_reg(offset, i) {
+                Some(reg) => self.uart.read(reg),
+                None => 0xff,
             };
         }
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) -> DeviceAction {
         for (i, &b) in data.iter().enumerate() {
-            let reg = usize::from(offset) + i;
-            if reg < usize::from(SERIAL_PORT_LEN) && self.uart.write(reg as u8, b).is_err() {
+            let Some(reg) = uart_reg(offset, i) else {
+                continue;
+            };
+            if self.uart.write(reg, b).is_err() {
                 self.tx_errors += 1;
             }
         }
@@ -158,11 +164,9 @@ mod tests {
 
     #[test]
     fn interrupt_eventfd_is_close_on_exec() {
-        use std::os::unix::io::AsRawFd;
         let s = Serial::new(Box::new(std::io::sink())).unwrap();
-        // SAFETY: F_GETFD on a descriptor this test owns.
-        let flags = unsafe { libc::fcntl(s.irq_evt().as_raw_fd(), libc::F_GETFD) };
-        assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0, "{flags}");
+        let flags = host_sys::fd_flags(s.irq_evt()).unwrap();
+        assert!(flags & libc::FD_CLOEXEC != 0, "{flags}");
     }
 
     use super::*;

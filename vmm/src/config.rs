@@ -1,6 +1,6 @@
 //! The VM configuration: what the CLI (or a test, or the bench harness) asks for.
 //!
-//! A [`VmConfig`] is plain data; [`crate::Vm::build`] turns it into live KVM objects.
+//! A [`VmConfig`] is plain data; `vm::Vm::build` (x86_64) turns it into live KVM objects.
 
 use std::fmt;
 use std::path::PathBuf;

@@ -65,7 +65,9 @@ pub fn unregister_current() {
 /// The calling thread's kernel thread id (for `pthread_kill`-free targeting and timers).
 pub fn current_tid() -> libc::pid_t {
     // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    // Thread ids are pid_t values (the kernel returns one in a long).
+    libc::pid_t::try_from(tid).unwrap_or(0)
 }
 
 /// Sends the kick signal to a thread of this process.

@@ -43,3 +43,8 @@ pub use error::{Error, Result};
 pub use outcome::Outcome;
 #[cfg(target_arch = "x86_64")]
 pub use vm::{probe_host, run, RunReport};
+
+/// A duration in nanoseconds, saturating at `u64::MAX` (584 years).
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

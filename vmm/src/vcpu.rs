@@ -1,6 +1,6 @@
 //! The vCPU thread: KVM_RUN loop and exit dispatch.
 //!
-//! Everything a guest can do in an exit lands in [`Vcpu::handle_exit`], which never
+//! Everything a guest can do in an exit lands in [`handle_exit`], which never
 //! panics: unknown ports read as all-ones, MMIO goes to the MMIO bus (virtio-mmio
 //! devices; anything else there reads as all-ones and ignores writes), PMU MSRs go to
 //! the userspace vPMU (or #GP), anything else ends the VM with a
@@ -186,7 +186,7 @@ impl Vcpu {
             if pmi {
                 self.deliver_pmi();
             }
-            self.stats.handling_ns += h0.elapsed().as_nanos() as u64;
+            self.stats.handling_ns += crate::nanos(h0.elapsed());
         }
         kick::unregister_current();
         if let Some(pmu) = self.pmu.as_mut() {
@@ -211,7 +211,7 @@ impl Vcpu {
             }
         }
         if self.index == 0 {
-            let ns = self.shared.started.elapsed().as_nanos() as u64;
+            let ns = crate::nanos(self.shared.started.elapsed());
             self.shared
                 .first_entry_ns
                 .store(ns.max(1), Ordering::SeqCst);

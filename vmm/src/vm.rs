@@ -133,7 +133,7 @@ pub struct StartupPhases {
 /// Nanoseconds since `*last`, and moves `*last` to now.
 fn lap(last: &mut Instant) -> u64 {
     let now = Instant::now();
-    let ns = now.duration_since(*last).as_nanos() as u64;
+    let ns = crate::nanos(now.duration_since(*last));
     *last = now;
     ns
 }
@@ -351,7 +351,7 @@ impl Vm {
         let mut handles = Vec::with_capacity(self.vcpu_fds.len());
         for (i, fd) in std::mem::take(&mut self.vcpu_fds).into_iter().enumerate() {
             let spawned = self
-                .vcpu(i as u8, fd, &shared)
+                .vcpu(u8::try_from(i).unwrap_or(u8::MAX), fd, &shared)
                 .and_then(|v| spawn_vcpu(v, done_tx.clone(), gate.clone(), self.config.seccomp));
             match spawned {
                 Ok(h) => handles.push(h),
@@ -478,7 +478,7 @@ impl RunningVm {
                     pmu.extend(backend.map(|b| b.summary()));
                 }
                 Err(_) => self.shared.end(Outcome::VmmError {
-                    vcpu: i as u8,
+                    vcpu: u8::try_from(i).unwrap_or(u8::MAX),
                     detail: "vCPU thread panicked".into(),
                 }),
             }
@@ -521,7 +521,7 @@ impl RunningVm {
             pmu_setup: vm.plan.setup(),
             start_to_first_entry_ns: first,
             startup,
-            wall_ns: vm.started.elapsed().as_nanos() as u64,
+            wall_ns: crate::nanos(vm.started.elapsed()),
             unhandled_pio: st.unknown_reads + st.unknown_writes,
             disks: vm.disks.iter().map(disk_report).collect(),
         })
@@ -565,7 +565,7 @@ fn create_vm(kvm: &Kvm, phases: &mut StartupPhases, t: &mut Instant) -> Result<A
         return Err(Error::MissingCap("KVM_CAP_IRQCHIP"));
     }
     let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
-    vm.set_tss_address(arch::layout::KVM_TSS_ADDR as usize)
+    vm.set_tss_address(usize::try_from(arch::layout::KVM_TSS_ADDR).unwrap_or(usize::MAX))
         .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
     phases.create_vm_ns = lap(t);
     vm.create_irq_chip()
@@ -619,7 +619,7 @@ fn spawn_helper(
         .spawn(move || {
             let t = Instant::now();
             step()?;
-            Ok(t.elapsed().as_nanos() as u64)
+            Ok(crate::nanos(t.elapsed()))
         })
         .map_err(|source| Error::Io {
             op: format!("spawning a helper thread for {what:?}"),
@@ -752,7 +752,7 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
             .get_host_address(region.start_addr())
             .map_err(Error::MemoryRegion)?;
         let r = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
@@ -777,7 +777,7 @@ fn acpi_config(config: &VmConfig) -> arch::acpi::AcpiConfig {
             .filter_map(DiskConfig::mmio)
             .map(|(base, gsi)| arch::acpi::VirtioMmioDevice {
                 base,
-                size: devices::virtio::MMIO_REGION_SIZE as u32,
+                size: u32::try_from(devices::virtio::MMIO_REGION_SIZE).unwrap_or(u32::MAX),
                 gsi,
             })
             .collect(),

@@ -12,13 +12,13 @@ const ENABLE: u64 = bits::EN | bits::OS | bits::USR;
 fn big_policy(vendor: Vendor) -> CompiledPolicy {
     let mut p = Policy::default();
     for i in 0..250u16 {
-        p.events
-            .push(EventRule::raw(i % 200, (i / 200) as u8 * 0x11));
+        let umask = u8::from(i >= 200) * 0x11;
+        p.events.push(EventRule::raw(i % 200, umask));
     }
-    for i in 0..50u16 {
+    for i in 0..50u8 {
         p.masked.push(MaskedRule {
-            event: 0x20 + (i % 10),
-            umask_match: (i as u8) & 0xf0,
+            event: 0x20 + u16::from(i % 10),
+            umask_match: i & 0xf0,
             umask_mask: 0xf0,
             exclude: i % 3 == 0,
             vendor: None,

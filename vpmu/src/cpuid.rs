@@ -174,7 +174,10 @@ fn intel_layout(entries: &[kvm_cpuid_entry2], facts: &HostFacts) -> PmuConfig {
             let bitmap = a.ecx | ((1u32 << n) - 1);
             n = bitmap.trailing_ones();
         }
-        ((n as u8).min(intel::MAX_FIXED), ((a.edx >> 5) & 0xff) as u8)
+        (
+            u8::try_from(n).map_or(intel::MAX_FIXED, |n| n.min(intel::MAX_FIXED)),
+            ((a.edx >> 5) & 0xff) as u8,
+        )
     } else {
         (0, 0)
     };

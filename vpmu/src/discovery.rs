@@ -263,16 +263,13 @@ impl HostSource for SystemHost {
 
     #[cfg(target_arch = "x86_64")]
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
-        // `__cpuid_count` is an unsafe fn on older toolchains and safe on newer ones.
-        #[allow(unused_unsafe)]
-        // SAFETY: CPUID exists on every x86_64 CPU and has no side effects.
-        let max = unsafe { core::arch::x86_64::__cpuid_count(leaf & 0x8000_0000, 0) }.eax;
+        // `__cpuid_count` is a safe fn since Rust 1.87 (CPUID exists on every x86_64 CPU
+        // and has no side effects).
+        let max = core::arch::x86_64::__cpuid_count(leaf & 0x8000_0000, 0).eax;
         if leaf > max {
             return None;
         }
-        #[allow(unused_unsafe)]
-        // SAFETY: as above.
-        let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
+        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
         Some([r.eax, r.ebx, r.ecx, r.edx])
     }
 

@@ -158,10 +158,13 @@ mod tests {
         // FW_WRITES kept; LBR format (bits 5:0) and PEBS (bits 11:8) never offered.
         assert_eq!(
             vcpu_msrs(&intel(2, 8, Some(0x2000 | 0x3f | 0x400))),
-            vec![(0x345, 0x2000)]
+            vec![(intel::IA32_PERF_CAPABILITIES, 0x2000)]
         );
         // No PDCM: KVM accepts only 0, and 0 replaces the stuffed default.
-        assert_eq!(vcpu_msrs(&intel(2, 8, None)), vec![(0x345, 0)]);
+        assert_eq!(
+            vcpu_msrs(&intel(2, 8, None)),
+            vec![(intel::IA32_PERF_CAPABILITIES, 0)]
+        );
         assert!(vcpu_msrs(&default_emulated_layout(Vendor::Amd)).is_empty());
         assert!(vcpu_msrs(&PmuConfig::None).is_empty());
     }
@@ -169,8 +172,8 @@ mod tests {
     #[test]
     fn liveness_reads_global_ctrl_reset_value() {
         let c = LivenessCheck::for_layout(&intel(2, 8, None)).unwrap();
-        assert_eq!(c.evtsel, 0x186);
-        assert_eq!(c.global_ctrl, Some((0x38f, 0xff)));
+        assert_eq!(c.evtsel, intel::IA32_PERFEVTSEL0);
+        assert_eq!(c.global_ctrl, Some((intel::IA32_PERF_GLOBAL_CTRL, 0xff)));
         // No fixed-counter bits: kvm_pmu_refresh sets GP bits only.
         assert!(c.judge(Some(PROBE_EVTSEL), Some(0xff)).is_ok());
         assert!(c.judge(Some(PROBE_EVTSEL), Some(0x7_0000_00ff)).is_err());
@@ -193,11 +196,14 @@ mod tests {
         // mask and EventSelect[11:8] (35:32) kept.
         let v = 0x3_0063_0176 | 1 << 41 | 1 << 40 | 1 << 19 | 1 << 50;
         assert_eq!(
-            kvm_stored_selector(Vendor::Amd, 0xc001_0200, v),
+            kvm_stored_selector(Vendor::Amd, amd::PERF_CTL0_EXT, v),
             0x3_0043_0176
         );
-        assert_eq!(kvm_stored_selector(Vendor::Amd, 0xc001_0201, 7), 7);
-        assert_eq!(kvm_stored_selector(Vendor::Intel, 0x186, 1 << 32), 1 << 32);
+        assert_eq!(kvm_stored_selector(Vendor::Amd, amd::PERF_CTR0_EXT, 7), 7);
+        assert_eq!(
+            kvm_stored_selector(Vendor::Intel, intel::IA32_PERFEVTSEL0, 1 << 32),
+            1 << 32
+        );
     }
 
     #[test]
@@ -209,7 +215,7 @@ mod tests {
             width: 48,
         });
         let c = LivenessCheck::for_layout(&legacy).unwrap();
-        assert_eq!((c.evtsel, c.global_ctrl), (0xc001_0000, None));
+        assert_eq!((c.evtsel, c.global_ctrl), (amd::PERF_EVTSEL0, None));
         let v2 = PmuConfig::Amd(AmdPmu {
             core_ext: true,
             perfmon_v2: true,
@@ -219,7 +225,7 @@ mod tests {
         let c = LivenessCheck::for_layout(&v2).unwrap();
         assert_eq!(
             (c.evtsel, c.global_ctrl),
-            (0xc001_0200, Some((0xc000_0301, 0x3f)))
+            (amd::PERF_CTL0_EXT, Some((amd::GLOBAL_CTL, 0x3f)))
         );
         assert!(LivenessCheck::for_layout(&PmuConfig::None).is_none());
     }

@@ -20,6 +20,8 @@
 //!
 //! This crate must not depend on `vmm`.
 
+#![forbid(unsafe_code)]
+
 pub mod arm64;
 pub mod config;
 #[cfg(target_arch = "x86_64")]

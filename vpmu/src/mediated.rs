@@ -125,7 +125,7 @@ impl HostPerfPmu {
                 let num_fixed = match version {
                     1 => 0,
                     2..=4 => ((edx & 0x1f) as u8).max(if hypervisor { 0 } else { 3 }),
-                    _ => ecx.count_ones() as u8,
+                    _ => u8::try_from(ecx.count_ones()).expect("a u32 has at most 32 set bits"),
                 };
                 let pdcm = features[2] & crate::cpuid::PDCM_BIT != 0;
                 Some(HostPerfPmu {

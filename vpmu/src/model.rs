@@ -201,6 +201,7 @@ pub fn classify(vendor: Vendor, msr: u32) -> Option<PmuMsr> {
     }
 }
 
+#[allow(clippy::cast_possible_truncation)] // each guard bounds its index below MAX_GP or the range's size
 fn classify_intel(msr: u32) -> Option<PmuMsr> {
     use intel::*;
     let max = u32::from(MAX_GP);
@@ -227,6 +228,7 @@ fn classify_intel(msr: u32) -> Option<PmuMsr> {
     })
 }
 
+#[allow(clippy::cast_possible_truncation)] // each guard bounds its index below the range's size
 fn classify_amd(msr: u32) -> Option<PmuMsr> {
     use amd::*;
     let legacy = u32::from(LEGACY_COUNTERS);

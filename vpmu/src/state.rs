@@ -41,6 +41,7 @@ impl CounterId {
     }
 
     /// The counter named by a GLOBAL_CTRL / STATUS bit, if the bit names one.
+    #[allow(clippy::cast_possible_truncation)] // the guards bound the index below MAX_GP / MAX_FIXED
     pub fn from_global_bit(bit: u32) -> Option<CounterId> {
         match bit {
             b if b < u32::from(intel::MAX_GP) => Some(CounterId::Gp(b as u8)),
@@ -259,9 +260,10 @@ pub struct PmuState {
 }
 
 fn sign_extend_32(value: u64) -> u64 {
-    value as u32 as i32 as i64 as u64
+    (value & 0xffff_ffff) as u32 as i32 as i64 as u64
 }
 
+#[allow(clippy::cast_possible_truncation)] // 64 - leading_zeros is 0..=64
 fn width_of(mask: u64) -> u8 {
     (64 - mask.leading_zeros()) as u8
 }
@@ -521,7 +523,11 @@ impl PmuState {
         let pmi = self.pmi_enabled(id);
         let (slot, mask) = self.value_slot(id);
         let sum = u128::from(*slot) + u128::from(delta);
-        *slot = (sum as u64) & mask;
+        #[allow(clippy::cast_possible_truncation)]
+        // the low 64 bits; the mask then keeps the counter's width
+        {
+            *slot = (sum as u64) & mask;
+        }
         if sum <= u128::from(mask) {
             return None;
         }

@@ -484,7 +484,7 @@ proptest! {
         // Counter: width truncation (Intel legacy alias: sign-extended low 32 bits).
         s.write(ctr, value).unwrap();
         let expect = match cfg.vendor() {
-            Some(vpmu::Vendor::Intel) => (value as u32 as i32 as i64 as u64) & m.gp_mask,
+            Some(vpmu::Vendor::Intel) => ((value & 0xffff_ffff) as u32 as i32 as i64 as u64) & m.gp_mask,
             _ => value & m.gp_mask,
         };
         prop_assert_eq!(s.read(ctr), Ok(expect));

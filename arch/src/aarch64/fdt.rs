@@ -64,6 +64,9 @@ pub enum FdtError {
     /// The blob is larger than booting.rst allows.
     #[error("device tree of {0} bytes exceeds 2 MiB")]
     TooBig(usize),
+    /// More CPUs than a 32-bit count describes.
+    #[error("{0} CPUs do not fit the GIC redistributor layout")]
+    TooManyCpus(usize),
 }
 
 fn irq(kind: u32, n: u32, trigger: u32) -> [u32; 3] {
@@ -118,7 +121,8 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     f.property_string("method", "hvc")?;
     f.end_node(psci)?;
 
-    let ncpus = cfg.mpidrs.len() as u32;
+    let ncpus =
+        u32::try_from(cfg.mpidrs.len()).map_err(|_| FdtError::TooManyCpus(cfg.mpidrs.len()))?;
     let intc = f.begin_node(&format!("intc@{:x}", layout::GIC_DIST_BASE))?;
     f.property_string("compatible", "arm,gic-v3")?;
     f.property_null("interrupt-controller")?;
@@ -356,11 +360,11 @@ mod tests {
         assert_eq!(cells64(&uart["reg"]), [0x4000_2000, 0x1000]);
         assert_eq!(cells(&uart["interrupts"]), [0, 0, 1]);
 
-        for (i, base) in [0x4000_3000u64, 0x4000_4000].into_iter().enumerate() {
+        for (i, base) in (0u32..).zip([0x4000_3000u64, 0x4000_4000]) {
             let v = &t[&format!("/virtio_mmio@{base:x}")];
             assert_eq!(s(&v["compatible"]), "virtio,mmio");
             assert_eq!(cells64(&v["reg"]), [base, 0x1000]);
-            assert_eq!(cells(&v["interrupts"]), [0, 1 + i as u32, 1]);
+            assert_eq!(cells(&v["interrupts"]), [0, 1 + i, 1]);
         }
     }
 

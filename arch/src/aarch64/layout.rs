@@ -56,12 +56,13 @@ pub const MAX_VIRTIO: usize = 32;
 
 /// (base, SPI) of virtio-mmio device `index`; `None` past [`MAX_VIRTIO`].
 pub fn virtio_mmio(index: usize) -> Option<(u64, u32)> {
-    (index < MAX_VIRTIO).then(|| {
-        (
-            VIRTIO_MMIO_BASE + index as u64 * MMIO_LEN,
-            SERIAL_SPI + 1 + index as u32,
-        )
-    })
+    let index = u32::try_from(index)
+        .ok()
+        .filter(|&i| (i as usize) < MAX_VIRTIO)?;
+    Some((
+        VIRTIO_MMIO_BASE + u64::from(index) * MMIO_LEN,
+        SERIAL_SPI + 1 + index,
+    ))
 }
 
 /// Where the kernel Image's 2 MiB aligned base goes (the Image itself starts

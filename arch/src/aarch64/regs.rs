@@ -77,12 +77,12 @@ pub const PMCCFILTR_EL0: u64 = sys_reg(3, 3, 14, 15, 7);
 /// The cycle counter's index in PMCNTENSET and friends.
 pub const PMU_CYCLE_IDX: u32 = 31;
 
-/// PMEVCNTR<n>_EL0 (3, 3, 14, 8 + n / 8, n % 8), n <= 30.
+/// `PMEVCNTR<n>_EL0` (3, 3, 14, 8 + n / 8, n % 8), n <= 30.
 pub const fn pmevcntr(n: u64) -> u64 {
     sys_reg(3, 3, 14, 8 | ((n >> 3) & 3), n & 7)
 }
 
-/// PMEVTYPER<n>_EL0 (3, 3, 14, 12 + n / 8, n % 8), n <= 30 (arch/arm64 sysreg.h
+/// `PMEVTYPER<n>_EL0` (3, 3, 14, 12 + n / 8, n % 8), n <= 30 (arch/arm64 sysreg.h
 /// `SYS_PMEVTYPERn_EL0`).
 pub const fn pmevtyper(n: u64) -> u64 {
     sys_reg(3, 3, 14, 12 | ((n >> 3) & 3), n & 7)

@@ -27,7 +27,7 @@
 //! missing, and `native` otherwise.
 //!
 //! By concern: [`script`] writes what the guest and L1 run, [`parse`] reads their
-//! consoles, [`run`] spawns and times the VMs (native) or the nested rig, [`report`] turns
+//! consoles, [`run`](mod@run) spawns and times the VMs (native) or the nested rig, [`report`] turns
 //! result lines into statistics and `linux.json`; `linux.md` is rendered by
 //! [`crate::markdown::render_linux`], beside the freestanding report.
 
@@ -272,6 +272,7 @@ impl LinuxSettings {
         // Per mode: a boot (TCG: ~5-10 s), then each run: perf start-up (TCG: a few s)
         // plus the workload, slowed by what is measured; generous on purpose.
         let per_mode = 60.0 + (reps as f64) * (activities.len() as f64) * (15.0 + 6.0 * seconds);
+        #[allow(clippy::cast_possible_truncation)] // seconds, a float estimate: saturating is fine
         let timeout_s = a
             .linux_timeout
             .unwrap_or((120.0 + per_mode * modes.len() as f64) as u64);

@@ -19,7 +19,7 @@ pub struct LinuxReport {
     pub schema_version: u32,
     /// `native` or `nested-tcg`.
     pub environment: Environment,
-    /// `native KVM` or [`TCG_LABEL`].
+    /// `native KVM` or [`TCG_LABEL`](super::TCG_LABEL).
     pub environment_label: String,
     /// False for `nested-tcg`: never compare these figures with native ones.
     pub comparable_with_native: bool,

@@ -44,7 +44,9 @@ pub const SECTOR_SIZE: u64 = 512;
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Size of the request header (type, reserved, sector).
-const HEADER_LEN: u64 = 16;
+const HEADER_LEN: u64 = HEADER.len() as u64;
+/// An empty request header.
+const HEADER: [u8; 16] = [0; 16];
 /// Bounce-buffer size for moving data between guest memory and the file.
 const CHUNK: usize = 64 << 10;
 /// Length of the configuration space we expose (`struct virtio_blk_config` up to
@@ -164,10 +166,10 @@ impl Segments {
             let (from, to) = (start.max(s), end.min(e));
             let mut at = from;
             while at < to {
-                let n = (to - at).min(CHUNK as u64);
+                let n = usize::try_from(to - at).map_or(CHUNK, |r| r.min(CHUNK));
                 let a = addr.0.checked_add(at - s).ok_or(())?;
-                f(GuestAddress(a), n as usize)?;
-                at += n;
+                f(GuestAddress(a), n)?;
+                at += n as u64;
             }
         }
         Ok(())
@@ -327,7 +329,7 @@ impl Block {
         pos: u64,
         dir: Dir,
     ) -> (u64, Result<(), ()>) {
-        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        let mut buf = vec![0u8; usize::try_from(len).map_or(CHUNK, |l| l.min(CHUNK))];
         let mut off = pos;
         let mut moved = 0u64;
         let done = segs.for_each(start, start + len, |a, n| {
@@ -381,7 +383,8 @@ impl Block {
         }
         let data_in_len = writable.len - 1;
         let (status, used) = self.request(mem, &readable, &writable, data_in_len);
-        writable.write(mem, data_in_len, &[status as u8]).ok()?;
+        let status_byte = u8::try_from(status).expect("VIRTIO_BLK_S_* are 0..=2");
+        writable.write(mem, data_in_len, &[status_byte]).ok()?;
         if status != VIRTIO_BLK_S_OK {
             self.stats.errors += 1;
         }
@@ -397,7 +400,7 @@ impl Block {
         writable: &Segments,
         data_in_len: u64,
     ) -> (u32, u64) {
-        let mut hdr = [0u8; HEADER_LEN as usize];
+        let mut hdr = HEADER;
         if readable.len < HEADER_LEN || readable.read(mem, 0, &mut hdr).is_err() {
             return (VIRTIO_BLK_S_IOERR, 0);
         }
@@ -455,13 +458,16 @@ impl Block {
                 }
             }
             VIRTIO_BLK_T_GET_ID => {
-                let n = (self.id.len() as u64).min(data_in_len);
+                let n = self
+                    .id
+                    .len()
+                    .min(usize::try_from(data_in_len).unwrap_or(usize::MAX));
                 if n == 0 {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 let id = self.id;
-                match writable.write(mem, 0, &id[..n as usize]) {
-                    Ok(()) => (VIRTIO_BLK_S_OK, n),
+                match writable.write(mem, 0, &id[..n]) {
+                    Ok(()) => (VIRTIO_BLK_S_OK, n as u64),
                     Err(()) => (VIRTIO_BLK_S_IOERR, 0),
                 }
             }
@@ -550,6 +556,7 @@ impl VirtioDevice for Block {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // fixtures build bytes and small values by truncation
 mod tests {
     use super::*;
     use crate::mmio::MmioDevice;

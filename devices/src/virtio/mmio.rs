@@ -310,7 +310,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device_features() as u32,
+                0 => (self.device_features() & 0xffff_ffff) as u32,
                 1 => (self.device_features() >> 32) as u32,
                 _ => 0,
             },
@@ -392,8 +392,9 @@ impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
                 .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
-        match (<&mut [u8; 4]>::try_from(&mut *data), offset % 4) {
-            (Ok(bytes), 0) => *bytes = self.read_reg(offset as u32).to_le_bytes(),
+        // offset < VIRTIO_MMIO_CONFIG here: it fits a u32.
+        match (<&mut [u8; 4]>::try_from(&mut *data), u32::try_from(offset)) {
+            (Ok(bytes), Ok(off)) if off % 4 == 0 => *bytes = self.read_reg(off).to_le_bytes(),
             _ => {
                 self.stats.bad_accesses.fetch_add(1, Ordering::Relaxed);
                 data.fill(0);
@@ -407,8 +408,9 @@ impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
                 .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
-        match (<[u8; 4]>::try_from(data), offset % 4) {
-            (Ok(bytes), 0) => self.write_reg(offset as u32, u32::from_le_bytes(bytes)),
+        // offset < VIRTIO_MMIO_CONFIG here: it fits a u32.
+        match (<[u8; 4]>::try_from(data), u32::try_from(offset)) {
+            (Ok(bytes), Ok(off)) if off % 4 == 0 => self.write_reg(off, u32::from_le_bytes(bytes)),
             _ => {
                 self.stats.bad_accesses.fetch_add(1, Ordering::Relaxed);
             }
@@ -417,6 +419,7 @@ impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // fixtures build bytes and small values by truncation
 mod tests {
     use super::*;
     use crate::virtio::testutil::*;

@@ -62,6 +62,7 @@ pub struct Processed {
 }
 
 /// `VIRTQ_DESC_F_INDIRECT`.
+#[allow(clippy::cast_possible_truncation)] // the flag is 4
 const DESC_F_INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
 
 /// Why a descriptor chain was not walked to its end.

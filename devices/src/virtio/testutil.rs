@@ -2,6 +2,8 @@
 //! it, helpers to build descriptor chains, and the register-level initialisation sequence
 //! a Linux driver performs on a virtio-mmio device.
 
+#![allow(clippy::cast_possible_truncation)] // fixtures: queue indices and addresses of a small test memory
+
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{MmioTransport, VirtioDevice};

@@ -87,6 +87,12 @@ static mut ST: St = St {
 };
 
 fn st() -> &'static mut St {
+    // SAFETY: only vCPU 0 runs the bench (the others halt in guest_main), so ST
+    // is used by its main flow and by its PMI (NMI) hook, never concurrently by
+    // two CPUs. The main flow takes short borrows, and with the counters
+    // disarmed, except for the two stores to `due`/`slot_since` just before the
+    // workload, which come at least `period` (>= 1000) TSC ticks before the
+    // first PMI can; so a hook's borrow does not overlap a live main-flow one.
     unsafe { &mut *(&raw mut ST) }
 }
 
@@ -190,6 +196,12 @@ static mut CHASE_BASE: u64 = 0;
 static mut CHASE_LEN: u64 = 0;
 
 fn chase_buf() -> &'static mut [u32] {
+    // SAFETY: CHASE_BASE/CHASE_LEN are set once, before the chase workload
+    // runs, to `__image_end` (2 MiB aligned by link.ld) and `buf` KiB / 4
+    // u32s: RAM past the image that no Rust object, stack or static uses
+    // (all of those are inside the image), identity-mapped and user-accessible
+    // like all of the first 4 GiB; the bench harness sizes the VM's memory to
+    // hold it. Only the workload on vCPU 0 uses the slice, one borrow at a time.
     unsafe { core::slice::from_raw_parts_mut(CHASE_BASE as *mut u32, CHASE_LEN as usize) }
 }
 
@@ -237,6 +249,7 @@ fn time_rdmsr(msr: Option<u32>, n: u64) -> u64 {
             None => {
                 // Register-only stand-in for the RDMSR (a stack access would
                 // cost far more than the loop itself at emulated CPL0).
+                // SAFETY: NOP has no effects at all.
                 unsafe { core::arch::asm!("nop", options(nomem, nostack, preserves_flags)) };
                 i
             }
@@ -409,6 +422,9 @@ pub fn guest_main(cpu: u32, cmd: &'static str, _ncpus: u32) -> ! {
 
     if wname == "chase" {
         let kib = cmd.u64_or("buf", 8192).max(4);
+        // SAFETY: plain stores to two statics, on vCPU 0 only, before the only
+        // code that reads them (chase_buf, in the chase workload) runs; taking
+        // the address of the linker symbol `__image_end` reads nothing.
         unsafe {
             CHASE_BASE = &raw const __image_end as u64;
             CHASE_LEN = kib * 1024 / 4;

@@ -35,6 +35,11 @@ const DEFAULT_PERIOD: u64 = 2_000_000;
 
 fn pmi(f: &mut rt::Frame) {
     let n = NSAMPLES.load(Ordering::Relaxed);
+    // SAFETY: this NMI hook runs on vCPU 0 only (the others never arm a
+    // counter), and the main flow touches SAMPLES only after stopping the
+    // sampler (print_profile), so this is the only access to SAMPLES while it
+    // runs; SAMPLER was stored before the hook was installed and is only read
+    // (copied) here.
     unsafe {
         if let Some(slot) = (*(&raw mut SAMPLES)).get_mut(n as usize) {
             *slot = f.rip;
@@ -79,6 +84,8 @@ pub fn guest_main(cpu: u32, cmd: &'static str, ncpus: u32) -> ! {
     let profile = lay.kind != Kind::None && cmd.get("profile") != Some("off");
     if profile {
         let s = pmu::Sampler::new(lay, period, lay.cycles_event(), pmu::EVTSEL_USR);
+        // SAFETY: a store on vCPU 0 before `set_nmi_hook` installs the only
+        // other user (the PMI hook): nothing reads SAMPLER concurrently.
         unsafe { SAMPLER = Some(s) };
         rt::set_nmi_hook(pmi);
         s.start(0);
@@ -91,6 +98,7 @@ pub fn guest_main(cpu: u32, cmd: &'static str, ncpus: u32) -> ! {
     let t1 = rt::rdtsc();
 
     if profile {
+        // SAFETY: a read (copy) on vCPU 0; the PMI hook only reads SAMPLER too.
         if let Some(s) = unsafe { SAMPLER } {
             s.stop(0);
         }
@@ -148,6 +156,8 @@ extern "C" {
 fn print_profile(period: u64) {
     let total = NSAMPLES.load(Ordering::SeqCst);
     let kept = (total as usize).min(MAX_SAMPLES);
+    // SAFETY: only the addresses of the linker-defined symbols are taken; the
+    // bytes at them are never read.
     let ranges = unsafe {
         [
             hist::Range {
@@ -168,6 +178,8 @@ fn print_profile(period: u64) {
         ]
     };
     let mut counts = [0u64; 3];
+    // SAFETY: called after the sampler is stopped, so the PMI hook (the only
+    // writer) no longer runs; vCPU 0 is the only reader.
     let samples = unsafe { (*(&raw const SAMPLES)).get(..kept).unwrap_or(&[]) };
     let other = hist::tally(samples, &ranges, &mut counts);
     let mut l = Line::new();
@@ -208,6 +220,8 @@ static mut SIEVE: [u8; SIEVE_N] = [0; SIEVE_N];
 #[link_section = ".text.wl_sieve"]
 #[inline(never)]
 extern "C" fn wl_sieve(scale: u64) -> u64 {
+    // SAFETY: the workloads run one after another on vCPU 0 (run_user returns
+    // before the next starts), so this is the only live reference to SIEVE.
     let s = unsafe { &mut *(&raw mut SIEVE) };
     let mut count = 0;
     for _ in 0..scale * 4 {
@@ -266,6 +280,7 @@ extern "C" fn wl_lfsr(scale: u64) -> u64 {
 #[link_section = ".text.wl_checksum"]
 #[inline(never)]
 extern "C" fn wl_checksum(scale: u64) -> u64 {
+    // SAFETY: as in wl_sieve: no other reference to SIEVE is live meanwhile.
     let s = unsafe { &*(&raw const SIEVE) };
     let (mut a, mut b) = (1u64, 0u64);
     for r in 0..scale * 6 {

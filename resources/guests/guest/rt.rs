@@ -257,6 +257,18 @@ extern "C" {
 /// Number of vCPUs (RDX at entry).
 pub static NCPUS: AtomicU64 = AtomicU64::new(1);
 
+/// Sets up this vCPU (GDT, TSS, IDT, GS base) and enters `guest_main`.
+///
+/// # Safety
+///
+/// Called once per vCPU, only by `_start`, at CPL0 on the vCPU's own kernel
+/// stack, with `cpu` the vCPU index (distinct per vCPU) and `cmdline` 0 or the
+/// guest-physical (identity-mapped) address the VMM put the command line at.
+// The body's unsafe operations: the raw `PERCPU[c]` writes touch only this
+// vCPU's slot (`c` is unique per vCPU and checked < MAX_CPUS), before anything
+// else can reach it (GS base is set last); the stack statics are only used for
+// their addresses; the asm loads descriptor tables that were just filled in and
+// stay alive (`PERCPU` is static) with selectors that match them.
 unsafe extern "C" fn rt_entry(cpu: u64, cmdline: u64, ncpus: u64) -> ! {
     let c = cpu as usize;
     if c >= MAX_CPUS {
@@ -337,6 +349,14 @@ unsafe extern "C" fn rt_entry(cpu: u64, cmdline: u64, ncpus: u64) -> ! {
     crate::guest_main(cpu as u32, cmd, ncpus.max(1) as u32)
 }
 
+/// The printable-ASCII prefix (at most 4096 bytes) of the string at `addr`.
+///
+/// # Safety
+///
+/// `addr` is 0 or the address of at least as many readable bytes as the
+/// prefix plus its terminator, which stay unchanged for the rest of the run:
+/// the VMM writes the command line into guest RAM (identity-mapped) before
+/// entry and nothing writes it afterwards.
 unsafe fn cmdline_str(addr: u64) -> &'static str {
     if addr == 0 {
         return "";
@@ -363,6 +383,15 @@ pub fn set_nmi_hook(f: fn(&mut Frame)) {
 }
 
 /// Returns 1 to resume the kernel context saved by `run_user`.
+///
+/// # Safety
+///
+/// Called only by the trap stubs, with interrupts off, on the stack the CPU
+/// switched to, with `f` the frame they pushed.
+// The body's unsafe operations: GS base is 0 (-> CPU 0's slot) or this vCPU's
+// own `PerCpu` (rt_entry set it), which only this vCPU writes; a non-zero
+// NMI_HOOK was stored by `set_nmi_hook` from a `fn(&mut Frame)`, so the
+// transmute gives that function back.
 unsafe extern "C" fn rt_trap(f: &mut Frame) -> u64 {
     let pc = &raw mut PERCPU[0];
     let pc: *mut PerCpu = {
@@ -413,18 +442,27 @@ unsafe extern "C" fn rt_trap(f: &mut Frame) -> u64 {
 /// its result. Must be called at CPL0.
 pub fn run_user(f: extern "C" fn(u64) -> u64, arg: u64) -> u64 {
     let cpu = this_cpu() as usize;
+    // SAFETY: only the address of the static is taken (no reference is made).
     let top = unsafe { (&raw const USER_STACKS) as u64 + ((cpu + 1) * USTACK) as u64 };
+    // SAFETY: we are at CPL0 (documented precondition), so rt_run_user can save
+    // the kernel RSP in this vCPU's PerCpu and return through rt_trap; `top` is
+    // the end of this vCPU's own USTACK-sized slice of USER_STACKS (cpu <
+    // MAX_CPUS, set by rt_entry), used by no one else.
     unsafe { rt_run_user(f, arg, top) }
 }
 
 pub fn this_cpu() -> u64 {
     let c: u64;
+    // SAFETY: reads PerCpu::cpu (offset 32) of this vCPU's PerCpu, which GS
+    // base points at since rt_entry; a plain load with no other effects.
     unsafe { asm!("mov {}, gs:[32]", out(reg) c) };
     c
 }
 
 pub fn nmi_count() -> u64 {
     let c: u64;
+    // SAFETY: reads PerCpu::nmis (offset 40) of this vCPU's PerCpu through GS
+    // base, as in `this_cpu`; a plain load with no other effects.
     unsafe { asm!("mov {}, gs:[40]", out(reg) c) };
     c
 }
@@ -433,11 +471,18 @@ pub fn nmi_count() -> u64 {
 
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
+    // SAFETY: RDMSR only writes EDX:EAX; it touches no memory. Callers use it at
+    // CPL0 on MSRs that exist (a #GP here is a fatal guest error, reported by
+    // rt_trap; `rdmsr_safe` is the probing variant).
     unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
     (hi as u64) << 32 | lo as u64
 }
 
 pub fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: the MSRs this runtime and the guests write (GS base, PMU
+    // controls and counters) change no memory the compiler knows of: GS base
+    // is only used through explicit gs: operands, and PMU MSRs only count and
+    // raise NMIs, which rt_trap handles. A #GP is a fatal guest error.
     unsafe {
         asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack))
     };
@@ -448,6 +493,10 @@ pub fn wrmsr(msr: u32, v: u64) {
 pub fn rdmsr_safe(msr: u32) -> Result<u64, u64> {
     let (lo, hi): (u32, u32);
     let fault: u64;
+    // SAFETY: as `rdmsr`; in addition the asm arms this vCPU's fault recovery
+    // (PerCpu::recover_rip / faulted through GS base, set up by rt_entry), so a
+    // #GP resumes at label 2 with `faulted` set instead of ending the guest;
+    // recovery is disarmed again before the asm ends.
     unsafe {
         asm!(
             "lea rax, [rip + 2f]",
@@ -479,6 +528,8 @@ pub fn rdmsr_safe(msr: u32) -> Result<u64, u64> {
 #[inline(never)]
 pub fn wrmsr_safe(msr: u32, v: u64) -> Result<(), u64> {
     let fault: u64;
+    // SAFETY: as `wrmsr`, with this vCPU's fault recovery armed around the
+    // instruction as in `rdmsr_safe`: a #GP resumes at label 2.
     unsafe {
         asm!(
             "lea {f}, [rip + 2f]",
@@ -505,27 +556,36 @@ pub fn wrmsr_safe(msr: u32, v: u64) -> Result<(), u64> {
 }
 
 pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
-    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, sub) };
+    // A safe fn since Rust 1.87 (the workspace's rust-version).
+    let r = core::arch::x86_64::__cpuid_count(leaf, sub);
     [r.eax, r.ebx, r.ecx, r.edx]
 }
 
 pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter into registers; it is
+    // allowed at CPL3 too (the runtime never sets CR4.TSD).
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 // ------------------------------------------------------------------ I/O
 
 pub fn outb(port: u16, v: u8) {
+    // SAFETY: port output touches no guest memory (nomem); the ports used are
+    // the VMM's emulated devices (COM1, debug-exit, i8042). Runs at CPL0 or at
+    // CPL3 with IOPL=3 (`run_user`), so it does not fault.
     unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) };
 }
 
 pub fn inb(port: u16) -> u8 {
     let v: u8;
+    // SAFETY: as `outb`: a port read with no memory effects, allowed at CPL0
+    // and at CPL3 with IOPL=3.
     unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) };
     v
 }
 
 pub fn outl(port: u16, v: u32) {
+    // SAFETY: as `outb`, 32 bits wide.
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack)) };
 }
 
@@ -580,6 +640,8 @@ pub fn exit(v: u32) -> ! {
 
 pub fn halt_forever() -> ! {
     loop {
+        // SAFETY: HLT waits for an interrupt and changes nothing else (a vCPU
+        // halted with IF=0 just stays here, which is the point).
         unsafe { asm!("hlt", options(nomem, nostack)) };
     }
 }
@@ -587,10 +649,14 @@ pub fn halt_forever() -> ! {
 // ----------------------------------------------------------------- LAPIC
 
 pub fn lapic_write(off: usize, v: u32) {
+    // SAFETY: LAPIC_BASE (0xfee00000) is the local APIC's MMIO page, identity-
+    // mapped and not RAM, so no Rust object lives there; callers pass register
+    // offsets within the page, 16-byte aligned as the APIC requires.
     unsafe { core::ptr::write_volatile((LAPIC_BASE + off) as *mut u32, v) };
 }
 
 pub fn lapic_read(off: usize) -> u32 {
+    // SAFETY: as `lapic_write`: an aligned volatile read of an APIC register.
     unsafe { core::ptr::read_volatile((LAPIC_BASE + off) as *const u32) }
 }
 
@@ -603,6 +669,16 @@ pub fn lapic_pmi_nmi() {
 
 // ------------------------------------------------- compiler-required symbols
 
+// The four C memory functions the compiler may emit calls to. Their contract
+// (the C standard's) is the safety requirement: `n` bytes readable at the
+// source(s) and writable at `dst`, and for memcpy no overlap.
+
+/// # Safety
+///
+/// C's `memcpy`: `src` readable and `dst` writable for `n` bytes, not
+/// overlapping. REP MOVSB copies exactly those bytes forward (DF is clear, as
+/// the ABI requires: `_start` and the trap stubs run CLD, and memmove clears
+/// DF again right after its backward copy).
 #[no_mangle]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _,
@@ -610,6 +686,11 @@ pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut 
     dst
 }
 
+/// # Safety
+///
+/// C's `memmove`: `src` readable and `dst` writable for `n` bytes; they may
+/// overlap. A forward copy is used when it cannot overwrite unread source
+/// bytes, else a backward REP MOVSB from the last byte (DF set, then cleared).
 #[no_mangle]
 pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize) + n {
@@ -622,6 +703,9 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
     dst
 }
 
+/// # Safety
+///
+/// C's `memset`: `dst` writable for `n` bytes; REP STOSB writes exactly those.
 #[no_mangle]
 pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") c as u8,
@@ -629,6 +713,9 @@ pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     dst
 }
 
+/// # Safety
+///
+/// C's `memcmp`: `a` and `b` readable for `n` bytes; only those are read.
 #[no_mangle]
 pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
@@ -645,6 +732,9 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     0
 }
 
+/// # Safety
+///
+/// As `memcmp`, whose result it returns.
 #[no_mangle]
 pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     memcmp(a, b, n)

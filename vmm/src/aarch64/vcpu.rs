@@ -174,7 +174,7 @@ pub fn run(index: u8, mut fd: VcpuFd, shared: Arc<Shared>) -> (VcpuStats, VcpuFd
         slot.store(kick::current_tid(), Ordering::SeqCst);
     }
     if index == 0 {
-        let ns = shared.started.elapsed().as_nanos() as u64;
+        let ns = crate::nanos(shared.started.elapsed());
         shared.first_entry_ns.store(ns.max(1), Ordering::SeqCst);
     }
     while !shared.stopping.load(Ordering::Relaxed) {

@@ -303,7 +303,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
             pmu::Plan::describe,
         ),
         start_to_first_entry_ns: shared.first_entry_ns.load(Ordering::SeqCst),
-        wall_ns: started.elapsed().as_nanos() as u64,
+        wall_ns: crate::nanos(started.elapsed()),
         unhandled_mmio: {
             let st = shared.mmio.stats();
             st.unknown_reads + st.unknown_writes

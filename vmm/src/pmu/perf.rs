@@ -66,7 +66,8 @@ pub fn fixed_attr(p: &vpmu::guest::Programming) -> Option<perf_event_attr> {
 fn base_attr(type_: u32, config: u64) -> perf_event_attr {
     let mut a = perf_event_attr {
         type_,
-        size: std::mem::size_of::<perf_event_attr>() as u32,
+        // The struct is a few hundred bytes.
+        size: u32::try_from(std::mem::size_of::<perf_event_attr>()).unwrap_or(0),
         config,
         ..Default::default()
     };
@@ -136,8 +137,8 @@ impl PerfCounter {
 
     /// Sets the overflow period (PERF_EVENT_IOC_PERIOD).
     pub fn set_period(&self, period: u64) -> io::Result<()> {
-        // SAFETY: valid perf fd; PERIOD takes the new period by pointer (u64).
         let mut p = period.max(1);
+        // SAFETY: valid perf fd; PERIOD takes the new period by pointer (u64).
         let r = unsafe {
             libc::ioctl(
                 self.file.as_raw_fd(),
@@ -251,7 +252,8 @@ mod tests {
     fn overflow_signal_reaches_the_thread() {
         let mut a = perf_event_attr {
             type_: sys::bindings::PERF_TYPE_SOFTWARE,
-            size: std::mem::size_of::<perf_event_attr>() as u32,
+            // The struct is a few hundred bytes.
+            size: u32::try_from(std::mem::size_of::<perf_event_attr>()).unwrap_or(0),
             config: u64::from(sys::bindings::PERF_COUNT_SW_TASK_CLOCK),
             ..Default::default()
         };

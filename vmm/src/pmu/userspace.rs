@@ -109,6 +109,7 @@ impl Timer {
     }
 
     fn disarm(&self) {
+        // SAFETY: itimerspec is plain old data; all-zero is a valid (disarming) value.
         let spec: libc::itimerspec = unsafe { std::mem::zeroed() };
         // SAFETY: valid timer id; a zero it_value disarms.
         unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) };
@@ -408,8 +409,8 @@ impl UserspacePmu {
         }
         match nearest {
             Some(ticks) => {
-                let ns = (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz))
-                    .min(u128::from(u64::MAX)) as u64;
+                let ns = u64::try_from(u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz))
+                    .unwrap_or(u64::MAX);
                 timer.arm_ns(ns);
                 self.armed_deadline_tsc = Some(rdtsc().saturating_add(ticks));
                 self.stats.timer_arms += 1;

@@ -167,9 +167,13 @@ impl EventSet {
             let mut s = s;
             while s < e {
                 let n = (e - s).min(u32::from(u16::MAX));
+                // Event numbers are 16-bit (runs end at most at 0x10000): both fit.
+                let (Ok(base_event), Ok(nevents)) = (u16::try_from(s), u16::try_from(n)) else {
+                    break;
+                };
                 v.push(FilterRange {
-                    base_event: s as u16,
-                    nevents: n as u16,
+                    base_event,
+                    nevents,
                     action,
                 });
                 s += n;

@@ -319,7 +319,7 @@ impl Policy {
                     count: entries.len() + 1,
                 });
             }
-            let id = rules.len() as u16; // < 300
+            let id = u16::try_from(rules.len()).unwrap_or(u16::MAX); // < 300
             rules.push(RuleInfo { line: at.0, text });
             entries.push(Entry { rule: id, ..entry });
             kvm_events.push(if masked_mode {
@@ -380,7 +380,7 @@ impl Policy {
         let mut slot_of = vec![0u16; table_len].into_boxed_slice();
         let mut slots: Vec<Slot> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            let i = i as u16; // < 300
+            let i = u16::try_from(i).unwrap_or(u16::MAX); // < 300
             let idx = usize::from(e.event);
             let cur = slot_of.get(idx).copied().unwrap_or(0);
             let slot_idx = if cur == 0 {
@@ -390,7 +390,7 @@ impl Policy {
                     start: i,
                     end: i,
                 });
-                let n = slots.len() as u16; // <= 300
+                let n = u16::try_from(slots.len()).unwrap_or(u16::MAX); // <= 300
                 if let Some(s) = slot_of.get_mut(idx) {
                     *s = n;
                 }

@@ -90,7 +90,7 @@ impl KvmFilter {
         // n <= 300, so it fits in u32.
         let header: [u32; 8] = [
             self.action,
-            n as u32,
+            u32::try_from(n).unwrap_or(u32::MAX),
             self.fixed_counter_bitmap,
             self.flags,
             0,

@@ -141,7 +141,7 @@ impl Policy {
                                     max: MAX_FIXED_COUNTER.into(),
                                 });
                             }
-                            let idx = idx as u8; // 0..=31 checked above
+                            let idx = u8::try_from(idx).unwrap_or(u8::MAX); // 0..=31 checked above
                             if seen & (1 << idx) != 0 {
                                 return Err(PolicyError::DuplicateFixedCounter { at, index: idx });
                             }

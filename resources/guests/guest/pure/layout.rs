@@ -220,7 +220,12 @@ pub fn parse_expect(s: &str) -> Option<Expect> {
         _ => return None,
     }
     for item in rest.split(',').filter(|i| !i.is_empty()) {
-        let num = |p: &str| item.strip_prefix(p).and_then(crate::cmdline::parse_u64);
+        // A number that does not fit a u32 makes the item invalid.
+        let num = |p: &str| {
+            item.strip_prefix(p)
+                .and_then(crate::cmdline::parse_u64)
+                .and_then(|v| u32::try_from(v).ok())
+        };
         if e.any_amd && item == "legacy" {
             e.kind = Some(Kind::AmdLegacy);
             e.version = Some(0);
@@ -231,15 +236,15 @@ pub fn parse_expect(s: &str) -> Option<Expect> {
             e.kind = Some(Kind::AmdV2);
             e.version = Some(2);
         } else if let Some(v) = num("gp") {
-            e.gp = Some(v as u32);
+            e.gp = Some(v);
         } else if let Some(v) = num("fixed") {
-            e.fixed = Some(v as u32);
+            e.fixed = Some(v);
         } else if let Some(v) = num("fw") {
-            e.fixed_width = Some(v as u32);
+            e.fixed_width = Some(v);
         } else if let Some(v) = num("w") {
-            e.gp_width = Some(v as u32);
+            e.gp_width = Some(v);
         } else if let Some(v) = num("v") {
-            e.version = Some(v as u32);
+            e.version = Some(v);
         } else {
             return None;
         }

@@ -47,6 +47,7 @@ impl Rng {
 /// Fills `next` with a single random cycle through all indices (Sattolo's
 /// algorithm): following `i = next[i]` from any start visits every slot once
 /// before returning.
+#[allow(clippy::cast_possible_truncation)] // next.len() < 2^32 (a buffer in guest RAM); j < i
 pub fn build_cycle(next: &mut [u32], seed: u64) {
     let n = next.len();
     for (i, slot) in next.iter_mut().enumerate() {
