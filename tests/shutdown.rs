@@ -120,6 +120,12 @@ fn sigint_ends_the_run_cleanly_with_every_output() {
     interrupted_run(libc::SIGINT, "int");
 }
 
+#[test]
+fn sighup_ends_the_run_cleanly_with_every_output() {
+    need_kvm!("sighup_ends_the_run_cleanly_with_every_output");
+    interrupted_run(libc::SIGHUP, "hup");
+}
+
 /// Writes 128 KiB of 'x' to COM1 (twice the default pipe buffer), one OUT each, then
 /// V=0 to the debug-exit port (status 1).
 const SPAM: &str = "b90000020066baf803b078eeffc975fb66baf40031c0eff4ebfd";

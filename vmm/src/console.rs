@@ -182,6 +182,13 @@ impl ConsoleOut {
         Ok(out)
     }
 
+    /// Stops taking output; the writer thread ends once it wrote what is buffered.
+    pub fn close(&self) {
+        let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.closed = true;
+        self.inner.cv.notify_all();
+    }
+
     /// Stops taking output and waits up to `timeout` for the writer thread to write what
     /// is buffered; returns the bytes lost (dropped while full or on a stdout error, plus
     /// what was still unwritten at the deadline). The writer thread is left behind if

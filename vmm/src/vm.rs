@@ -434,6 +434,16 @@ impl Vm {
     }
 }
 
+impl Drop for Vm {
+    /// A VM dropped without [`RunningVm::wait`] (a failed build or start) lets its console
+    /// writer thread end instead of waiting for output forever.
+    fn drop(&mut self) {
+        if let Some(c) = &self.console_out {
+            c.close();
+        }
+    }
+}
+
 /// A VM whose vCPU threads run.
 pub struct RunningVm {
     vm: Vm,
