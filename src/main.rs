@@ -43,7 +43,10 @@ enum Cmd {
     /// Exit status: 0 when the guest resets or powers off; (V << 1) | 1 when it writes V to
     /// the debug-exit port 0xf4 (QEMU isa-debug-exit semantics, always odd); even statuses
     /// for VMM-side endings: 2 VMM/config error, 4 triple fault, 6 KVM internal error,
-    /// 8 guest crash, 10 run-loop error.
+    /// 8 guest crash, 10 run-loop error, 12 interrupted (SIGINT, SIGTERM or SIGHUP: the
+    /// VMM stops the guest and still writes the audit log, --report and --stats; a second
+    /// signal ends it at once). An output that cannot be written at the end (--report,
+    /// --pmu-audit) gets one line on stderr and leaves the status as it is.
     Run(RunArgs),
     /// Run the built-in demo guest: a CPL3 workload profiled by its own tiny `perf record`
     /// through the vPMU. Exits with the guest's own code (0 = success).
@@ -322,8 +325,35 @@ fn write_report(report: &RunReport, path: Option<&std::path::Path>) -> Result<()
     })
 }
 
+/// The report and the lines about lost outputs. A lost output (the report, the audit
+/// log, a disk's fdatasync, console bytes) gets one line on stderr and does not change
+/// the exit status: it stays the run's (README, "Exit status").
+fn end_of_run_outputs(report: &RunReport, path: Option<&std::path::Path>) {
+    if let Err(e) = write_report(report, path) {
+        eprintln!("vpmu-vmm: {e}: the run report is lost (the exit status is still the run's)");
+    }
+    for e in &report.output_errors {
+        eprintln!("vpmu-vmm: {e}: that output is lost (the exit status is still the run's)");
+    }
+    if report.console_lost_bytes > 0 {
+        eprintln!(
+            "vpmu-vmm: console: {} bytes of guest output were dropped (stdout was not drained)",
+            report.console_lost_bytes
+        );
+    }
+}
+
+/// SIGINT/SIGTERM/SIGHUP end the run cleanly from here on (`vmm::signals`); before any
+/// thread is spawned.
+fn handle_stop_signals() {
+    if let Err(e) = vmm::signals::block_stop_signals() {
+        eprintln!("vpmu-vmm: warning: stop signals will end the VMM at once: {e}");
+    }
+}
+
 /// `vpmu-vmm run`.
 fn run_cmd(a: RunArgs) -> Result<ExitCode, CliError> {
+    handle_stop_signals();
     // Checked in this order: kernel, memory, --pmu (which may probe), cpus, disks.
     let kernel = kernel_image(&a.kernel)?;
     let memory = vmm::config::parse_size(&a.memory)?;
@@ -346,13 +376,14 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, CliError> {
         seccomp: !a.no_seccomp,
     };
     let report = vmm::run(config)?;
-    write_report(&report, a.report.as_deref())?;
+    end_of_run_outputs(&report, a.report.as_deref());
     let status = report.outcome.exit_status();
     Ok(finish(report, a.stats, status))
 }
 
 /// `vpmu-vmm demo`.
 fn demo_cmd(a: DemoArgs) -> Result<ExitCode, CliError> {
+    handle_stop_signals();
     let pmu = a.pmu.settings("auto")?;
     let cpus = cpu_count(a.cpus)?;
     let mut config = VmConfig::new(KernelImage::Builtin {
@@ -364,7 +395,7 @@ fn demo_cmd(a: DemoArgs) -> Result<ExitCode, CliError> {
     config.pmu = pmu;
     config.seccomp = !a.no_seccomp;
     let report = vmm::run(config)?;
-    write_report(&report, a.report.as_deref())?;
+    end_of_run_outputs(&report, a.report.as_deref());
     // The demo reports its own code V through 0xf4; give V back as-is.
     let status = match report.outcome {
         vmm::Outcome::DebugExit { value } => (value & 0xff) as i32,

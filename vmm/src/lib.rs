@@ -25,6 +25,7 @@ pub mod outcome;
 pub mod pmu;
 #[cfg(target_arch = "x86_64")]
 pub mod seccomp;
+pub mod signals;
 #[cfg(target_arch = "x86_64")]
 pub mod vcpu;
 #[cfg(target_arch = "x86_64")]

@@ -12,6 +12,9 @@ pub const STATUS_KVM_ERROR: i32 = 6;
 pub const STATUS_CRASH: i32 = 8;
 /// Status for a failing vCPU run loop (unhandled exit, KVM_RUN error).
 pub const STATUS_RUN_ERROR: i32 = 10;
+/// Status for a run ended by SIGINT, SIGTERM or SIGHUP (the VMM stopped the guest, then
+/// wrote its outputs).
+pub const STATUS_INTERRUPTED: i32 = 12;
 
 /// The reason a VM stopped. The first vCPU to end the VM decides it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -63,6 +66,21 @@ pub enum Outcome {
         /// What happened.
         detail: String,
     },
+    /// The VMM received SIGINT, SIGTERM or SIGHUP and stopped the guest.
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
+}
+
+/// The name of a stop signal.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
 }
 
 /// Decodes KVM_INTERNAL_ERROR_* suberrors.
@@ -87,7 +105,7 @@ impl Outcome {
     /// always odd; VMM-side endings use even statuses that can never collide with it:
     /// [`STATUS_VMM_ERROR`] (2, also setup and usage errors), [`STATUS_TRIPLE_FAULT`] (4),
     /// [`STATUS_KVM_ERROR`] (6, internal error or entry failure), [`STATUS_CRASH`] (8),
-    /// and 10 for a failing run loop.
+    /// 10 for a failing run loop, [`STATUS_INTERRUPTED`] (12) for SIGINT/SIGTERM/SIGHUP.
     pub fn exit_status(&self) -> i32 {
         match self {
             Outcome::Reset | Outcome::PowerOff => 0,
@@ -98,6 +116,7 @@ impl Outcome {
             Outcome::InternalError { .. } | Outcome::FailEntry { .. } => STATUS_KVM_ERROR,
             Outcome::Crash { .. } => STATUS_CRASH,
             Outcome::VmmError { .. } => STATUS_RUN_ERROR,
+            Outcome::Interrupted { .. } => STATUS_INTERRUPTED,
         }
     }
 }
@@ -147,6 +166,11 @@ impl fmt::Display for Outcome {
             }
             Outcome::Crash { vcpu } => write!(f, "guest crashed (KVM crash event) on vCPU {vcpu}"),
             Outcome::VmmError { vcpu, detail } => write!(f, "vCPU {vcpu}: {detail}"),
+            Outcome::Interrupted { signal } => write!(
+                f,
+                "interrupted by {} (signal {signal}); the guest was stopped",
+                signal_name(*signal)
+            ),
         }
     }
 }
@@ -188,5 +212,11 @@ mod tests {
         };
         assert!(ie.to_string().contains("emulation failure"));
         assert_ne!(ie.exit_status(), 0);
+        let int = Outcome::Interrupted {
+            signal: libc::SIGTERM,
+        };
+        assert_eq!(int.exit_status(), STATUS_INTERRUPTED);
+        assert_eq!(int.exit_status() % 2, 0, "VMM-side endings are even");
+        assert!(int.to_string().contains("SIGTERM"));
     }
 }

@@ -9,6 +9,9 @@
 //! - **main thread, once the vCPUs run**: its event loop (epoll), stdin/stdout, terminal
 //!   ioctls, kicks, joining, and writing the end-of-run outputs (audit log, report).
 //!
+//! - **console output thread**: the common set only (it writes the guest's console output
+//!   to stdout).
+//!
 //! Everything else is trapped: the SIGSYS handler writes one line naming the system call
 //! and ends the process with status 2 (a VMM error), never silently. `--no-seccomp` turns
 //! the filters off for debugging. NoNewPrivs is set before installing (required for an
@@ -31,6 +34,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The main thread, after the vCPUs were spawned.
     Main,
+    /// The console output thread (`crate::console::ConsoleOut`): writes to stdout only.
+    Console,
 }
 
 impl ThreadKind {
@@ -38,6 +43,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Main => "main",
+            ThreadKind::Console => "console output",
         }
     }
 }
@@ -136,6 +142,7 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram> {
     let own = match kind {
         ThreadKind::Vcpu => VCPU,
         ThreadKind::Main => MAIN,
+        ThreadKind::Console => &[],
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().chain(own).map(|&n| (n, Vec::new())).collect();
@@ -205,7 +212,7 @@ mod tests {
 
     #[test]
     fn filters_compile_for_both_kinds() {
-        for k in [ThreadKind::Vcpu, ThreadKind::Main] {
+        for k in [ThreadKind::Vcpu, ThreadKind::Main, ThreadKind::Console] {
             let p = program(k).expect("compiles");
             assert!(p.len() > 20, "{k:?}: {} instructions", p.len());
         }

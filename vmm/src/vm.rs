@@ -63,6 +63,13 @@ pub struct RunReport {
     pub unhandled_pio: u64,
     /// The virtio-blk disks and the requests they served.
     pub disks: Vec<DiskReport>,
+    /// Bytes of guest console output that never reached stdout (it was not drained: the
+    /// bounded console buffer was full, stdout failed, or the 1 s end-of-run flush ran
+    /// out).
+    pub console_lost_bytes: u64,
+    /// End-of-run outputs that could not be written (the audit log, a disk's fdatasync);
+    /// they do not change the exit status, which stays the guest's.
+    pub output_errors: Vec<String>,
 }
 
 /// One virtio-blk disk at the end of the run.
@@ -167,6 +174,8 @@ pub struct Vm {
     mem: GuestMemoryMmap,
     boot: Boot,
     serial: Option<Arc<Mutex<devices::Serial>>>,
+    /// The stdout writer thread's buffer (`Console::Stdio`).
+    console_out: Option<crate::console::ConsoleOut>,
     pio: devices::PioBus,
     mmio: devices::MmioBus,
     disks: Vec<DiskDevice>,
@@ -218,6 +227,7 @@ impl Vm {
             mem,
             boot,
             serial: None,
+            console_out: None,
             pio: devices::PioBus::new(),
             mmio: devices::MmioBus::new(),
             disks: Vec::new(),
@@ -241,10 +251,24 @@ impl Vm {
         self.vm
             .register_irqfd(&serial_evt, SERIAL_GSI)
             .map_err(Error::kvm("KVM_IRQFD"))?;
-        let serial = Arc::new(Mutex::new(devices::Serial::with_eventfd(
-            serial_irq,
-            console_writer(&self.config.console),
-        )));
+        let out: Box<dyn Write + Send> = match &self.config.console {
+            Console::Stdio => {
+                let out = crate::console::ConsoleOut::spawn(
+                    1,
+                    crate::console::CONSOLE_BUFFER,
+                    self.config.seccomp,
+                )
+                .map_err(|source| Error::Io {
+                    op: "spawning the console output thread".into(),
+                    source,
+                })?;
+                self.console_out = Some(out.clone());
+                Box::new(out)
+            }
+            Console::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
+            Console::Null => Box::new(std::io::sink()),
+        };
+        let serial = Arc::new(Mutex::new(devices::Serial::with_eventfd(serial_irq, out)));
         let pio = &mut self.pio;
         pio.insert(
             devices::SERIAL_PORT_BASE,
@@ -410,6 +434,16 @@ impl Vm {
     }
 }
 
+impl Drop for Vm {
+    /// A VM dropped without [`RunningVm::wait`] (a failed build or start) lets its console
+    /// writer thread end instead of waiting for output forever.
+    fn drop(&mut self) {
+        if let Some(c) = &self.console_out {
+            c.close();
+        }
+    }
+}
+
 /// A VM whose vCPU threads run.
 pub struct RunningVm {
     vm: Vm,
@@ -484,7 +518,22 @@ impl RunningVm {
             }
         }
         let vm = self.vm;
-        vm.plan.finish()?;
+        // The end-of-run outputs: each failure is reported, none loses the others or the
+        // guest's outcome.
+        let mut output_errors = Vec::new();
+        if let Err(e) = vm.plan.finish() {
+            output_errors.push(e.to_string());
+        }
+        for (i, d) in vm.disks.iter().enumerate() {
+            let t = d.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = t.device().sync() {
+                output_errors.push(format!("fdatasync of disk {i}: {e}"));
+            }
+        }
+        let console_lost_bytes = vm
+            .console_out
+            .as_ref()
+            .map_or(0, |c| c.finish(Duration::from_secs(1)));
         let outcome = self
             .shared
             .outcome
@@ -495,7 +544,6 @@ impl RunningVm {
                 vcpu: 0,
                 detail: "VM stopped without an outcome".into(),
             });
-        let _ = std::io::stdout().flush();
         let first = self.shared.first_entry_ns.load(Ordering::SeqCst);
         let mut startup = vm.phases.clone();
         startup.first_kvm_run_ns = first;
@@ -524,6 +572,8 @@ impl RunningVm {
             wall_ns: crate::nanos(vm.started.elapsed()),
             unhandled_pio: st.unknown_reads + st.unknown_writes,
             disks: vm.disks.iter().map(disk_report).collect(),
+            console_lost_bytes,
+            output_errors,
         })
     }
 }
@@ -726,14 +776,6 @@ impl Write for CaptureWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-fn console_writer(console: &Console) -> Box<dyn Write + Send> {
-    match console {
-        Console::Stdio => Box::new(std::io::stdout()),
-        Console::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
-        Console::Null => Box::new(std::io::sink()),
     }
 }
 

@@ -303,6 +303,14 @@ impl Block {
         &self.id
     }
 
+    /// fdatasync of a writable image (end of run); read-only images are left alone.
+    pub fn sync(&self) -> std::io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
     /// Request counters.
     pub fn stats(&self) -> BlockStats {
         self.stats

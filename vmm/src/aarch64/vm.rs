@@ -43,6 +43,11 @@ pub struct RunReport {
     /// One line per virtio-blk disk for humans.
     #[serde(skip)]
     pub disk_lines: Vec<String>,
+    /// Bytes of guest console output lost (always 0 here: the arm64 console still writes
+    /// stdout directly).
+    pub console_lost_bytes: u64,
+    /// End-of-run outputs that could not be written (none are collected here yet).
+    pub output_errors: Vec<String>,
 }
 
 impl RunReport {
@@ -322,5 +327,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
                 )
             })
             .collect(),
+        console_lost_bytes: 0,
+        output_errors: Vec::new(),
     })
 }
