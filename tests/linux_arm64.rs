@@ -4,7 +4,9 @@
 //! (resources/guests-arm64).
 //!
 //! One L1 boot runs every case (tests/arm64/cases.sh, ~50 s on 2 cores); each test checks
-//! its own case in that run. Before it: scripts/cross-aarch64.sh (the aarch64 vpmu-vmm),
+//! its own case in that run. run.sh --disk-out brings L1's /l2/disk.img back to
+//! target/linux_arm64-perf-out.img: the perf-out cases' perf.data archive, which the host's
+//! perf report must read (issues 11/12). Before it: scripts/cross-aarch64.sh (the aarch64 vpmu-vmm),
 //! resources/guests-arm64/build.sh and resources/nested-arm64/build-l1.sh (cached).
 //!
 //! Skips (printing "SKIPPED: <test>: <why>" and passing) when VPMU_SKIP_NESTED or
