@@ -4,7 +4,9 @@
 //! (resources/guests-arm64).
 //!
 //! One L1 boot runs every case (tests/arm64/cases.sh, ~50 s on 2 cores); each test checks
-//! its own case in that run. Before it: scripts/cross-aarch64.sh (the aarch64 vpmu-vmm),
+//! its own case in that run. run.sh --disk-out brings L1's /l2/disk.img back to
+//! target/linux_arm64-perf-out.img: the perf-out cases' perf.data archive, which the host's
+//! perf report must read (issues 11/12). Before it: scripts/cross-aarch64.sh (the aarch64 vpmu-vmm),
 //! resources/guests-arm64/build.sh and resources/nested-arm64/build-l1.sh (cached).
 //!
 //! Skips (printing "SKIPPED: <test>: <why>" and passing) when VPMU_SKIP_NESTED or
@@ -23,6 +25,8 @@ use std::time::Instant;
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// Whole-run limit for the one rig run (QEMU is killed after it).
 const RUN_TIMEOUT_S: u32 = 900;
+/// `run.sh --disk-out`: L1's /l2/disk.img after every case (the perf-out cases' tar archive).
+const PERF_OUT_IMG: &str = "target/linux_arm64-perf-out.img";
 
 fn say(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{msg}");
@@ -154,6 +158,9 @@ fn run_rig() -> Rig {
     }
     let vmm = repo.join("target-aarch64/aarch64-unknown-linux-gnu/release/vpmu-vmm");
     let guests = repo.join("resources/out/guests-arm64");
+    // The disk the perf-out cases write perf.data to, as it comes back from L1.
+    let disk_out = repo.join(PERF_OUT_IMG);
+    let _ = std::fs::remove_file(&disk_out);
     let t0 = Instant::now();
     let mut child = match Command::new(repo.join("resources/nested-arm64/run.sh"))
         .arg("--vmm")
@@ -170,6 +177,9 @@ fn run_rig() -> Rig {
         .arg("--file")
         .arg(guests.join("pmu.img"))
         .args(["--l1-cmd", "sh /files/cases.sh"])
+        .arg("--disk-out")
+        .arg(&disk_out)
+        .args(["--disk-size", "32"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -233,12 +243,24 @@ fn run_rig() -> Rig {
         l1_init.map_or("?".into(), |t| format!("{t:.1}"))
     ));
     for (n, c) in &cases {
+        // --stats: "vpmu-vmm: ... | start to first guest entry X ms | ..." (L1 clock, which
+        // runs on QEMU's -icount: guest time, not host wall time).
+        let first_entry = c.text.lines().find_map(|l| {
+            l.split("start to first guest entry ")
+                .nth(1)?
+                .split(" ms")
+                .next()
+                .map(str::to_string)
+        });
         say(&format!(
-            "ARM64-TIMING: case {n}: status {:?}, wall {:.2} s{}",
+            "ARM64-TIMING: case {n}: status {:?}, wall {:.2} s{}{}",
             c.status,
             c.wall_s,
             c.to_init_s
-                .map_or(String::new(), |t| format!(", L2 to /init {t:.2} s"))
+                .map_or(String::new(), |t| format!(", L2 to /init {t:.2} s")),
+            first_entry.map_or(String::new(), |t| format!(
+                ", vpmu-vmm start to first guest entry {t} ms (L1 time)"
+            ))
         ));
     }
     // The vPMU evidence, for the record (docs/BENCHMARKS.md); the whole console is kept in
@@ -753,4 +775,147 @@ fn arm64_linux_pmu_off_has_no_pmu() {
         c.has("<not supported>") || c.has("not supported") || perf_count(&c, "cycles").is_none(),
         "perf stat -e cycles is not supported",
     );
+}
+
+/// What is missing on the host to read the guest's perf.data (None: perf and tar are there).
+fn host_perf_missing() -> Option<String> {
+    let mut missing = Vec::new();
+    for (tool, pkg) in [("perf", "linux-perf"), ("tar", "tar")] {
+        if !matches!(Command::new(tool).arg("--version").output(), Ok(o) if o.status.success()) {
+            missing.push(format!("{tool} (Debian package {pkg})"));
+        }
+    }
+    (!missing.is_empty()).then(|| format!("the host lacks {}", missing.join(", ")))
+}
+
+/// Issues 11/12: perf.data recorded in the arm64 L2 guest (software `cpu-clock` with no vPMU;
+/// hardware `cycles` under `--pmu emulated`) is written as a tar archive straight onto the
+/// virtio-blk disk, comes back to the host (`run.sh --disk-out`: gzip+base64 on L1's
+/// console), and the host's own (x86) `perf report` reads it and names the workload's
+/// functions, with the guest's binary (`--symfs`) and /proc/kallsyms (`--kallsyms`).
+#[test]
+fn arm64_linux_perf_data_comes_out_through_virtio_blk() {
+    const TEST: &str = "arm64_linux_perf_data_comes_out_through_virtio_blk";
+    let Some(clock) = case(TEST, "perf-out-clock") else {
+        return;
+    };
+    let Some(cycles) = case(TEST, "perf-out-cycles") else {
+        return;
+    };
+    for (n, c) in [("perf-out-clock", &clock), ("perf-out-cycles", &cycles)] {
+        expect_linux(n, c, 1);
+        c.check(n, c.status == Some(0), "status 0");
+        c.check(
+            n,
+            c.has("perf record: Captured and wrote"),
+            "perf record should write samples",
+        );
+        c.check(
+            n,
+            c.has("VPMU-GUEST: disks vda"),
+            "L2 should find the virtio-blk disk",
+        );
+        c.check(
+            n,
+            c.text
+                .lines()
+                .any(|l| l.starts_with("disk0: 65536 sectors | ") && !l.contains("writes 0 ")),
+            "vpmu-vmm --stats should show writes to disk0",
+        );
+    }
+    clock.check(
+        "perf-out-clock",
+        clock.has("L2-TAR-DONE clock"),
+        "tar onto /dev/vda should succeed",
+    );
+    clock.check(
+        "perf-out-clock",
+        clock.has("vpmu-vmm: pmu off"),
+        "cpu-clock is recorded with no vPMU",
+    );
+    cycles.check(
+        "perf-out-cycles",
+        cycles.has("L2-TAR-READ bin clock.data clock.kallsyms"),
+        "the second VM should read the first VM's archive back from the disk",
+    );
+    cycles.check(
+        "perf-out-cycles",
+        cycles.has("L2-TAR-DONE cycles"),
+        "tar onto /dev/vda should succeed",
+    );
+    cycles.check(
+        "perf-out-cycles",
+        cycles.has("pmu emulated"),
+        "cycles is recorded under --pmu emulated",
+    );
+    if let Some(why) = host_perf_missing() {
+        println!("SKIPPED: {TEST}: host side (perf report): {why}");
+        say(&format!("SKIPPED: {TEST}: host side (perf report): {why}"));
+        return;
+    }
+    let repo = Path::new(REPO);
+    let img = repo.join(PERF_OUT_IMG);
+    assert!(
+        img.is_file(),
+        "{TEST}: no disk image came back from L1 ({}); see run.sh's stderr above",
+        img.display()
+    );
+    let x = repo.join("target/linux_arm64-perf-out");
+    let _ = std::fs::remove_dir_all(&x);
+    std::fs::create_dir_all(&x).expect("target/linux_arm64-perf-out");
+    let tar = Command::new("tar")
+        .arg("xf")
+        .arg(&img)
+        .arg("-C")
+        .arg(&x)
+        .output()
+        .expect("tar");
+    assert!(
+        tar.status.success(),
+        "{TEST}: tar xf {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    for (event, data, kallsyms) in [
+        ("cpu-clock", "clock.data", "clock.kallsyms"),
+        ("cycles", "cycles.data", "cycles.kallsyms"),
+    ] {
+        for f in [data, kallsyms, "bin/vpmu-work"] {
+            assert!(x.join(f).is_file(), "{TEST}: {f} missing from the archive");
+        }
+        let report = Command::new("perf")
+            .arg("report")
+            .arg("-i")
+            .arg(x.join(data))
+            .arg("--symfs")
+            .arg(&x)
+            .arg("--kallsyms")
+            .arg(x.join(kallsyms))
+            .args(["--stdio", "--sort", "symbol"])
+            .output()
+            .expect("perf report");
+        let text = String::from_utf8_lossy(&report.stdout);
+        let stderr = String::from_utf8_lossy(&report.stderr);
+        assert!(
+            report.status.success(),
+            "{TEST}: host perf report of {data} failed ({}):\n{stderr}",
+            report.status
+        );
+        for l in text.lines().filter(|l| l.contains('%')).take(6) {
+            say(&format!(
+                "ARM64-EVIDENCE: host perf report {event}: {}",
+                l.trim()
+            ));
+        }
+        for sym in [
+            "vpmu_work_integer_mix",
+            "vpmu_work_branchy",
+            "vpmu_work_memory_walk",
+        ] {
+            assert!(
+                text.contains(sym),
+                "{TEST}: host perf report of {data} ({event}) should show {sym}; it printed:\n{text}\n{stderr}"
+            );
+        }
+    }
 }

@@ -71,3 +71,23 @@ linux perf-deny-inst 1 'perf stat -e cycles,instructions /bin/vpmu-work 0.2 2>&1
 # shellcheck disable=SC2016 # expands in L2
 linux perf-off 1 'echo L2-PMUS $(ls /sys/bus/event_source/devices); perf stat -e cycles true 2>&1' ''
 
+# ---- perf.data out of L2 (issues 11/12): L2 records and writes a tar archive straight onto
+# its virtio-blk disk /l2/disk.img, which run.sh --disk-out (given by tests/linux_arm64.rs)
+# sends back to the host as gzip+base64 after this script; the host untars it and runs its
+# own perf report. perf-out-clock: the software event cpu-clock with no vPMU (--pmu off,
+# the default); perf-out-cycles: the hardware event cycles under --pmu emulated (overflow
+# interrupts), in a second VM that reads the first VM's archive back from the same disk and
+# writes it again with its own perf.data added. --stats gives "start to first guest entry".
+if [ -f /l2/disk.img ]; then
+	# shellcheck disable=SC2016 # expands in L2
+	linux perf-out-clock 1 'cd /tmp && perf record -e cpu-clock -F 1000 -o clock.data /bin/vpmu-work 0.5 2>&1 &&
+mkdir -p bin && cp /bin/vpmu-work bin/ && cat /proc/kallsyms >clock.kallsyms &&
+tar cf /dev/vda clock.data clock.kallsyms bin && sync && echo L2-TAR-DONE clock' '' --stats --disk /l2/disk.img
+	# shellcheck disable=SC2016 # expands in L2
+	linux perf-out-cycles 1 'mkdir -p /tmp/o && cd /tmp/o && tar xf /dev/vda && echo L2-TAR-READ $(ls | tr "\n" " ") &&
+perf record -e cycles -c 1000000 -o cycles.data /bin/vpmu-work 0.3 2>&1 &&
+cat /proc/kallsyms >cycles.kallsyms && tar cf /dev/vda clock.data clock.kallsyms cycles.data cycles.kallsyms bin && sync && echo L2-TAR-DONE cycles' '' \
+		--pmu emulated --stats --disk /l2/disk.img
+else
+	echo "ARM64-NOTE: no /l2/disk.img (run.sh without --disk-out): perf-out cases not run"
+fi
