@@ -36,6 +36,8 @@ pub enum ThreadKind {
     Main,
     /// The console output thread (`crate::console::ConsoleOut`): writes to stdout only.
     Console,
+    /// The audit log's writer thread (`crate::pmu::audit`): writes and syncs its file only.
+    Audit,
 }
 
 impl ThreadKind {
@@ -44,6 +46,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Main => "main",
             ThreadKind::Console => "console output",
+            ThreadKind::Audit => "audit writer",
         }
     }
 }
@@ -142,11 +145,15 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram> {
     let own = match kind {
         ThreadKind::Vcpu => VCPU,
         ThreadKind::Main => MAIN,
-        ThreadKind::Console => &[],
+        ThreadKind::Console | ThreadKind::Audit => &[],
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().chain(own).map(|&n| (n, Vec::new())).collect();
     rules.insert(libc::SYS_ioctl, ioctl_rules()?);
+    if kind != ThreadKind::Main {
+        // Passed on to `no_open_program`, which answers it with EACCES.
+        rules.insert(libc::SYS_openat, Vec::new());
+    }
     let arch: TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))?;
@@ -155,6 +162,28 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram> {
     filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))
+}
+
+/// The second filter of every thread but the main one: `openat` fails with EACCES instead
+/// of trapping. glibc's malloc opens /sys/devices/system/cpu/online when a thread needs a
+/// new arena (`get_nprocs`) and falls back to sched_getaffinity when that fails, so the
+/// thread gets no file but is not killed for allocating. (Stacked seccomp filters: the
+/// most restrictive answer wins, so EACCES beats the first filter's allow.)
+fn no_open_program() -> Result<BpfProgram> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_openat, Vec::new())].into();
+    let arch: TargetArch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))?;
+    let errno = u32::try_from(libc::EACCES).unwrap_or(13);
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno),
+        arch,
+    )
+    .map_err(|e| Error::Seccomp(e.to_string()))?
+    .try_into()
+    .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))
 }
 
 /// SIGSYS handler: one line naming the system call and the thread, then exit status 2.
@@ -202,6 +231,11 @@ pub fn apply(kind: ThreadKind) -> Result<()> {
             )));
         }
     }
+    // The EACCES filter first: the allowlist, once installed, forbids seccomp(2) itself.
+    if kind != ThreadKind::Main {
+        seccompiler::apply_filter(&no_open_program()?)
+            .map_err(|e| Error::Seccomp(format!("{} thread: {e}", kind.name())))?;
+    }
     seccompiler::apply_filter(&prog)
         .map_err(|e| Error::Seccomp(format!("{} thread: {e}", kind.name())))
 }
@@ -212,7 +246,12 @@ mod tests {
 
     #[test]
     fn filters_compile_for_both_kinds() {
-        for k in [ThreadKind::Vcpu, ThreadKind::Main, ThreadKind::Console] {
+        for k in [
+            ThreadKind::Vcpu,
+            ThreadKind::Main,
+            ThreadKind::Console,
+            ThreadKind::Audit,
+        ] {
             let p = program(k).expect("compiles");
             assert!(p.len() > 20, "{k:?}: {} instructions", p.len());
         }
@@ -223,6 +262,9 @@ mod tests {
         // Run in a child process: the filter and the trap end it.
         if std::env::var_os("VPMU_SECCOMP_CHILD").is_some() {
             apply(ThreadKind::Vcpu).expect("filter installs");
+            // openat is answered with EACCES, not trapped (glibc's malloc may try it).
+            let e = std::fs::File::open("/proc/self/status").expect_err("no open on a vCPU");
+            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
             // socket(2) is in neither list.
             // SAFETY: a plain system call with valid arguments.
             unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };

@@ -57,6 +57,8 @@ pub struct Limits {
     pub per_sec: u32,
     /// Records queued for the writer thread before new ones are dropped.
     pub queue: usize,
+    /// The writer thread installs its seccomp filter (`crate::seccomp`, `Audit`).
+    pub seccomp: bool,
 }
 
 impl Default for Limits {
@@ -67,6 +69,7 @@ impl Default for Limits {
             burst: 1000,
             per_sec: 100,
             queue: 4096,
+            seccomp: false,
         }
     }
 }
@@ -468,9 +471,18 @@ impl AuditLog {
             dirty: false,
         };
         let d = dropped.clone();
+        let seccomp = limits.seccomp;
         let handle = std::thread::Builder::new()
             .name("pmu-audit".into())
-            .spawn(move || writer.run(rx, d, start))?;
+            .spawn(move || {
+                #[cfg(target_arch = "x86_64")]
+                if seccomp {
+                    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Audit) {
+                        eprintln!("vpmu-vmm: audit writer runs without its seccomp filter: {e}");
+                    }
+                }
+                writer.run(rx, d, start)
+            })?;
         Ok(AuditLog {
             tx: Mutex::new(Some(tx)),
             dropped,

@@ -468,6 +468,7 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig, supported: &CpuId) -> Resul
         }
         let limits = super::audit::Limits {
             max_bytes: max,
+            seccomp: config.seccomp,
             ..Default::default()
         };
         let log = AuditLog::create_with(path, limits).map_err(|source| Error::Io {
