@@ -181,6 +181,12 @@ struct RunArgs {
     /// programmed with its verdict (counting, denied, unsupported).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Exit with status 0 when the guest writes V to the debug-exit port (e.g.
+    /// `--expect-exit 0` for the conformance guest, which writes 0 when nothing failed),
+    /// instead of the port's `(V << 1) | 1`; any other ending keeps its status (1 if it
+    /// would have been 0).
+    #[arg(long, value_name = "V")]
+    expect_exit: Option<u32>,
 }
 
 #[derive(Args)]
@@ -351,6 +357,24 @@ fn handle_stop_signals() {
     }
 }
 
+/// `--report FILE` must be writable before the guest runs, not found out after it: the
+/// file is opened for appending (created and removed again if it did not exist).
+fn check_report_path(path: &std::path::Path) -> Result<(), CliError> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|source| CliError::Report {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 /// `vpmu-vmm run`.
 fn run_cmd(a: RunArgs) -> Result<ExitCode, CliError> {
     handle_stop_signals();
@@ -375,9 +399,16 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, CliError> {
         disks,
         seccomp: !a.no_seccomp,
     };
+    if let Some(path) = &a.report {
+        check_report_path(path)?;
+    }
     let report = vmm::run(config)?;
     end_of_run_outputs(&report, a.report.as_deref());
-    let status = report.outcome.exit_status();
+    let status = match (a.expect_exit, &report.outcome) {
+        (Some(v), vmm::Outcome::DebugExit { value }) if *value == v => 0,
+        (Some(_), o) => o.exit_status().max(1),
+        (None, o) => o.exit_status(),
+    };
     Ok(finish(report, a.stats, status))
 }
 

@@ -356,3 +356,50 @@ fn a_host_that_cannot_run_linux_says_so_up_front() {
         "{e}"
     );
 }
+
+#[test]
+fn expect_exit_turns_the_guests_pass_into_status_0() {
+    need_kvm!("expect_exit_turns_the_guests_pass_into_status_0");
+    // The conformance guest writes V=0 when nothing failed: status 1 by the debug-exit
+    // rule, 0 with --expect-exit 0, and not 0 when another value is expected.
+    let plain = vmm(&["run", "--kernel", "builtin:conformance"]);
+    assert_eq!(status(&plain), 1, "{}", err(&plain));
+    let pass = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:conformance",
+        "--expect-exit",
+        "0",
+    ]);
+    assert_eq!(status(&pass), 0, "{}", err(&pass));
+    let other = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:conformance",
+        "--expect-exit",
+        "7",
+    ]);
+    assert_eq!(status(&other), 1, "{}", err(&other));
+}
+
+#[test]
+fn an_unwritable_report_is_refused_before_boot() {
+    need_kvm!("an_unwritable_report_is_refused_before_boot");
+    let o = vmm(&[
+        "run",
+        "--kernel",
+        "builtin:conformance",
+        "--report",
+        "/nonexistent-dir/r.json",
+    ]);
+    assert_eq!(status(&o), 2, "{}", err(&o));
+    assert!(err(&o).contains("cannot write report"), "{}", err(&o));
+    // Refused before the guest ran: no conformance output at all.
+    assert!(!out(&o).contains("conformance:"), "{}", out(&o));
+    // A report path that does not exist yet is not left behind by the check.
+    let p = scratch("fresh-report.json");
+    let ps = p.to_string_lossy().into_owned();
+    let o = vmm(&["run", "--kernel", "builtin:conformance", "--report", &ps]);
+    assert_eq!(status(&o), 1, "{}", err(&o));
+    assert!(p.is_file(), "the report is written at the end");
+}
