@@ -38,6 +38,7 @@ pub mod guest;
 pub mod inkernel;
 #[cfg(target_arch = "x86_64")]
 pub mod mediated;
+pub mod mode;
 pub mod model;
 #[cfg(target_arch = "x86_64")]
 pub mod policy;

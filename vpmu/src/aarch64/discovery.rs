@@ -14,89 +14,11 @@
 //!   `access_pm*`); there is no exit that hands them to the VMM (unlike x86's MSR
 //!   filter / KVM_EXIT_X86_RDMSR), so a VMM cannot be the PMU.
 
-use std::fmt::{self, Write as _};
-use std::str::FromStr;
+use std::fmt::Write as _;
 
 use serde::Serialize;
-use thiserror::Error;
 
-/// How the guest gets its PMU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PmuMode {
-    /// No PMU: the vCPUs are created without KVM_ARM_VCPU_PMU_V3 (PMU registers UNDEF).
-    Off,
-    /// KVM's perf-based vPMU (KVM_ARM_VCPU_PMU_V3), filtered by the policy.
-    Emulated,
-    /// A mediated passthrough vPMU — not on arm64.
-    Passthrough,
-    /// The VMM's own vPMU — not on arm64.
-    Userspace,
-}
-
-impl PmuMode {
-    /// Every mode, in presentation order.
-    pub const ALL: [PmuMode; 4] = [
-        PmuMode::Off,
-        PmuMode::Emulated,
-        PmuMode::Passthrough,
-        PmuMode::Userspace,
-    ];
-
-    /// The mode's command-line name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PmuMode::Off => "off",
-            PmuMode::Emulated => "emulated",
-            PmuMode::Passthrough => "passthrough",
-            PmuMode::Userspace => "userspace",
-        }
-    }
-}
-
-impl fmt::Display for PmuMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An unknown mode name.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unknown PMU mode {0:?} (expected off, emulated, passthrough or userspace)")]
-pub struct ParseModeError(pub String);
-
-impl FromStr for PmuMode {
-    type Err = ParseModeError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PmuMode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s.trim())
-            .ok_or_else(|| ParseModeError(s.to_string()))
-    }
-}
-
-/// Can a mode run here?
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "lowercase")]
-pub enum Availability {
-    /// Yes.
-    Available,
-    /// No, because `reason`; `remedy` says what would change that.
-    Unavailable {
-        /// The most fundamental blocker.
-        reason: String,
-        /// What to do about it.
-        remedy: String,
-    },
-}
-
-impl Availability {
-    /// Whether the mode is available.
-    pub fn is_available(&self) -> bool {
-        matches!(self, Availability::Available)
-    }
-}
+pub use crate::mode::{Availability, ParseModeError, PmuMode};
 
 /// A host perf PMU found in sysfs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
