@@ -87,3 +87,29 @@ pub fn kick(tid: libc::pid_t) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Ends a VM: records `outcome` in `slot` (the first writer wins), raises `stopping`,
+/// wakes the main thread through `stop_evt`, and kicks every started vCPU thread (tid > 0)
+/// out of KVM_RUN. The one ending both architectures' shared vCPU state uses.
+pub fn end_vm(
+    slot: &std::sync::Mutex<Option<crate::Outcome>>,
+    stopping: &std::sync::atomic::AtomicBool,
+    stop_evt: &vmm_sys_util::eventfd::EventFd,
+    tids: &[std::sync::atomic::AtomicI32],
+    outcome: crate::Outcome,
+) {
+    use std::sync::atomic::Ordering;
+    if let Ok(mut slot) = slot.lock() {
+        if slot.is_none() {
+            *slot = Some(outcome);
+        }
+    }
+    stopping.store(true, Ordering::SeqCst);
+    let _ = stop_evt.write(1);
+    for t in tids {
+        let tid = t.load(Ordering::SeqCst);
+        if tid > 0 {
+            let _ = kick(tid);
+        }
+    }
+}

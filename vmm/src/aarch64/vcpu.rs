@@ -76,19 +76,13 @@ pub struct Shared {
 impl Shared {
     /// Records how the VM ended (the first call wins) and kicks every vCPU out of KVM_RUN.
     pub fn end(&self, outcome: Outcome) {
-        if let Ok(mut slot) = self.outcome.lock() {
-            if slot.is_none() {
-                *slot = Some(outcome);
-            }
-        }
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.stop_evt.write(1);
-        for t in &self.tids {
-            let tid = t.load(Ordering::SeqCst);
-            if tid > 0 {
-                let _ = kick::kick(tid);
-            }
-        }
+        kick::end_vm(
+            &self.outcome,
+            &self.stopping,
+            &self.stop_evt,
+            &self.tids,
+            outcome,
+        );
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
