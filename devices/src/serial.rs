@@ -14,7 +14,7 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial as Uart, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -77,9 +77,25 @@ impl Write for CaptureWriter {
     }
 }
 
+/// Signals an eventfd when the guest has read the last byte of the receive FIFO, so the
+/// console can offer the input it still holds (host input is fed as the guest drains
+/// the FIFO, never dropped).
+#[derive(Debug)]
+pub struct InputDrained(EventFd);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        // Non-blocking eventfd: a full counter already says "drained".
+        let _ = self.0.write(1);
+    }
+}
+
 /// The COM1 device.
 pub struct Serial {
-    uart: Uart<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+    uart: Uart<IrqTrigger, InputDrained, Box<dyn Write + Send>>,
     tx_errors: u64,
 }
 
@@ -87,15 +103,22 @@ impl Serial {
     /// A UART writing to `out`, with a fresh non-blocking interrupt eventfd.
     pub fn new(out: Box<dyn Write + Send>) -> Result<Self, SerialError> {
         let evt = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(SerialError::EventFd)?;
-        Ok(Self::with_eventfd(evt, out))
+        Self::with_eventfd(evt, out)
     }
 
     /// A UART writing to `out`, signalling `irq` for interrupts.
-    pub fn with_eventfd(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        Serial {
-            uart: Uart::new(IrqTrigger(irq), out),
+    pub fn with_eventfd(irq: EventFd, out: Box<dyn Write + Send>) -> Result<Self, SerialError> {
+        let drained =
+            EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(SerialError::EventFd)?;
+        Ok(Serial {
+            uart: Uart::with_events(IrqTrigger(irq), InputDrained(drained), out),
             tx_errors: 0,
-        }
+        })
+    }
+
+    /// Signalled when the guest has emptied the receive FIFO (see [`InputDrained`]).
+    pub fn input_drained_evt(&self) -> &EventFd {
+        &self.uart.events().0
     }
 
     /// The interrupt eventfd (register it as an irqfd on [`SERIAL_IRQ`]).
@@ -248,6 +271,20 @@ mod tests {
         assert_eq!(s.enqueue_input(&big).unwrap(), 0);
         assert_eq!(s.input_capacity(), 0);
         assert_eq!(s.enqueue_input(&[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn draining_the_fifo_signals_the_console() {
+        let (mut s, _cap) = setup();
+        let drained = |s: &Serial| s.input_drained_evt().read().is_ok();
+        assert!(!drained(&s));
+        assert_eq!(s.enqueue_input(b"abc").unwrap(), 3);
+        assert_eq!(rd(&mut s, THR), b'a');
+        assert_eq!(rd(&mut s, THR), b'b');
+        assert!(!drained(&s), "bytes still in the FIFO");
+        assert_eq!(rd(&mut s, THR), b'c');
+        assert!(drained(&s), "the last byte read empties the FIFO");
+        assert!(!drained(&s), "read once");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The main thread's event loop (event-manager): waits for the VM to stop, ends it on a
 //! stop signal (`crate::signals`) and, when the console is a terminal, forwards stdin to
-//! the guest's serial port.
+//! the guest's serial port (in raw mode, `crate::terminal`; Ctrl-A x quits).
 //!
 //! Also the console's output path ([`ConsoleOut`]): the serial port writes into a bounded
 //! buffer that a writer thread drains to stdout, so a vCPU never blocks on a stdout pipe
@@ -60,29 +60,97 @@ impl MutEventSubscriber for SignalWatcher {
     }
 }
 
+/// Forwards terminal input to the guest's serial port. Input the receive FIFO cannot take
+/// waits in `pending` (one read's worth at most: stdin is not read again until it is
+/// gone, so a paste waits in the terminal, not in the VMM) and is fed as the guest drains
+/// the FIFO (the serial port's "input drained" eventfd). Ctrl-A x stops the guest.
 struct StdinForwarder {
     serial: Arc<Mutex<devices::Serial>>,
+    shared: Arc<Shared>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+    drained: vmm_sys_util::eventfd::EventFd,
+    pending: std::collections::VecDeque<u8>,
+    escapes: crate::terminal::EscapeScanner,
+    reading_stdin: bool,
+}
+
+/// Bytes read from stdin at a time.
+const STDIN_CHUNK: usize = 4096;
+
+impl StdinForwarder {
+    /// Offers `pending` to the receive FIFO; true when all of it went in.
+    fn feed(&mut self) -> bool {
+        let Ok(mut serial) = self.serial.lock() else {
+            return false;
+        };
+        while !self.pending.is_empty() {
+            let (head, _) = self.pending.as_slices();
+            match serial.enqueue_input(head) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+            }
+        }
+        self.pending.is_empty()
+    }
+
+    fn set_stdin(&mut self, ops: &mut EventOps, on: bool) {
+        if on != self.reading_stdin {
+            let ev = Events::new_raw(0, EventSet::IN);
+            let ok = if on { ops.add(ev) } else { ops.remove(ev) };
+            if ok.is_ok() {
+                self.reading_stdin = on;
+            }
+        }
+    }
+
+    fn read_stdin(&mut self, ops: &mut EventOps) {
+        let mut buf = [0u8; STDIN_CHUNK];
+        let n = match std::io::stdin().lock().read(&mut buf) {
+            Ok(0) | Err(_) => {
+                // EOF or error: stop watching stdin, keep the VM running.
+                self.set_stdin(ops, false);
+                return;
+            }
+            Ok(n) => n,
+        };
+        match self.escapes.scan(&buf[..n]) {
+            crate::terminal::Typed::Input(bytes) => self.pending.extend(bytes),
+            crate::terminal::Typed::Help { input } => {
+                eprint!("{}", crate::terminal::ESCAPE_HELP);
+                self.pending.extend(input);
+            }
+            crate::terminal::Typed::Quit { before } => {
+                self.pending.extend(before);
+                self.feed();
+                self.shared.end(crate::Outcome::ConsoleQuit);
+                self.stopped.store(true, Ordering::SeqCst);
+                self.set_stdin(ops, false);
+                return;
+            }
+        }
+        if !self.feed() {
+            // The FIFO is full: wait for the guest to drain it before reading more.
+            self.set_stdin(ops, false);
+        }
+    }
 }
 
 impl MutEventSubscriber for StdinForwarder {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let mut buf = [0u8; 64];
-        let stdin = std::io::stdin();
-        match stdin.lock().read(&mut buf) {
-            Ok(0) | Err(_) => {
-                // EOF or error: stop watching stdin, keep the VM running.
-                let _ = ops.remove(events);
+        if events.fd() == self.drained.as_raw_fd() {
+            let _ = self.drained.read();
+            if self.feed() {
+                self.set_stdin(ops, true);
             }
-            Ok(n) => {
-                if let Ok(mut s) = self.serial.lock() {
-                    let _ = s.enqueue_input(&buf[..n]);
-                }
-            }
+        } else {
+            self.read_stdin(ops);
         }
     }
     fn init(&mut self, ops: &mut EventOps) {
-        let fd = std::io::stdin().as_raw_fd();
-        let _ = ops.add(Events::new_raw(fd, EventSet::IN));
+        let _ = ops.add(Events::new(&self.drained, EventSet::IN));
+        self.set_stdin(ops, true);
     }
 }
 
@@ -114,7 +182,21 @@ pub fn wait_for_stop(shared: &Arc<Shared>, serial: Option<Arc<Mutex<devices::Ser
         }));
     }
     if let Some(serial) = serial {
-        em.add_subscriber(Box::new(StdinForwarder { serial }));
+        let drained = serial
+            .lock()
+            .ok()
+            .and_then(|s| s.input_drained_evt().try_clone().ok());
+        if let Some(drained) = drained {
+            em.add_subscriber(Box::new(StdinForwarder {
+                serial,
+                shared: shared.clone(),
+                stopped: stopped.clone(),
+                drained,
+                pending: std::collections::VecDeque::new(),
+                escapes: crate::terminal::EscapeScanner::default(),
+                reading_stdin: false,
+            }));
+        }
     }
     while !stopped.load(Ordering::SeqCst) && !shared.stopping.load(Ordering::SeqCst) {
         if em.run_with_timeout(100).is_err() {

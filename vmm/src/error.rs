@@ -233,6 +233,9 @@ pub enum Error {
     /// A device could not be put on its bus (overlap, empty or overflowing range).
     #[error("device setup failed: {0}")]
     Bus(#[from] devices::BusError),
+    /// The serial port could not be created.
+    #[error("serial port: {0}")]
+    Serial(#[from] devices::SerialError),
     /// A device could not be put on the MMIO bus.
     #[error("device setup failed: {0}")]
     MmioBus(#[from] devices::MmioBusError),

@@ -26,6 +26,7 @@ pub mod pmu;
 #[cfg(target_arch = "x86_64")]
 pub mod seccomp;
 pub mod signals;
+pub mod terminal;
 #[cfg(target_arch = "x86_64")]
 pub mod vcpu;
 #[cfg(target_arch = "x86_64")]

@@ -12,8 +12,8 @@ pub const STATUS_KVM_ERROR: i32 = 6;
 pub const STATUS_CRASH: i32 = 8;
 /// Status for a failing vCPU run loop (unhandled exit, KVM_RUN error).
 pub const STATUS_RUN_ERROR: i32 = 10;
-/// Status for a run ended by SIGINT, SIGTERM or SIGHUP (the VMM stopped the guest, then
-/// wrote its outputs).
+/// Status for a run ended by SIGINT, SIGTERM or SIGHUP, or by the console's Ctrl-A x (the
+/// VMM stopped the guest, then wrote its outputs).
 pub const STATUS_INTERRUPTED: i32 = 12;
 
 /// The reason a VM stopped. The first vCPU to end the VM decides it.
@@ -71,6 +71,8 @@ pub enum Outcome {
         /// The signal number.
         signal: i32,
     },
+    /// The user typed the console's escape, Ctrl-A x, and the VMM stopped the guest.
+    ConsoleQuit,
 }
 
 /// The name of a stop signal.
@@ -105,7 +107,8 @@ impl Outcome {
     /// always odd; VMM-side endings use even statuses that can never collide with it:
     /// [`STATUS_VMM_ERROR`] (2, also setup and usage errors), [`STATUS_TRIPLE_FAULT`] (4),
     /// [`STATUS_KVM_ERROR`] (6, internal error or entry failure), [`STATUS_CRASH`] (8),
-    /// 10 for a failing run loop, [`STATUS_INTERRUPTED`] (12) for SIGINT/SIGTERM/SIGHUP.
+    /// 10 for a failing run loop, [`STATUS_INTERRUPTED`] (12) for SIGINT/SIGTERM/SIGHUP and
+    /// the console's Ctrl-A x.
     pub fn exit_status(&self) -> i32 {
         match self {
             Outcome::Reset | Outcome::PowerOff => 0,
@@ -116,7 +119,7 @@ impl Outcome {
             Outcome::InternalError { .. } | Outcome::FailEntry { .. } => STATUS_KVM_ERROR,
             Outcome::Crash { .. } => STATUS_CRASH,
             Outcome::VmmError { .. } => STATUS_RUN_ERROR,
-            Outcome::Interrupted { .. } => STATUS_INTERRUPTED,
+            Outcome::Interrupted { .. } | Outcome::ConsoleQuit => STATUS_INTERRUPTED,
         }
     }
 }
@@ -171,6 +174,7 @@ impl fmt::Display for Outcome {
                 "interrupted by {} (signal {signal}); the guest was stopped",
                 signal_name(*signal)
             ),
+            Outcome::ConsoleQuit => write!(f, "stopped from the console (Ctrl-A x)"),
         }
     }
 }

@@ -268,7 +268,7 @@ impl Vm {
             Console::Capture(buf) => Box::new(CaptureWriter(buf.clone())),
             Console::Null => Box::new(std::io::sink()),
         };
-        let serial = Arc::new(Mutex::new(devices::Serial::with_eventfd(serial_irq, out)));
+        let serial = Arc::new(Mutex::new(devices::Serial::with_eventfd(serial_irq, out)?));
         let pio = &mut self.pio;
         pio.insert(
             devices::SERIAL_PORT_BASE,
@@ -460,6 +460,9 @@ impl RunningVm {
         let stdin_is_tty = matches!(self.vm.config.console, Console::Stdio)
             // SAFETY: isatty on fd 0 has no preconditions.
             && unsafe { libc::isatty(0) } == 1;
+        // Raw mode while the guest owns the terminal (restored when `raw` drops, by the
+        // panic hook, or by a second stop signal: crate::terminal).
+        let raw = stdin_is_tty.then(crate::terminal::RawMode::enter).flatten();
         // The main thread's seccomp filter, now that everything is built and running.
         if self.vm.config.seccomp {
             if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Main) {
@@ -473,6 +476,7 @@ impl RunningVm {
             &self.shared,
             self.vm.serial.clone().filter(|_| stdin_is_tty),
         );
+        drop(raw);
         self.stop_vcpus();
         self.collect()
     }

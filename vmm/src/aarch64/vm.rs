@@ -184,7 +184,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let serial = Arc::new(Mutex::new(devices::Serial::with_eventfd(
         serial_evt,
         console_writer(&config.console),
-    )));
+    )?));
     let mut mmio = devices::MmioBus::new();
     let mut virtio = Vec::with_capacity(disks.len());
     let mut disk_devs = Vec::with_capacity(disks.len());
@@ -246,7 +246,9 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let stdin_is_tty = matches!(config.console, Console::Stdio)
         // SAFETY: isatty on fd 0 has no preconditions.
         && unsafe { libc::isatty(0) } == 1;
+    let raw = stdin_is_tty.then(crate::terminal::RawMode::enter).flatten();
     crate::console::wait_for_stop(&shared, stdin_is_tty.then(|| serial.clone()));
+    drop(raw);
     let mut vcpus = Vec::new();
     let mut audits = Vec::new();
     for (i, h) in handles.into_iter().enumerate() {
