@@ -13,6 +13,7 @@ need_apt=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
 command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
 command -v lz4 >/dev/null 2>&1 || need_apt+=(lz4)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 if [ "${QUICK:-0}" != 1 ] && [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_apt[*]}"

@@ -24,9 +24,11 @@ pub const DEMO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/demo.elf"));
 pub const CONFORMANCE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/conformance.elf"));
 /// The overhead benchmark guest.
 pub const BENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.elf"));
+/// An interactive console guest (echoes lines; tests the terminal and input paths).
+pub const ECHO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo.elf"));
 
 /// Names accepted by [`by_name`] (and by `--kernel builtin:NAME`).
-pub const NAMES: &[&str] = &["demo", "conformance", "bench"];
+pub const NAMES: &[&str] = &["demo", "conformance", "bench", "echo"];
 
 /// The ELF image of a built-in guest.
 pub fn by_name(name: &str) -> Option<&'static [u8]> {
@@ -34,6 +36,7 @@ pub fn by_name(name: &str) -> Option<&'static [u8]> {
         "demo" => Some(DEMO),
         "conformance" => Some(CONFORMANCE),
         "bench" => Some(BENCH),
+        "echo" => Some(ECHO),
         _ => None,
     }
 }
