@@ -850,3 +850,72 @@ fn rig_stops_qemu_and_cleans_up_on_sigterm_and_sigint() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }
+
+#[path = "common/tmux.rs"]
+mod tmux;
+
+/// `run.sh --interactive` in a tmux pane: a user types into L2's BusyBox shell through
+/// QEMU's serial console, L1's /dev/console and vpmu-vmm's raw-mode console. One echo per
+/// typed line (vpmu-vmm in raw mode: L1's terminal echoes nothing), no terminal answers
+/// echoed back as junk (`^[[18;5R`), `exit` in the shell ends the run with status 0.
+#[test]
+fn l2_busybox_shell_typed_at_through_run_sh_interactive() {
+    let test = "l2_busybox_shell_typed_at_through_run_sh_interactive";
+    if !rig_ready(test) {
+        return;
+    }
+    if let Some(why) = tmux::Tmux::unavailable() {
+        panic!("{why} (set VPMU_SKIP_NESTED=1 to skip the rig tests explicitly)");
+    }
+    let _guard = RUN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let status =
+        std::env::temp_dir().join(format!("vpmu-nested-tty-{}.status", std::process::id()));
+    let _ = std::fs::remove_file(&status);
+    let script = format!(
+        "{REPO}/resources/nested/run.sh --interactive --vmm {VMM} --timeout {RUN_TIMEOUT_S} \
+         --guest-cmd 'echo READY-FOR-INPUT'; echo \"rig=$?\" > {s}.tmp; mv {s}.tmp {s}; sleep 600",
+        s = status.display()
+    );
+    let start = std::time::Instant::now();
+    let t = tmux::Tmux::start("l2shell", &script);
+    let limit = std::time::Duration::from_secs(u64::from(RUN_TIMEOUT_S));
+    t.wait_for("READY-FOR-INPUT", limit);
+    t.wait_for("/ # ", limit);
+    t.literal("echo sum=$((6*7))");
+    t.keys(&["Enter"]);
+    let s = t.wait_for("sum=42", std::time::Duration::from_secs(60));
+    assert_eq!(
+        s.matches("echo sum=$((6*7))").count(),
+        1,
+        "the typed line must show once (a second copy is L1's terminal echoing):\n{s}"
+    );
+    assert!(
+        !s.contains("^[["),
+        "terminal answers echoed back as text:\n{s}"
+    );
+    t.literal("exit");
+    t.keys(&["Enter"]);
+    let t0 = std::time::Instant::now();
+    let rig = loop {
+        if let Ok(r) = std::fs::read_to_string(&status) {
+            break r.trim().to_string();
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(120),
+            "the rig did not end after `exit`; the screen:\n{}",
+            t.screen()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = std::fs::remove_file(&status);
+    say(&format!(
+        "{test}: {rig}, {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
+    assert_eq!(rig, "rig=0", "the screen:\n{}", t.screen());
+    assert!(
+        t.screen().contains("NESTED: vpmu-vmm exit 0"),
+        "{}",
+        t.screen()
+    );
+}

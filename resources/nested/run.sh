@@ -44,6 +44,11 @@
 #   --timeout S         whole-run limit in seconds (default 300)
 #   --log FILE          also write the console log (CR stripped) to FILE
 #   --quiet             do not stream the console to stdout
+#   --interactive       QEMU on this terminal (stdin must be one): type into L1/L2. With
+#                       --guest-cmd, L2 runs CMD and then gives a shell on its console
+#                       (vpmu.exit=shell); `exit` in it ends the run. vpmu-vmm in L1 puts
+#                       the console in raw mode (one echo, Ctrl-C reaches L2's program);
+#                       Ctrl-A x there stops L2. No time limit unless --timeout is given
 # In L1, vpmu-vmm runs in /l2 with the L2 image at /l2/bzImage (arm64: /l2/Image),
 # /l2/initramfs.cpio.gz.
 # Exit status: vpmu-vmm's (or --l1-cmd's) exit status, taken from the line
@@ -73,7 +78,8 @@ files=()
 cpus=
 qemu_cpu=
 memory=2048
-timeout_s=300
+timeout_s=
+interactive=0
 log=
 disk_out=
 disk_size=16
@@ -97,12 +103,19 @@ while [ $# -gt 0 ]; do
 	--quiet) quiet=1; shift ;;
 	--disk-out) disk_out=$2; shift 2 ;;
 	--disk-size) disk_size=$2; shift 2 ;;
-	-h | --help) sed -n '2,51p' "$0"; exit 0 ;;
+	--interactive) interactive=1; shift ;;
+	-h | --help) sed -n '2,56p' "$0"; exit 0 ;;
 	--) shift; break ;;
 	*) usage_error "unknown argument: $1 (see --help)" ;;
 	esac
 done
 vmm_args=("$@")
+if [ "$interactive" = 1 ]; then
+	[ -t 0 ] || usage_error "--interactive needs a terminal on stdin"
+	timeout_s=${timeout_s:-0} # 0: no limit
+else
+	timeout_s=${timeout_s:-300}
+fi
 if [ -z "$l1_cmd" ] && [ "$guest_mode" = 0 ] && [ "${#vmm_args[@]}" -eq 0 ]; then
 	usage_error "nothing to run: give -- <vpmu-vmm args>, --guest-cmd CMD or --l1-cmd CMD"
 fi
@@ -193,6 +206,7 @@ q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 					l2_cmdline=$(cat "$WORK/l1/l2-cmdline")
 				fi
 			fi
+			[ "$interactive" = 0 ] || l2_append="${l2_append:+$l2_append }vpmu.exit=shell"
 			l2_full="$l2_cmdline${l2_append:+ $l2_append} vpmu.cmd=$(printf '%s' "$guest_cmd" | base64 -w0)"
 			printf 'echo %s\n' "$(q "NESTED: L2 kernel command line: $l2_full")"
 			if [ "$l2_vmm" = qemu ]; then
@@ -270,11 +284,22 @@ set +e
 # in the background so that Ctrl-C / SIGTERM / SIGHUP stop QEMU at once: without this QEMU
 # would be orphaned for up to --timeout seconds. The EXIT trap then removes $run_dir.
 mkfifo "$run_dir/console.fifo"
-sed -u 's/\r*$//' <"$run_dir/console.fifo" | tee "$console" |
-	{ if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; } &
-reader_pid=$!
-timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run_dir/qemu.err" >"$run_dir/console.fifo" &
-qemu_pid=$!
+if [ "$interactive" = 1 ]; then
+	# The terminal goes to QEMU as it is (QEMU makes it raw; `timeout --foreground` keeps
+	# QEMU in the terminal's process group, and the explicit <&3 overrides the /dev/null
+	# that bash gives background jobs); its output reaches the terminal unchanged.
+	exec 3<&0
+	tee "$run_dir/console.raw" <"$run_dir/console.fifo" &
+	reader_pid=$!
+	timeout --foreground -k 5 "$timeout_s" "${qemu[@]}" <&3 2>"$run_dir/qemu.err" >"$run_dir/console.fifo" &
+	qemu_pid=$!
+else
+	sed -u 's/\r*$//' <"$run_dir/console.fifo" | tee "$console" |
+		{ if [ "$quiet" = 1 ]; then cat >/dev/null; else sed -u '/^NESTED: disk-out begin$/,/^NESTED: disk-out end$/{/^NESTED: /!d}'; fi; } &
+	reader_pid=$!
+	timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run_dir/qemu.err" >"$run_dir/console.fifo" &
+	qemu_pid=$!
+fi
 on_signal() {
 	trap - INT TERM HUP
 	kill -TERM "$qemu_pid" 2>/dev/null
@@ -290,6 +315,7 @@ wait "$reader_pid"
 trap - INT TERM HUP
 set -e
 end=$(date +%s.%N)
+[ "$interactive" = 0 ] || sed 's/\r*$//' "$run_dir/console.raw" >"$console"
 [ -n "$log" ] && cp "$console" "$log"
 grep -v "TCG doesn't support requested feature" "$run_dir/qemu.err" >&2 || true
 
