@@ -295,7 +295,7 @@ fn boot_keeps_kvm_misc_enable_bits() {
     // KVM sets BTS_UNAVAIL | PEBS_UNAVAIL at vCPU reset (kvm_vcpu_reset, 6.x and later;
     // this machine's PVM KVM resets it to 1) and accepts any host-initiated write: the boot
     // MSRs add fast strings to KVM's value, never clear it, or the guest believes BTS and
-    // PEBS are there. (arch::regs's unit test checks the read-modify-write itself.)
+    // PEBS are there. (arch::x86_64::regs's unit test checks the read-modify-write itself.)
     let k = write_scratch("misc-enable.elf", &elf64(&hex(READ_MISC_ENABLE), 0x20_0000));
     for pmu in ["off", "userspace"] {
         let o = vmm(&["run", "--kernel", &k, "--pmu", pmu]);

@@ -3,11 +3,11 @@
 //! (GDT/TSS, identity paging, long-mode registers, MSRs, CPUID). Skipped, with a note on
 //! stderr, when /dev/kvm cannot be opened.
 
-use arch::cpuid::normalize;
-use arch::gdt::write_boot_gdt;
-use arch::layout::{ram_regions, BOOT_STACK_POINTER};
-use arch::paging::write_identity_map;
-use arch::regs::{boot_fpu, boot_msrs, long_mode_regs, setup_long_mode_sregs};
+use arch::x86_64::cpuid::normalize;
+use arch::x86_64::gdt::write_boot_gdt;
+use arch::x86_64::layout::{ram_regions, BOOT_STACK_POINTER};
+use arch::x86_64::paging::write_identity_map;
+use arch::x86_64::regs::{boot_fpu, boot_msrs, long_mode_regs, setup_long_mode_sregs};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};

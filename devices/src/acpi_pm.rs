@@ -1,5 +1,5 @@
 //! ACPI PM1a event and control registers (fixed hardware, ACPI 6.3 4.8.3), the minimum a
-//! non-hardware-reduced FADT needs (`arch::acpi`: PM1a_EVT_BLK = 0x600, PM1a_CNT_BLK =
+//! non-hardware-reduced FADT needs (`arch::x86_64::acpi`: PM1a_EVT_BLK = 0x600, PM1a_CNT_BLK =
 //! 0x604). Registered as one device at 0x600, length 8:
 //!
 //! | offset | register | behaviour |
@@ -16,7 +16,7 @@
 //! writes (low, then high) and wider ones (a dword at 4, or at 2 over PM1_EN too) work the
 //! same way.
 //!
-//! **Sleep states.** The DSDT (`arch::acpi`) offers only `\_S5` (soft-off), with SLP_TYP
+//! **Sleep states.** The DSDT (`arch::x86_64::acpi`) offers only `\_S5` (soft-off), with SLP_TYP
 //! [`SLP_TYP_S5`]. ACPICA's `acpi_hw_legacy_sleep` first writes PM1a_CNT with the new
 //! SLP_TYP and SLP_EN clear, then again with SLP_EN set: that second write ends the VM
 //! with "guest powered off" (vpmu-vmm exits 0), like a KVM_SYSTEM_EVENT_SHUTDOWN. S1-S4
@@ -39,7 +39,7 @@ pub const PM1_CNT_SLP_EN: u16 = 1 << 13;
 pub const PM1_CNT_SLP_TYP_SHIFT: u32 = 10;
 /// PM1_CNT: mask of the sleep type field.
 pub const PM1_CNT_SLP_TYP_MASK: u16 = 0x7 << PM1_CNT_SLP_TYP_SHIFT;
-/// SLP_TYP of S5 (soft-off): the value in the DSDT's `\_S5` package (`arch::acpi::SLP_TYP_S5`,
+/// SLP_TYP of S5 (soft-off): the value in the DSDT's `\_S5` package (`arch::x86_64::acpi::SLP_TYP_S5`,
 /// checked equal at compile time in the vmm).
 pub const SLP_TYP_S5: u8 = 5;
 

@@ -8,7 +8,7 @@
 //! - [`i8042`]: just enough keyboard controller for Linux to probe quickly and to reset.
 //! - [`debug_exit`]: QEMU `isa-debug-exit` at 0xf4.
 //! - [`cmos`]: CMOS RTC (host UTC time, BCD) and CMOS RAM with memory sizes at 0x70/0x71.
-//! - [`acpi_pm`]: ACPI PM1a event/control registers at 0x600 (for the FADT in `arch::acpi`).
+//! - [`acpi_pm`]: ACPI PM1a event/control registers at 0x600 (for the FADT in `arch::x86_64::acpi`).
 //! - [`mmio`]: [`MmioBus`] maps guest-physical ranges to [`MmioDevice`]s; unmapped
 //!   addresses read as all ones and ignore writes.
 //! - [`virtio`]: the virtio-mmio transport (version 2) and a virtio-blk device backed

@@ -93,9 +93,9 @@ impl Default for PmuSettings {
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 16 << 20;
 
 /// Most virtio-blk disks a VM may have (one GSI each, see
-/// `arch::layout::VIRTIO_MMIO_GSIS`).
+/// `arch::x86_64::layout::VIRTIO_MMIO_GSIS`).
 #[cfg(target_arch = "x86_64")]
-pub const MAX_DISKS: usize = arch::layout::VIRTIO_MMIO_GSIS.len();
+pub const MAX_DISKS: usize = arch::x86_64::layout::VIRTIO_MMIO_GSIS.len();
 /// Most virtio-blk disks a VM may have.
 #[cfg(target_arch = "aarch64")]
 pub const MAX_DISKS: usize = 8;
@@ -132,9 +132,10 @@ impl DiskConfig {
     /// GSI); `None` past [`MAX_DISKS`].
     #[cfg(target_arch = "x86_64")]
     pub fn mmio(index: usize) -> Option<(u64, u32)> {
-        let gsi = *arch::layout::VIRTIO_MMIO_GSIS.get(index)?;
+        let gsi = *arch::x86_64::layout::VIRTIO_MMIO_GSIS.get(index)?;
         Some((
-            arch::layout::VIRTIO_MMIO_BASE + index as u64 * devices::virtio::MMIO_REGION_SIZE,
+            arch::x86_64::layout::VIRTIO_MMIO_BASE
+                + index as u64 * devices::virtio::MMIO_REGION_SIZE,
             gsi,
         ))
     }
@@ -201,7 +202,7 @@ impl VmConfig {
     }
 
     /// The command line a Linux guest gets. The disks are announced in the ACPI DSDT
-    /// (`LNRO0005` devices, see `arch::acpi`), which is all a kernel with ACPI needs, so
+    /// (`LNRO0005` devices, see `arch::x86_64::acpi`), which is all a kernel with ACPI needs, so
     /// `cmdline` is passed unchanged; only when it has `acpi=off` is one
     /// `virtio_mmio.device=4K@<base>:<irq>` per disk inserted, before a ` -- ` (what
     /// follows it belongs to init). Both at once would describe each disk twice (see

@@ -113,22 +113,22 @@ pub struct BootError(pub String);
 pub enum BootError {
     /// The boot GDT/TSS.
     #[error("GDT: {0}")]
-    Gdt(#[from] arch::gdt::GdtError),
+    Gdt(#[from] arch::x86_64::gdt::GdtError),
     /// The identity page tables.
     #[error("page tables: {0}")]
-    Paging(#[from] arch::paging::PagingError),
+    Paging(#[from] arch::x86_64::paging::PagingError),
     /// The ACPI tables.
     #[error("ACPI tables: {0}")]
-    Acpi(#[from] arch::acpi::AcpiError),
+    Acpi(#[from] arch::x86_64::acpi::AcpiError),
     /// The MP table.
     #[error("MP table: {0}")]
-    Mptable(#[from] arch::mptable::MptableError),
+    Mptable(#[from] arch::x86_64::mptable::MptableError),
     /// The PVH start info.
     #[error("PVH start info: {0}")]
-    Pvh(#[from] arch::pvh::PvhError),
+    Pvh(#[from] arch::x86_64::pvh::PvhError),
     /// The Linux zero page.
     #[error("zero page: {0}")]
-    ZeroPage(#[from] arch::zero_page::ZeroPageError),
+    ZeroPage(#[from] arch::x86_64::zero_page::ZeroPageError),
     /// A plain write into guest memory (command line, initrd).
     #[error("guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
@@ -242,7 +242,7 @@ pub enum Error {
     #[cfg(target_arch = "x86_64")]
     /// The vCPU's CPUID could not be normalised (topology).
     #[error("CPUID setup failed: {0}")]
-    Cpuid(#[from] arch::cpuid::CpuidError),
+    Cpuid(#[from] arch::x86_64::cpuid::CpuidError),
     /// A KVM MSR list (KVM_SET_MSRS / KVM_GET_MSRS) could not be built.
     #[error("MSR list for KVM: {0}")]
     MsrList(#[source] vmm_sys_util::fam::Error),

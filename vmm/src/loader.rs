@@ -3,7 +3,7 @@
 //! Three formats, told apart by their magic:
 //! - **bzImage** ("HdrS" at 0x202): Linux 64-bit boot protocol. The protected-mode kernel
 //!   is loaded at 1 MiB, the zero page (boot_params with e820, cmdline, initrd) at
-//!   [`arch::layout::ZERO_PAGE_START`], entry at load address + 0x200 in long mode.
+//!   [`arch::x86_64::layout::ZERO_PAGE_START`], entry at load address + 0x200 in long mode.
 //! - **ELF64 with a PVH note** (a Linux vmlinux built with CONFIG_PVH): entered at the PVH
 //!   entry point in 32-bit protected mode with RBX = hvm_start_info.
 //! - **ELF64 without a PVH note**: a freestanding guest (docs/GUESTS.md): segments at
@@ -149,7 +149,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, L
             mem: config.memory,
         });
     }
-    let himem = Some(GuestAddress(arch::layout::HIMEM_START));
+    let himem = Some(GuestAddress(arch::x86_64::layout::HIMEM_START));
     let name = config.kernel.to_string();
     match detect(&bytes) {
         Some(Format::BzImage) => {
@@ -177,7 +177,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, L
             write_linux_cmdline(mem, &config.linux_cmdline())?;
             Ok(Loaded {
                 boot: Boot::Linux64 {
-                    entry: arch::regs::bzimage_64bit_entry(r.kernel_load),
+                    entry: arch::x86_64::regs::bzimage_64bit_entry(r.kernel_load),
                 },
                 setup_header: Some(hdr),
                 kernel_end: r.kernel_end,
@@ -216,11 +216,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Loaded, L
 }
 
 fn write_linux_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), LoadError> {
-    let mut c = Cmdline::new(arch::layout::CMDLINE_MAX_SIZE)?;
+    let mut c = Cmdline::new(arch::x86_64::layout::CMDLINE_MAX_SIZE)?;
     if !cmdline.is_empty() {
         c.insert_str(cmdline)?;
     }
-    linux_loader::loader::load_cmdline(mem, GuestAddress(arch::layout::CMDLINE_START), &c)
+    linux_loader::loader::load_cmdline(mem, GuestAddress(arch::x86_64::layout::CMDLINE_START), &c)
         .map_err(LoadError::CmdlineWrite)
 }
 
@@ -260,9 +260,9 @@ fn write_raw_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, LoadEr
     }
     let mut b = cmdline.as_bytes().to_vec();
     b.push(0);
-    mem.write_slice(&b, GuestAddress(arch::layout::CMDLINE_START))
+    mem.write_slice(&b, GuestAddress(arch::x86_64::layout::CMDLINE_START))
         .map_err(|e| LoadError::Boot(e.into()))?;
-    Ok(arch::layout::CMDLINE_START)
+    Ok(arch::x86_64::layout::CMDLINE_START)
 }
 
 /// Loads the initrd (if any) above the kernel; returns (address, size).
@@ -277,13 +277,11 @@ pub fn load_initrd(
     let data = read_input("initrd", path, config.memory)?;
     let size = data.len() as u64;
     let max = loaded.setup_header.map(|h| h.initrd_addr_max).unwrap_or(0);
-    let addr =
-        arch::layout::initrd_addr(config.memory, size, loaded.kernel_end, max).map_err(|_| {
-            LoadError::TooLarge {
-                what: "initrd",
-                size,
-                mem: config.memory,
-            }
+    let addr = arch::x86_64::layout::initrd_addr(config.memory, size, loaded.kernel_end, max)
+        .map_err(|_| LoadError::TooLarge {
+            what: "initrd",
+            size,
+            mem: config.memory,
         })?;
     mem.write_slice(&data, addr)
         .map_err(|e| LoadError::Boot(e.into()))?;

@@ -272,7 +272,7 @@ impl Vcpu {
             }
             PmiDelivery::Fixed(vector) => {
                 let msi = kvm_bindings::kvm_msi {
-                    address_lo: arch::layout::msi_address(self.index),
+                    address_lo: arch::x86_64::layout::msi_address(self.index),
                     address_hi: 0,
                     data: u32::from(vector),
                     ..Default::default()

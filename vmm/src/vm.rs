@@ -282,7 +282,7 @@ impl Vm {
         )?;
         let (memory, low_mem) = (
             self.config.memory,
-            arch::layout::low_mem_end(self.config.memory),
+            arch::x86_64::layout::low_mem_end(self.config.memory),
         );
         let cmos = devices::Cmos::new(low_mem, memory.saturating_sub(low_mem));
         pio.insert(
@@ -290,11 +290,11 @@ impl Vm {
             devices::CMOS_LEN,
             Arc::new(Mutex::new(cmos)),
         )?;
-        // The ACPI PM1a registers the FADT (arch::acpi) points at.
-        const _: () = assert!(devices::ACPI_PM_BASE == arch::acpi::PM1A_EVT_BLK);
-        const _: () = assert!(devices::ACPI_PM_BASE + 4 == arch::acpi::PM1A_CNT_BLK);
+        // The ACPI PM1a registers the FADT (arch::x86_64::acpi) points at.
+        const _: () = assert!(devices::ACPI_PM_BASE == arch::x86_64::acpi::PM1A_EVT_BLK);
+        const _: () = assert!(devices::ACPI_PM_BASE + 4 == arch::x86_64::acpi::PM1A_CNT_BLK);
         // The soft-off SLP_TYP the DSDT's \_S5 announces is the one the device decodes.
-        const _: () = assert!(devices::acpi_pm::SLP_TYP_S5 == arch::acpi::SLP_TYP_S5);
+        const _: () = assert!(devices::acpi_pm::SLP_TYP_S5 == arch::x86_64::acpi::SLP_TYP_S5);
         pio.insert(
             devices::ACPI_PM_BASE,
             devices::ACPI_PM_LEN,
@@ -309,8 +309,8 @@ impl Vm {
         Ok(())
     }
 
-    /// virtio-mmio disks: disk i at `arch::layout::VIRTIO_MMIO_BASE` + i * 4 KiB,
-    /// interrupt on `arch::layout::VIRTIO_MMIO_GSIS[i]` through an irqfd (edge)
+    /// virtio-mmio disks: disk i at `arch::x86_64::layout::VIRTIO_MMIO_BASE` + i * 4 KiB,
+    /// interrupt on `arch::x86_64::layout::VIRTIO_MMIO_GSIS[i]` through an irqfd (edge)
     /// ([`DiskConfig::mmio`]). Linux finds them in the ACPI DSDT (`acpi_config`), or, with
     /// `acpi=off`, through the `virtio_mmio.device=` parameters `VmConfig::linux_cmdline`
     /// adds.
@@ -619,7 +619,7 @@ fn create_vm(kvm: &Kvm, phases: &mut StartupPhases, t: &mut Instant) -> Result<A
         return Err(Error::MissingCap("KVM_CAP_IRQCHIP"));
     }
     let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
-    vm.set_tss_address(usize::try_from(arch::layout::KVM_TSS_ADDR).unwrap_or(usize::MAX))
+    vm.set_tss_address(usize::try_from(arch::x86_64::layout::KVM_TSS_ADDR).unwrap_or(usize::MAX))
         .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
     phases.create_vm_ns = lap(t);
     vm.create_irq_chip()
@@ -786,7 +786,7 @@ impl Write for CaptureWriter {
 /// Maps guest memory (the host side only: the kernel can be loaded into it at once).
 fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
     Ok(GuestMemoryMmap::<()>::from_ranges(
-        &arch::layout::ram_regions(size),
+        &arch::x86_64::layout::ram_regions(size),
     )?)
 }
 
@@ -816,12 +816,12 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
 /// What the ACPI tables describe: the vCPUs and, as `LNRO0005` devices in the DSDT, the
 /// virtio-mmio disks (where [`run`] puts them), so Linux's virtio_mmio driver binds them
 /// without any kernel parameter.
-fn acpi_config(config: &VmConfig) -> arch::acpi::AcpiConfig {
-    arch::acpi::AcpiConfig {
+fn acpi_config(config: &VmConfig) -> arch::x86_64::acpi::AcpiConfig {
+    arch::x86_64::acpi::AcpiConfig {
         cpus: u32::from(config.cpus),
         virtio_mmio: (0..config.disks.len())
             .filter_map(DiskConfig::mmio)
-            .map(|(base, gsi)| arch::acpi::VirtioMmioDevice {
+            .map(|(base, gsi)| arch::x86_64::acpi::VirtioMmioDevice {
                 base,
                 size: u32::try_from(devices::virtio::MMIO_REGION_SIZE).unwrap_or(u32::MAX),
                 gsi,
@@ -837,36 +837,40 @@ fn write_boot_structures(
     loaded: &Loaded,
     initrd: Option<(GuestAddress, u64)>,
 ) -> std::result::Result<(), BootError> {
-    arch::gdt::write_boot_gdt(mem)?;
+    arch::x86_64::gdt::write_boot_gdt(mem)?;
     if let Boot::Freestanding { .. } = loaded.boot {
-        arch::paging::write_identity_map(mem, true)?;
+        arch::x86_64::paging::write_identity_map(mem, true)?;
         return Ok(());
     }
     // Linux, by either protocol: page tables, ACPI tables and the MP table, then the boot
     // information the protocol hands over (zero page or PVH start info).
-    arch::paging::write_identity_map(mem, false)?;
-    let rsdp = arch::acpi::write_acpi_tables(mem, &acpi_config(config))?;
-    arch::mptable::write_mptable(mem, u32::from(config.cpus))?;
+    arch::x86_64::paging::write_identity_map(mem, false)?;
+    let rsdp = arch::x86_64::acpi::write_acpi_tables(mem, &acpi_config(config))?;
+    arch::x86_64::mptable::write_mptable(mem, u32::from(config.cpus))?;
     if let Boot::Pvh { .. } = loaded.boot {
-        arch::pvh::write_start_info(
+        arch::x86_64::pvh::write_start_info(
             mem,
             config.memory,
-            Some(GuestAddress(arch::layout::CMDLINE_START)),
+            Some(GuestAddress(arch::x86_64::layout::CMDLINE_START)),
             initrd,
             Some(rsdp),
         )?;
         return Ok(());
     }
     let hdr = loaded.setup_header.ok_or(BootError::MissingSetupHeader)?;
-    let zp = arch::zero_page::ZeroPageConfig {
-        cmdline_addr: GuestAddress(arch::layout::CMDLINE_START),
+    let zp = arch::x86_64::zero_page::ZeroPageConfig {
+        cmdline_addr: GuestAddress(arch::x86_64::layout::CMDLINE_START),
         cmdline_len: config.linux_cmdline().len(),
         initrd,
         mem_size: config.memory,
         rsdp_addr: Some(rsdp),
     };
-    let bp = arch::zero_page::build_boot_params(&hdr, &zp)?;
-    arch::zero_page::write_boot_params(mem, &bp, GuestAddress(arch::layout::ZERO_PAGE_START))?;
+    let bp = arch::x86_64::zero_page::build_boot_params(&hdr, &zp)?;
+    arch::x86_64::zero_page::write_boot_params(
+        mem,
+        &bp,
+        GuestAddress(arch::x86_64::layout::ZERO_PAGE_START),
+    )?;
     Ok(())
 }
 
@@ -885,7 +889,7 @@ fn setup_vcpu(
         .create_vcpu(u64::from(index))
         .map_err(|e| plan.vcpu_create_error(e))?;
     let mut cpuid = supported.clone();
-    arch::cpuid::normalize(&mut cpuid, u32::from(index), u32::from(config.cpus))?;
+    arch::x86_64::cpuid::normalize(&mut cpuid, u32::from(index), u32::from(config.cpus))?;
     plan.apply_cpuid(&mut cpuid)?;
     vcpu.set_cpuid2(&cpuid)
         .map_err(Error::kvm("KVM_SET_CPUID2"))?;
@@ -893,8 +897,9 @@ fn setup_vcpu(
 
     // IA32_MISC_ENABLE as KVM set it at vCPU reset (BTS/PEBS unavailable): boot MSRs add
     // to it rather than overwrite it.
-    let misc_enable = crate::msrs::get_msr(&vcpu, arch::regs::msr::MISC_ENABLE)?.unwrap_or(0);
-    let msrs = kvm_bindings::Msrs::from_entries(&arch::regs::boot_msrs(misc_enable))
+    let misc_enable =
+        crate::msrs::get_msr(&vcpu, arch::x86_64::regs::msr::MISC_ENABLE)?.unwrap_or(0);
+    let msrs = kvm_bindings::Msrs::from_entries(&arch::x86_64::regs::boot_msrs(misc_enable))
         .map_err(Error::MsrList)?;
     vcpu.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
 
@@ -911,16 +916,19 @@ fn set_entry_registers(vcpu: &VcpuFd, index: u8, config: &VmConfig, boot: Boot) 
     let mut sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
     let regs = match boot {
         Boot::Linux64 { entry } => {
-            arch::regs::setup_long_mode_sregs(&mut sregs, arch::layout::PML4_START);
-            arch::regs::linux64_regs(entry, GuestAddress(arch::layout::ZERO_PAGE_START))
+            arch::x86_64::regs::setup_long_mode_sregs(&mut sregs, arch::x86_64::layout::PML4_START);
+            arch::x86_64::regs::linux64_regs(
+                entry,
+                GuestAddress(arch::x86_64::layout::ZERO_PAGE_START),
+            )
         }
         Boot::Pvh { entry } => {
-            arch::regs::setup_pvh_sregs(&mut sregs);
-            arch::regs::pvh_regs(entry, GuestAddress(arch::layout::PVH_INFO_START))
+            arch::x86_64::regs::setup_pvh_sregs(&mut sregs);
+            arch::x86_64::regs::pvh_regs(entry, GuestAddress(arch::x86_64::layout::PVH_INFO_START))
         }
         Boot::Freestanding { entry, cmdline } => {
-            arch::regs::setup_long_mode_sregs(&mut sregs, arch::layout::PML4_START);
-            arch::regs::long_mode_regs(
+            arch::x86_64::regs::setup_long_mode_sregs(&mut sregs, arch::x86_64::layout::PML4_START);
+            arch::x86_64::regs::long_mode_regs(
                 entry,
                 0,
                 [u64::from(index), cmdline, u64::from(config.cpus)],
@@ -930,7 +938,7 @@ fn set_entry_registers(vcpu: &VcpuFd, index: u8, config: &VmConfig, boot: Boot) 
     vcpu.set_sregs(&sregs)
         .map_err(Error::kvm("KVM_SET_SREGS"))?;
     vcpu.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
-    vcpu.set_fpu(&arch::regs::boot_fpu())
+    vcpu.set_fpu(&arch::x86_64::regs::boot_fpu())
         .map_err(Error::kvm("KVM_SET_FPU"))?;
     if index != 0 {
         // With an in-kernel irqchip KVM parks APs in wait-for-SIPI; freestanding guests

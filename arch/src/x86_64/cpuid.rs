@@ -22,7 +22,7 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
-use crate::mptable::MAX_CPUS;
+use crate::x86_64::mptable::MAX_CPUS;
 
 /// Leaf 1 EDX: HTT.
 pub const LEAF1_EDX_HTT: u32 = 1 << 28;

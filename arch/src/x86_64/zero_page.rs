@@ -10,7 +10,7 @@
 //! CAN_USE_HEAP with `heap_end_ptr` 0xfe00 - 0x200 (only the real-mode setup code reads
 //! these; harmless for the 64-bit entry, KEEP_SEGMENTS is not set: it is obsolete and only
 //! meant for the 32-bit entry), `cmd_line_ptr`, `ramdisk_image`/`ramdisk_size`, and the
-//! e820 table from [`crate::e820::e820_map`], and `acpi_rsdp_addr` (offset 0x070, boot
+//! e820 table from [`crate::x86_64::e820::e820_map`], and `acpi_rsdp_addr` (offset 0x070, boot
 //! protocol 2.14+; older kernels ignore it and find the RSDP by scanning the BIOS area).
 
 use linux_loader::loader::bootparam::{
@@ -19,7 +19,7 @@ use linux_loader::loader::bootparam::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::e820::{e820_map, E820Error};
+use crate::x86_64::e820::{e820_map, E820Error};
 
 /// `boot_flag` value.
 pub const BOOT_FLAG: u16 = 0xaa55;
@@ -97,7 +97,7 @@ pub struct ZeroPageConfig {
     pub cmdline_len: usize,
     /// Initrd (address, size), if any.
     pub initrd: Option<(GuestAddress, u64)>,
-    /// ACPI RSDP address ([`crate::acpi::write_acpi_tables`]), if the guest has ACPI tables.
+    /// ACPI RSDP address ([`crate::x86_64::acpi::write_acpi_tables`]), if the guest has ACPI tables.
     pub rsdp_addr: Option<GuestAddress>,
 }
 
@@ -123,7 +123,7 @@ pub fn validate_setup_header(hdr: &setup_header) -> Result<(), ZeroPageError> {
 }
 
 /// A setup header for an ELF vmlinux (which carries none): valid magic, protocol 2.06,
-/// 64-bit entry, 16 MiB alignment, command line limit [`crate::layout::CMDLINE_MAX_SIZE`] - 1.
+/// 64-bit entry, 16 MiB alignment, command line limit [`crate::x86_64::layout::CMDLINE_MAX_SIZE`] - 1.
 #[allow(clippy::cast_possible_truncation)] // CMDLINE_MAX_SIZE - 1 is 0xffff
 pub fn elf_setup_header() -> setup_header {
     setup_header {
@@ -132,7 +132,7 @@ pub fn elf_setup_header() -> setup_header {
         version: MIN_BOOT_PROTOCOL,
         xloadflags: XLF_KERNEL_64,
         kernel_alignment: 0x0100_0000,
-        cmdline_size: (crate::layout::CMDLINE_MAX_SIZE - 1) as u32,
+        cmdline_size: (crate::x86_64::layout::CMDLINE_MAX_SIZE - 1) as u32,
         initrd_addr_max: 0x7fff_ffff,
         ..Default::default()
     }
@@ -195,7 +195,7 @@ pub fn build_boot_params(
     Ok(bp)
 }
 
-/// Writes `bp` at `addr` (normally [`crate::layout::ZERO_PAGE_START`]).
+/// Writes `bp` at `addr` (normally [`crate::x86_64::layout::ZERO_PAGE_START`]).
 pub fn write_boot_params<M: GuestMemory + ?Sized>(
     mem: &M,
     bp: &boot_params,
@@ -211,8 +211,8 @@ pub fn write_boot_params<M: GuestMemory + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::e820::{E820_RAM, E820_RESERVED};
-    use crate::layout::{CMDLINE_START, ZERO_PAGE_START};
+    use crate::x86_64::e820::{E820_RAM, E820_RESERVED};
+    use crate::x86_64::layout::{CMDLINE_START, ZERO_PAGE_START};
     use vm_memory::GuestMemoryMmap;
 
     fn bz_header() -> setup_header {
@@ -234,7 +234,7 @@ mod tests {
             cmdline_addr: GuestAddress(CMDLINE_START),
             cmdline_len: 20,
             initrd: Some((GuestAddress(0x1f00_0000), 0x10_0000)),
-            rsdp_addr: Some(GuestAddress(crate::acpi::RSDP_ADDR)),
+            rsdp_addr: Some(GuestAddress(crate::x86_64::acpi::RSDP_ADDR)),
         }
     }
 

@@ -47,7 +47,7 @@
 //! `devices::AcpiPm` turns into the end of the VM ("guest powered off", status 0).
 //!
 //! Linux learns the RSDP address from `boot_params.acpi_rsdp_addr` (bzImage,
-//! [`crate::zero_page::ZeroPageConfig::rsdp_addr`]) or `hvm_start_info.rsdp_paddr` (PVH);
+//! [`crate::x86_64::zero_page::ZeroPageConfig::rsdp_addr`]) or `hvm_start_info.rsdp_paddr` (PVH);
 //! older kernels find it by scanning 0xe0000..0xfffff on 16-byte boundaries.
 //!
 //! **virtio-mmio devices** are announced the way QEMU (microvm, arm virt), Firecracker and
@@ -72,10 +72,10 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::x86_64::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
 
 /// Most CPUs described: APIC ids are 8 bits, 0xff is the broadcast id and the IOAPIC
-/// takes id N (same limit as [`crate::mptable::MAX_CPUS`]).
+/// takes id N (same limit as [`crate::x86_64::mptable::MAX_CPUS`]).
 pub const MAX_CPUS: u32 = 254;
 
 /// Guest-physical address of the RSDP.

@@ -6,15 +6,17 @@
 //! definitions in the tests.
 //!
 //! Layout: `hvm_start_info` at [`PVH_INFO_START`], one module entry at
-//! [`PVH_MODLIST_START`], the memory map (from [`crate::e820::e820_map`]) at
+//! [`PVH_MODLIST_START`], the memory map (from [`crate::x86_64::e820::e820_map`]) at
 //! [`PVH_MEMMAP_START`]. The vCPU starts with RBX = [`PVH_INFO_START`] (see
-//! [`crate::regs::pvh_regs`]).
+//! [`crate::x86_64::regs::pvh_regs`]).
 
 use linux_loader::loader::elf::start_info::XEN_HVM_START_MAGIC_VALUE;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::e820::{e820_map, E820Error, E820_RAM, E820_RESERVED};
-use crate::layout::{PVH_INFO_START, PVH_MEMMAP_MAX_ENTRIES, PVH_MEMMAP_START, PVH_MODLIST_START};
+use crate::x86_64::e820::{e820_map, E820Error, E820_RAM, E820_RESERVED};
+use crate::x86_64::layout::{
+    PVH_INFO_START, PVH_MEMMAP_MAX_ENTRIES, PVH_MEMMAP_START, PVH_MODLIST_START,
+};
 
 /// `hvm_start_info.version` (1: has the memory map fields).
 pub const START_INFO_VERSION: u32 = 1;
@@ -70,7 +72,7 @@ pub fn start_info_bytes(
 /// Writes the start info, module list and memory map; returns the address to pass in RBX.
 ///
 /// `cmdline` is the NUL-terminated command line's address (if any); `initrd` becomes
-/// module 0; `rsdp` is the ACPI RSDP ([`crate::acpi::write_acpi_tables`]), if any.
+/// module 0; `rsdp` is the ACPI RSDP ([`crate::x86_64::acpi::write_acpi_tables`]), if any.
 pub fn write_start_info<M: GuestMemory + ?Sized>(
     mem: &M,
     mem_size: u64,

@@ -22,11 +22,11 @@
 use kvm_bindings::{kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::GuestAddress;
 
-use crate::gdt::{
+use crate::x86_64::gdt::{
     GdtEntry, BOOT_GDT_LIMIT, BOOT_STAR, CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR,
     TSS_SELECTOR,
 };
-use crate::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER};
+use crate::x86_64::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER};
 
 /// CR0.PE
 pub const X86_CR0_PE: u64 = 1 << 0;
@@ -236,7 +236,7 @@ pub fn boot_msrs(misc_enable_at_reset: u64) -> Vec<kvm_msr_entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::PML4_START;
+    use crate::x86_64::layout::PML4_START;
 
     #[test]
     fn long_mode() {

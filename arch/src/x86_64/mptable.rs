@@ -18,7 +18,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR, LOW_MEM_END, MPTABLE_START};
+use crate::x86_64::layout::{IOAPIC_ADDR, LAPIC_ADDR, LOW_MEM_END, MPTABLE_START};
 
 /// Most CPUs the table can describe.
 pub const MAX_CPUS: u32 = 254;

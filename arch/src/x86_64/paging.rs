@@ -7,7 +7,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::layout::{PDPT_START, PD_COUNT, PD_START, PML4_START};
+use crate::x86_64::layout::{PDPT_START, PD_COUNT, PD_START, PML4_START};
 
 /// Present.
 pub const PTE_P: u64 = 1 << 0;

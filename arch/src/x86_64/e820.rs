@@ -12,7 +12,7 @@
 //! [MMIO_GAP_END, ..)               RAM        (only when memory exceeds the gap start)
 //! ```
 
-use crate::layout::{
+use crate::x86_64::layout::{
     low_mem_end, ACPI_END, ACPI_START, EBDA_START, HIMEM_START, LOW_MEM_END, MMIO_GAP_END,
     MMIO_GAP_START,
 };
@@ -49,7 +49,7 @@ pub enum E820Error {
     },
 }
 
-/// Memory map for `mem_size` bytes of RAM laid out by [`crate::layout::ram_regions`];
+/// Memory map for `mem_size` bytes of RAM laid out by [`crate::x86_64::layout::ram_regions`];
 /// sorted by address, non-overlapping.
 pub fn e820_map(mem_size: u64) -> Result<Vec<E820Entry>, E820Error> {
     if mem_size < MIN_MEM_SIZE {
@@ -83,7 +83,7 @@ pub fn e820_map(mem_size: u64) -> Result<Vec<E820Entry>, E820Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::ram_regions;
+    use crate::x86_64::layout::ram_regions;
     use proptest::prelude::*;
 
     #[test]

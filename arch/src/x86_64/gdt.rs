@@ -26,7 +26,7 @@
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use crate::layout::{BOOT_GDT_START, BOOT_STACK_POINTER, BOOT_TSS_SIZE, BOOT_TSS_START};
+use crate::x86_64::layout::{BOOT_GDT_START, BOOT_STACK_POINTER, BOOT_TSS_SIZE, BOOT_TSS_START};
 
 /// Number of 8-byte slots in the boot GDT.
 pub const BOOT_GDT_ENTRIES: usize = 8;
