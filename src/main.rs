@@ -106,13 +106,27 @@ enum PolicyCmd {
     },
 }
 
+/// `--pmu` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PmuChoice {
+    /// No PMU in the guest.
+    Off,
+    /// KVM's perf-based vPMU (each guest counter is a host perf event).
+    Emulated,
+    /// KVM's mediated vPMU (counters passed through, event selectors intercepted).
+    Passthrough,
+    /// The VMM's own vPMU (PMU MSRs trapped through KVM's MSR filter).
+    Userspace,
+    /// The first of passthrough, emulated, userspace that this host offers.
+    Auto,
+}
+
 #[derive(Args, Clone)]
 struct PmuArgs {
-    /// vPMU mode: off, emulated (KVM perf-based), passthrough (KVM mediated), userspace
-    /// (the VMM's own vPMU), or auto (passthrough, then emulated, then userspace, whichever
-    /// this host offers first). Default: off for `run`, auto for `demo`.
-    #[arg(long)]
-    pmu: Option<String>,
+    /// vPMU mode (`vpmu-vmm probe` says which this host offers, and why not). Default: off
+    /// for `run`, auto for `demo`.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pmu: Option<PmuChoice>,
     /// Allowlist policy (TOML, see docs/POLICY.md); default: the built-in policy
     /// (architectural events only).
     #[arg(long, value_name = "FILE")]
@@ -133,8 +147,8 @@ struct PmuArgs {
 
 impl PmuArgs {
     /// The VM's vPMU settings, with `--pmu` resolved (`default` when not given).
-    fn settings(self, default: &str) -> Result<PmuSettings, CliError> {
-        let mode = resolve_mode(self.pmu.as_deref().unwrap_or(default))?;
+    fn settings(self, default: PmuChoice) -> Result<PmuSettings, CliError> {
+        let mode = resolve_mode(self.pmu.unwrap_or(default))?;
         Ok(PmuSettings {
             mode,
             layout: self.pmu_layout,
@@ -267,8 +281,49 @@ enum CliError {
     Policy(String),
 }
 
+/// A command-line error as one line (clap's own spans several: the error, the possible
+/// values, a usage block, a hint), so that every usage mistake reads like every other
+/// error: `vpmu-vmm: ...`, status 2. `--help` and `--version` print as clap does.
+fn parse_cli() -> Cli {
+    let e = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    eprintln!("vpmu-vmm: {}", one_line(&e.render().to_string()));
+    std::process::exit(STATUS_VMM_ERROR);
+}
+
+/// Joins clap's error lines into one: "error: " dropped, the trailing "For more
+/// information" hint replaced by "(see --help)".
+fn one_line(rendered: &str) -> String {
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect();
+    let mut line = String::new();
+    for p in parts {
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(p);
+    }
+    line.push_str(" (see --help)");
+    line
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match run(parse_cli()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vpmu-vmm: {e}");
@@ -278,11 +333,13 @@ fn main() -> ExitCode {
 }
 
 /// Resolves `--pmu`, including `auto`, against the host's capabilities.
-fn resolve_mode(s: &str) -> Result<PmuMode, CliError> {
-    if s != "auto" {
-        return s
-            .parse::<PmuMode>()
-            .map_err(|e| CliError::Usage(e.to_string()));
+fn resolve_mode(choice: PmuChoice) -> Result<PmuMode, CliError> {
+    match choice {
+        PmuChoice::Off => return Ok(PmuMode::Off),
+        PmuChoice::Emulated => return Ok(PmuMode::Emulated),
+        PmuChoice::Passthrough => return Ok(PmuMode::Passthrough),
+        PmuChoice::Userspace => return Ok(PmuMode::Userspace),
+        PmuChoice::Auto => {}
     }
     let host = vmm::probe_host()?;
     for mode in [PmuMode::Passthrough, PmuMode::Emulated, PmuMode::Userspace] {
@@ -381,7 +438,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, CliError> {
     // Checked in this order: kernel, memory, --pmu (which may probe), cpus, disks.
     let kernel = kernel_image(&a.kernel)?;
     let memory = vmm::config::parse_size(&a.memory)?;
-    let pmu = a.pmu.settings("off")?;
+    let pmu = a.pmu.settings(PmuChoice::Off)?;
     let cpus = cpu_count(a.cpus)?;
     let disks = a
         .disk
@@ -415,7 +472,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, CliError> {
 /// `vpmu-vmm demo`.
 fn demo_cmd(a: DemoArgs) -> Result<ExitCode, CliError> {
     handle_stop_signals();
-    let pmu = a.pmu.settings("auto")?;
+    let pmu = a.pmu.settings(PmuChoice::Auto)?;
     let cpus = cpu_count(a.cpus)?;
     let mut config = VmConfig::new(KernelImage::Builtin {
         name: "demo".into(),
