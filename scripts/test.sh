@@ -14,6 +14,7 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
 command -v cpio >/dev/null 2>&1 || need_apt+=(cpio)
 command -v lz4 >/dev/null 2>&1 || need_apt+=(lz4)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 if [ "${QUICK:-0}" != 1 ] && [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_apt[*]}"

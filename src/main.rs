@@ -148,9 +148,10 @@ struct PmuArgs {
 impl PmuArgs {
     /// The VM's vPMU settings, with `--pmu` resolved (`default` when not given).
     fn settings(self, default: PmuChoice) -> Result<PmuSettings, CliError> {
-        let mode = resolve_mode(self.pmu.unwrap_or(default))?;
+        let (mode, auto) = mode_of(self.pmu.unwrap_or(default));
         Ok(PmuSettings {
             mode,
+            auto,
             layout: self.pmu_layout,
             policy: self.pmu_policy,
             audit: self.pmu_audit,
@@ -332,26 +333,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves `--pmu`, including `auto`, against the host's capabilities.
-fn resolve_mode(choice: PmuChoice) -> Result<PmuMode, CliError> {
+/// `--pmu` as the VM configuration's mode; `auto` is decided by the VM build from its own
+/// host probe (the run's one KVM_GET_SUPPORTED_CPUID), which also prints the choice.
+fn mode_of(choice: PmuChoice) -> (PmuMode, bool) {
     match choice {
-        PmuChoice::Off => return Ok(PmuMode::Off),
-        PmuChoice::Emulated => return Ok(PmuMode::Emulated),
-        PmuChoice::Passthrough => return Ok(PmuMode::Passthrough),
-        PmuChoice::Userspace => return Ok(PmuMode::Userspace),
-        PmuChoice::Auto => {}
+        PmuChoice::Off => (PmuMode::Off, false),
+        PmuChoice::Emulated => (PmuMode::Emulated, false),
+        PmuChoice::Passthrough => (PmuMode::Passthrough, false),
+        PmuChoice::Userspace => (PmuMode::Userspace, false),
+        PmuChoice::Auto => (PmuMode::Off, true),
     }
-    let host = vmm::probe_host()?;
-    for mode in [PmuMode::Passthrough, PmuMode::Emulated, PmuMode::Userspace] {
-        if host.availability(mode).is_available() {
-            eprintln!("vpmu-vmm: --pmu auto chose {mode}");
-            return Ok(mode);
-        }
-    }
-    eprintln!(
-        "vpmu-vmm: --pmu auto: no vPMU mode is available on this host; running with --pmu off"
-    );
-    Ok(PmuMode::Off)
 }
 
 fn kernel_image(spec: &str) -> Result<KernelImage, CliError> {

@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use std::process::Command;
 
 /// `ud2` with an empty IDT: #UD -> #GP -> #DF -> triple fault.
 const TRIPLE_FAULT: &str = "0f0b";
@@ -402,4 +403,37 @@ fn an_unwritable_report_is_refused_before_boot() {
     let o = vmm(&["run", "--kernel", "builtin:conformance", "--report", &ps]);
     assert_eq!(status(&o), 1, "{}", err(&o));
     assert!(p.is_file(), "the report is written at the end");
+}
+
+/// One KVM_GET_SUPPORTED_CPUID per run, shared by the host probe, the vPMU plan and the
+/// vCPUs' CPUID, `--pmu auto` included (it used to probe the host a second time in the
+/// CLI). Counted with strace.
+#[test]
+fn one_supported_cpuid_query_per_run() {
+    need_kvm!("one_supported_cpuid_query_per_run");
+    if Command::new("strace").arg("-V").output().is_err() {
+        skip(
+            "one_supported_cpuid_query_per_run",
+            "strace is not installed (Debian: apt-get install strace)",
+        );
+        return;
+    }
+    for args in [
+        &["demo", "--pmu", "auto"][..],
+        &["demo", "--pmu", "userspace"][..],
+        &["run", "--kernel", "builtin:conformance", "--pmu", "off"][..],
+    ] {
+        let trace = scratch("cpuid.strace");
+        let o = Command::new("timeout")
+            .args(["120", "strace", "-f", "-e", "trace=ioctl", "-o"])
+            .arg(&trace)
+            .arg(bin())
+            .args(args)
+            .output()
+            .expect("strace");
+        assert_ne!(status(&o), 2, "{args:?}: {}", err(&o));
+        let t = std::fs::read_to_string(&trace).expect("strace output");
+        let n = t.matches("KVM_GET_SUPPORTED_CPUID").count();
+        assert_eq!(n, 1, "{args:?}: {n} KVM_GET_SUPPORTED_CPUID calls");
+    }
 }

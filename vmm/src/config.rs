@@ -66,6 +66,10 @@ pub enum Console {
 pub struct PmuSettings {
     /// The mode (off, emulated, passthrough, userspace).
     pub mode: vpmu::discovery::PmuMode,
+    /// `--pmu auto`: `mode` is ignored and the build picks the first of passthrough,
+    /// emulated and userspace that this run's host probe offers (off when none is), from
+    /// the run's one KVM_GET_SUPPORTED_CPUID; the report's `pmu_mode` says which.
+    pub auto: bool,
     /// The requested guest PMU layout (`host` by default).
     pub layout: String,
     /// The allowlist policy file; `None` = the built-in default policy.
@@ -81,6 +85,7 @@ impl Default for PmuSettings {
     fn default() -> Self {
         PmuSettings {
             mode: vpmu::discovery::PmuMode::Off,
+            auto: false,
             layout: "host".to_string(),
             policy: None,
             audit: None,

@@ -30,6 +30,7 @@ use crate::outcome::Outcome;
 use crate::pmu::setup::{self, MsrFilter, PmuPlan, PmuSetup};
 use crate::pmu::{PmuSummary, VcpuPmu};
 use crate::vcpu::{Shared, Vcpu, VcpuStats};
+use vpmu::discovery::PmuMode;
 
 /// GSI of the COM1 serial port.
 const SERIAL_GSI: u32 = devices::SERIAL_IRQ;
@@ -210,6 +211,14 @@ impl Vm {
         phases.supported_cpuid_ns = lap(&mut t);
         let vm = create_vm(&kvm, &mut phases, &mut t)?;
         let mut plan = setup::plan(&kvm, &vm, &config, &supported_cpuid)?;
+        if config.pmu.auto {
+            match plan.mode() {
+                PmuMode::Off => eprintln!(
+                    "vpmu-vmm: --pmu auto: no vPMU mode is available on this host; running with --pmu off"
+                ),
+                mode => eprintln!("vpmu-vmm: --pmu auto chose {mode}"),
+            }
+        }
         phases.pmu_plan_ns = lap(&mut t);
         let mem = create_memory(config.memory)?;
         phases.memory_ns = lap(&mut t);
@@ -420,7 +429,7 @@ impl Vm {
     /// vCPU `index` with its vPMU backend.
     fn vcpu(&self, index: u8, fd: VcpuFd, shared: &Arc<Shared>) -> Result<Vcpu> {
         let tsc_khz = fd.get_tsc_khz().map(u64::from).unwrap_or(0);
-        if tsc_khz == 0 && self.config.pmu.mode == vpmu::discovery::PmuMode::Userspace {
+        if tsc_khz == 0 && self.plan.mode() == PmuMode::Userspace {
             return Err(PmuConfigError::NoTscFrequency.into());
         }
         let pmu = self.plan.vcpu_backend(index, fd.as_raw_fd(), tsc_khz)?;

@@ -30,7 +30,7 @@ use kvm_ioctls::{
 };
 use vpmu::discovery::{HostPmu, PmuMode};
 use vpmu::policy::{CompiledPolicy, Policy};
-use vpmu::PmuConfig;
+use vpmu::{PmuConfig, Vendor};
 
 use super::audit::AuditLog;
 use super::inkernel_audit::InKernelAudit;
@@ -401,98 +401,37 @@ fn unavailable(mode: PmuMode, host: &HostPmu) -> Option<Error> {
 /// Decides and applies the VM-wide vPMU state for `config`, except the MSR filter, which
 /// it leaves in the plan for the caller to install before the first KVM_RUN
 /// ([`PmuPlan::take_msr_filter`]). `supported` is this run's one KVM_GET_SUPPORTED_CPUID,
-/// shared with the host probe and every vCPU's CPUID.
+/// shared with the host probe (`--pmu auto` included) and every vCPU's CPUID.
 pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig, supported: &CpuId) -> Result<PmuPlan> {
-    let mode = config.pmu.mode;
-    let mut plan = PmuPlan {
-        mode,
-        layout: PmuConfig::None,
-        policy: None,
-        policy_name: String::new(),
-        audit: None,
-        source: super::userspace::Source::Clock,
-        kvm_pmu_disabled: false,
-        off_msrs_fault: false,
-        vendor_rewrite: None,
-        ebusy_explanation: None,
-        msr_filter: None,
+    let host = (config.pmu.auto || config.pmu.mode != PmuMode::Off)
+        .then(|| HostPmu::probe_system_with_cpuid(supported.as_slice().to_vec()));
+    let mode = match &host {
+        Some(host) if config.pmu.auto => auto_mode(host),
+        _ => config.pmu.mode,
     };
-    if mode == PmuMode::Off {
-        check_unused_pmu_options(config)?;
-        plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
-        // CPUID cannot hide AMD's legacy counters, and KVM answers some PMU MSRs with 0
-        // even with its vPMU off (e.g. AMD PERF_CTR0-3, on Intel hosts too). Where KVM has
-        // the MSR filter, send every PMU MSR of both vendors to the VMM, which has no PMU to offer:
-        // each access #GPs, exactly as on a CPU without performance counters.
-        if kvm.check_extension(Cap::X86UserSpaceMsr) && kvm.check_extension(Cap::X86MsrFilter) {
-            plan.msr_filter = Some(route_pmu_msrs_to_userspace(vm)?);
-            plan.off_msrs_fault = true;
+    let mut plan = PmuPlan::new(mode);
+    let host = match host {
+        Some(host) if mode != PmuMode::Off => host,
+        _ => {
+            plan_off(kvm, vm, config, &mut plan)?;
+            return Ok(plan);
         }
-        return Ok(plan);
-    }
-    let host = HostPmu::probe_system_with_cpuid(supported.as_slice().to_vec());
+    };
     if matches!(mode, PmuMode::Emulated | PmuMode::Passthrough) {
         plan.ebusy_explanation = Some(vpmu::discovery::explain_vcpu_create_ebusy(&host));
     }
     if let Some(e) = unavailable(mode, &host) {
         return Err(e);
     }
-    let request: vpmu::cpuid::LayoutRequest =
-        config.pmu.layout.parse().map_err(PmuConfigError::from)?;
-    let userspace = mode == PmuMode::Userspace;
-    // On a host without a PMU the userspace vPMU is pure emulation (clock model), so it
-    // may model either vendor's architecture: the requested vendor wins. Everywhere else
-    // the guest's PMU must be the host CPU's.
-    let vendor_hint = match (&request, &host.layout, userspace) {
-        (vpmu::cpuid::LayoutRequest::Intel(_), PmuConfig::None, true) => Some(vpmu::Vendor::Intel),
-        (vpmu::cpuid::LayoutRequest::Amd(_), PmuConfig::None, true) => Some(vpmu::Vendor::Amd),
-        _ => host.vendor,
-    };
-    plan.layout = vpmu::cpuid::resolve_with_vendor(&request, vendor_hint, &host.layout, userspace)
-        .map_err(PmuConfigError::from)?;
-    let vendor = plan
-        .layout
-        .vendor()
-        .ok_or(PmuConfigError::EmptyLayout(mode))?;
-    plan.vendor_rewrite = host.vendor.filter(|h| *h != vendor).map(|h| (vendor, h));
+    let vendor = resolve_layout(config, &host, &mut plan)?;
     let (compiled, name) = load_policy(config, vendor, &plan.layout)?;
     plan.policy_name = name;
-    if let Some(path) = &config.pmu.audit {
-        let max = config.pmu.audit_max_bytes;
-        if max < super::audit::MIN_MAX_BYTES {
-            return Err(PmuConfigError::AuditMaxBytes {
-                max,
-                min: super::audit::MIN_MAX_BYTES,
-            }
-            .into());
-        }
-        let limits = super::audit::Limits {
-            max_bytes: max,
-            seccomp: config.seccomp,
-            ..Default::default()
-        };
-        let log = AuditLog::create_with(path, limits).map_err(|source| Error::Io {
-            op: format!("creating audit log {}", path.display()),
-            source,
-        })?;
-        plan.audit = Some(Arc::new(log));
-    }
+    plan.audit = create_audit(config)?;
     match mode {
         PmuMode::Emulated | PmuMode::Passthrough => {
             install_pmu_event_filter(kvm, vm, mode, &compiled)?;
             if plan.audit.is_some() {
-                if !(kvm.check_extension(Cap::X86UserSpaceMsr)
-                    && kvm.check_extension(Cap::X86MsrFilter))
-                {
-                    return Err(Error::PmuUnavailable {
-                        mode,
-                        reason: "--pmu-audit needs KVM's MSR filter (KVM_CAP_X86_MSR_FILTER, \
-                                 Linux 5.10+) to see what the guest programs; drop --pmu-audit \
-                                 or use a newer kernel"
-                            .into(),
-                    });
-                }
-                plan.msr_filter = Some(route_selector_writes_to_userspace(vm, vendor)?);
+                plan.msr_filter = Some(audit_filter(kvm, vm, mode, vendor)?);
             }
         }
         PmuMode::Userspace => {
@@ -511,7 +450,115 @@ pub fn plan(kvm: &Kvm, vm: &VmFd, config: &VmConfig, supported: &CpuId) -> Resul
     Ok(plan)
 }
 
+/// `--pmu auto`: the first of passthrough, emulated and userspace that `host` offers, else
+/// off.
+pub fn auto_mode(host: &HostPmu) -> PmuMode {
+    [PmuMode::Passthrough, PmuMode::Emulated, PmuMode::Userspace]
+        .into_iter()
+        .find(|m| host.availability(*m).is_available())
+        .unwrap_or(PmuMode::Off)
+}
+
+/// `--pmu off`: KVM's vPMU disabled where it can be, and (with the MSR filter) every PMU
+/// MSR of both vendors sent to the VMM, which has no PMU to offer.
+fn plan_off(kvm: &Kvm, vm: &VmFd, config: &VmConfig, plan: &mut PmuPlan) -> Result<()> {
+    check_unused_pmu_options(config)?;
+    plan.kvm_pmu_disabled = kvm_pmu_disable(kvm, vm)?;
+    // CPUID cannot hide AMD's legacy counters, and KVM answers some PMU MSRs with 0 even
+    // with its vPMU off (e.g. AMD PERF_CTR0-3, on Intel hosts too): each access #GPs, as
+    // on a CPU without performance counters.
+    if kvm.check_extension(Cap::X86UserSpaceMsr) && kvm.check_extension(Cap::X86MsrFilter) {
+        plan.msr_filter = Some(route_pmu_msrs_to_userspace(vm)?);
+        plan.off_msrs_fault = true;
+    }
+    Ok(())
+}
+
+/// The guest's PMU layout from `--pmu-layout` and the host; returns its vendor.
+fn resolve_layout(config: &VmConfig, host: &HostPmu, plan: &mut PmuPlan) -> Result<Vendor> {
+    let request: vpmu::cpuid::LayoutRequest =
+        config.pmu.layout.parse().map_err(PmuConfigError::from)?;
+    let userspace = plan.mode == PmuMode::Userspace;
+    // On a host without a PMU the userspace vPMU is pure emulation (clock model), so it
+    // may model either vendor's architecture: the requested vendor wins. Everywhere else
+    // the guest's PMU must be the host CPU's.
+    let vendor_hint = match (&request, &host.layout, userspace) {
+        (vpmu::cpuid::LayoutRequest::Intel(_), PmuConfig::None, true) => Some(Vendor::Intel),
+        (vpmu::cpuid::LayoutRequest::Amd(_), PmuConfig::None, true) => Some(Vendor::Amd),
+        _ => host.vendor,
+    };
+    plan.layout = vpmu::cpuid::resolve_with_vendor(&request, vendor_hint, &host.layout, userspace)
+        .map_err(PmuConfigError::from)?;
+    let vendor = plan
+        .layout
+        .vendor()
+        .ok_or(PmuConfigError::EmptyLayout(plan.mode))?;
+    plan.vendor_rewrite = host.vendor.filter(|h| *h != vendor).map(|h| (vendor, h));
+    Ok(vendor)
+}
+
+/// The `--pmu-audit` log, if asked for.
+fn create_audit(config: &VmConfig) -> Result<Option<Arc<AuditLog>>> {
+    let Some(path) = &config.pmu.audit else {
+        return Ok(None);
+    };
+    let max = config.pmu.audit_max_bytes;
+    if max < super::audit::MIN_MAX_BYTES {
+        return Err(PmuConfigError::AuditMaxBytes {
+            max,
+            min: super::audit::MIN_MAX_BYTES,
+        }
+        .into());
+    }
+    let limits = super::audit::Limits {
+        max_bytes: max,
+        seccomp: config.seccomp,
+        ..Default::default()
+    };
+    let log = AuditLog::create_with(path, limits).map_err(|source| Error::Io {
+        op: format!("creating audit log {}", path.display()),
+        source,
+    })?;
+    Ok(Some(Arc::new(log)))
+}
+
+/// In-kernel modes with `--pmu-audit`: the MSR filter that shows the VMM the guest's
+/// event-selector writes.
+fn audit_filter(kvm: &Kvm, vm: &VmFd, mode: PmuMode, vendor: Vendor) -> Result<MsrFilter> {
+    if !(kvm.check_extension(Cap::X86UserSpaceMsr) && kvm.check_extension(Cap::X86MsrFilter)) {
+        return Err(Error::PmuUnavailable {
+            mode,
+            reason: "--pmu-audit needs KVM's MSR filter (KVM_CAP_X86_MSR_FILTER, Linux 5.10+) \
+                     to see what the guest programs; drop --pmu-audit or use a newer kernel"
+                .into(),
+        });
+    }
+    route_selector_writes_to_userspace(vm, vendor)
+}
+
 impl PmuPlan {
+    /// A plan for `mode` with nothing decided yet.
+    fn new(mode: PmuMode) -> PmuPlan {
+        PmuPlan {
+            mode,
+            layout: PmuConfig::None,
+            policy: None,
+            policy_name: String::new(),
+            audit: None,
+            source: super::userspace::Source::Clock,
+            kvm_pmu_disabled: false,
+            off_msrs_fault: false,
+            vendor_rewrite: None,
+            ebusy_explanation: None,
+            msr_filter: None,
+        }
+    }
+
+    /// The mode decided (`--pmu auto` resolved).
+    pub fn mode(&self) -> PmuMode {
+        self.mode
+    }
+
     /// The MSR filter this plan needs, once: the caller must install it
     /// ([`MsrFilter::install`]) before any vCPU's first KVM_RUN.
     pub fn take_msr_filter(&mut self) -> Option<MsrFilter> {
