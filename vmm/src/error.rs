@@ -99,12 +99,24 @@ pub enum LoadError {
     Boot(#[from] BootError),
 }
 
-/// aarch64: why the initrd or the device tree could not be written (the arm64 backend's
-/// own sentence; its typed split is still to do, docs/STATUS.md).
+/// aarch64: why the initrd or the device tree could not be written. Each variant keeps
+/// its source.
 #[cfg(target_arch = "aarch64")]
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BootError(pub String);
+pub enum BootError {
+    /// The initrd could not be copied into guest memory.
+    #[error("writing the initrd: {0}")]
+    Initrd(#[source] vm_memory::GuestMemoryError),
+    /// The device tree could not be built.
+    #[error("device tree: {0}")]
+    Fdt(#[from] arch::aarch64::fdt::FdtError),
+    /// Guest memory has no room for the device tree.
+    #[error("no room for the device tree")]
+    NoFdtRoom,
+    /// The device tree could not be copied into guest memory.
+    #[error("writing the device tree: {0}")]
+    FdtWrite(#[source] vm_memory::GuestMemoryError),
+}
 
 /// Why a boot structure (or the kernel's command line, or the initrd) could not be
 /// written into guest memory. Each variant keeps the `arch` error it came from.
@@ -172,10 +184,16 @@ pub enum PmuConfigError {
     #[cfg(target_arch = "x86_64")]
     #[error("CPUID: {0}")]
     Cpuid(#[from] vpmu::cpuid::CpuidError),
-    /// aarch64: an arm64 policy or PMU setup problem (the arm64 backend's own sentence).
+    /// aarch64: an arm64 policy could not be parsed or compiled for this guest's event
+    /// space (the error names the line).
     #[cfg(target_arch = "aarch64")]
-    #[error("{0}")]
-    Arm64(String),
+    #[error("{name}: {source}")]
+    Arm64Policy {
+        /// The policy's name (its path, or the built-in policy).
+        name: String,
+        /// Why.
+        source: vpmu::arm64::policy::PolicyError,
+    },
     /// An in-kernel or userspace mode resolved to no PMU at all.
     #[error("--pmu {0} with an empty PMU layout")]
     EmptyLayout(vpmu::discovery::PmuMode),
@@ -260,11 +278,16 @@ pub enum Error {
     /// A seccomp filter could not be built or installed.
     #[error("seccomp: {0}")]
     Seccomp(String),
-    /// aarch64: a device (GIC, serial, disks) could not be set up (the arm64 backend's
-    /// own sentence).
+    /// aarch64: KVM could not create the GICv3.
     #[cfg(target_arch = "aarch64")]
-    #[error("device setup failed: {0}")]
-    Device(String),
+    #[error(
+        "KVM cannot create a GICv3 (KVM_CREATE_DEVICE KVM_DEV_TYPE_ARM_VGIC_V3): {0}; the \
+         host's interrupt controller must be a GICv3"
+    )]
+    Gic(#[source] kvm_ioctls::Error),
+    /// More disks than the guest address map has device windows for.
+    #[error("no MMIO window for disk {0} (too many --disk)")]
+    NoDiskWindow(usize),
     /// An OS-level failure (threads, signals, timers, files).
     #[error("{op}: {source}")]
     Io {

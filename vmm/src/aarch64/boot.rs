@@ -96,7 +96,7 @@ pub fn load_initrd(
         mem: config.memory,
     })?;
     mem.write_slice(&bytes, GuestAddress(addr))
-        .map_err(|e| LoadError::Boot(BootError(format!("writing the initrd: {e}"))))?;
+        .map_err(|e| LoadError::Boot(BootError::Initrd(e)))?;
     Ok(Some((addr, size)))
 }
 
@@ -125,10 +125,9 @@ pub fn write_fdt(
         virtio,
         pmu,
     };
-    let blob = fdt::create_fdt(&cfg).map_err(|e| LoadError::Boot(BootError(e.to_string())))?;
-    let addr = layout::fdt_addr(config.memory)
-        .ok_or_else(|| LoadError::Boot(BootError("no room for the device tree".into())))?;
+    let blob = fdt::create_fdt(&cfg).map_err(|e| LoadError::Boot(BootError::Fdt(e)))?;
+    let addr = layout::fdt_addr(config.memory).ok_or(LoadError::Boot(BootError::NoFdtRoom))?;
     mem.write_slice(&blob, GuestAddress(addr))
-        .map_err(|e| LoadError::Boot(BootError(format!("writing the device tree: {e}"))))?;
+        .map_err(|e| LoadError::Boot(BootError::FdtWrite(e)))?;
     Ok(addr)
 }

@@ -20,12 +20,7 @@ pub fn create(vm: &VmFd, cpus: u32) -> Result<DeviceFd> {
         fd: 0,
         flags: 0,
     };
-    let gic = vm.create_device(&mut dev).map_err(|e| {
-        Error::Device(format!(
-            "KVM cannot create a GICv3 (KVM_CREATE_DEVICE KVM_DEV_TYPE_ARM_VGIC_V3): {e}; \
-             the host's interrupt controller must be a GICv3"
-        ))
-    })?;
+    let gic = vm.create_device(&mut dev).map_err(Error::Gic)?;
     let dist: u64 = layout::GIC_DIST_BASE;
     let redist: u64 = layout::gic_redist_base(cpus);
     let set = |group: u32, attr: u64, addr: u64, op: &'static str| {

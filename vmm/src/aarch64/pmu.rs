@@ -91,12 +91,19 @@ pub fn prepare(settings: &PmuSettings) -> Result<Option<(Arm64Policy, String, Ho
                     op: format!("reading policy {}", path.display()),
                     source,
                 },
-                e => PmuConfigError::Arm64(format!("policy {} {e}", path.display())).into(),
+                source => PmuConfigError::PolicyFile {
+                    path: path.clone(),
+                    source,
+                }
+                .into(),
             })?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| Error::PmuConfig(PmuConfigError::PolicyNotUtf8(path.clone())))?;
-            let p = Arm64Policy::from_toml(&text)
-                .map_err(|e| PmuConfigError::Arm64(format!("{}: {e}", path.display())))?;
+            let p =
+                Arm64Policy::from_toml(&text).map_err(|source| PmuConfigError::Arm64Policy {
+                    name: path.display().to_string(),
+                    source,
+                })?;
             (p, path.display().to_string())
         }
         None => (default_policy(), "built-in arm64 policy".to_string()),
@@ -120,7 +127,10 @@ pub fn nr_events(vcpu0: &VcpuFd) -> u32 {
 pub fn plan(policy: &Arm64Policy, source: String, host: &HostPmu, vcpu0: &VcpuFd) -> Result<Plan> {
     let compiled = policy
         .compile(nr_events(vcpu0))
-        .map_err(|e| PmuConfigError::Arm64(format!("{source}: {e}")))?;
+        .map_err(|e| PmuConfigError::Arm64Policy {
+            name: source.clone(),
+            source: e,
+        })?;
     // Several PMUs (big.LITTLE): the one covering the CPU the VMM runs on now, else the
     // first. Unverified: the rig's L1 has one PMU.
     let set_pmu = if host.perf_pmus.len() > 1 {

@@ -146,7 +146,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
 
     let kvm = Kvm::new().map_err(Error::KvmOpen)?;
     if !kvm.check_extension(Cap::ArmPsci02) {
-        return Err(Error::Device("KVM lacks KVM_CAP_ARM_PSCI_0_2".into()));
+        return Err(Error::MissingCap("KVM_CAP_ARM_PSCI_0_2"));
     }
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
 
@@ -189,8 +189,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let mut virtio = Vec::with_capacity(disks.len());
     let mut disk_devs = Vec::with_capacity(disks.len());
     for (i, blk) in disks.into_iter().enumerate() {
-        let (base, spi) = layout::virtio_mmio(i)
-            .ok_or_else(|| Error::Device(format!("no MMIO window for disk {i}")))?;
+        let (base, spi) = layout::virtio_mmio(i).ok_or(Error::NoDiskWindow(i))?;
         let evt = eventfd(libc::EFD_NONBLOCK)?;
         vm.register_irqfd(&evt, spi)
             .map_err(Error::kvm("KVM_IRQFD (virtio)"))?;
@@ -199,8 +198,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
             mem.clone(),
             evt,
         )));
-        mmio.insert(base, devices::virtio::MMIO_REGION_SIZE, dev.clone())
-            .map_err(|e| Error::Device(e.to_string()))?;
+        mmio.insert(base, devices::virtio::MMIO_REGION_SIZE, dev.clone())?;
         virtio.push((base, spi));
         disk_devs.push(dev);
     }
