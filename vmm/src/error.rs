@@ -213,6 +213,25 @@ pub enum PmuConfigError {
     NoTscFrequency,
 }
 
+/// Why a thread's seccomp filter could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// seccompiler could not build the filter (a VMM bug, or an unsupported architecture).
+    #[error("building the filter: {0}")]
+    Build(#[source] seccompiler::BackendError),
+    /// The SIGSYS handler (which names a trapped call) could not be installed.
+    #[error("installing the SIGSYS handler: {0}")]
+    SigsysHandler(#[source] io::Error),
+    /// The kernel refused the filter.
+    #[error("{thread} thread: {source}")]
+    Apply {
+        /// Which thread kind.
+        thread: &'static str,
+        /// Why.
+        source: seccompiler::Error,
+    },
+}
+
 /// Top-level VMM error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -277,7 +296,7 @@ pub enum Error {
     PmuConfig(#[from] PmuConfigError),
     /// A seccomp filter could not be built or installed.
     #[error("seccomp: {0}")]
-    Seccomp(String),
+    Seccomp(#[from] SeccompError),
     /// aarch64: KVM could not create the GICv3.
     #[cfg(target_arch = "aarch64")]
     #[error(

@@ -25,7 +25,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Result, SeccompError};
 
 /// Which filter a thread gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +124,7 @@ const MAIN: &[libc::c_long] = &[
 /// perf events ('$' = 0x24), terminals (0x54 'T': TCGETS/TCSETS, the console's raw mode).
 const IOCTL_TYPES: &[u64] = &[0xAE, 0x24, 0x54];
 
-fn ioctl_rules() -> Result<Vec<SeccompRule>> {
+fn ioctl_rules() -> std::result::Result<Vec<SeccompRule>, SeccompError> {
     IOCTL_TYPES
         .iter()
         .map(|&t| {
@@ -134,14 +134,14 @@ fn ioctl_rules() -> Result<Vec<SeccompRule>> {
                 SeccompCmpOp::MaskedEq(0xff00),
                 t << 8,
             )
-            .map_err(|e| Error::Seccomp(e.to_string()))?;
-            SeccompRule::new(vec![cond]).map_err(|e| Error::Seccomp(e.to_string()))
+            .map_err(SeccompError::Build)?;
+            SeccompRule::new(vec![cond]).map_err(SeccompError::Build)
         })
         .collect()
 }
 
 /// The compiled BPF program for `kind`.
-pub fn program(kind: ThreadKind) -> Result<BpfProgram> {
+pub fn program(kind: ThreadKind) -> std::result::Result<BpfProgram, SeccompError> {
     let own = match kind {
         ThreadKind::Vcpu => VCPU,
         ThreadKind::Main => MAIN,
@@ -156,12 +156,10 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram> {
     }
     let arch: TargetArch = std::env::consts::ARCH
         .try_into()
-        .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))?;
+        .map_err(SeccompError::Build)?;
     let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
-        .map_err(|e| Error::Seccomp(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))
+        .map_err(SeccompError::Build)?;
+    filter.try_into().map_err(SeccompError::Build)
 }
 
 /// The second filter of every thread but the main one: `openat` fails with EACCES instead
@@ -169,11 +167,11 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram> {
 /// new arena (`get_nprocs`) and falls back to sched_getaffinity when that fails, so the
 /// thread gets no file but is not killed for allocating. (Stacked seccomp filters: the
 /// most restrictive answer wins, so EACCES beats the first filter's allow.)
-fn no_open_program() -> Result<BpfProgram> {
+fn no_open_program() -> std::result::Result<BpfProgram, SeccompError> {
     let rules: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_openat, Vec::new())].into();
     let arch: TargetArch = std::env::consts::ARCH
         .try_into()
-        .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))?;
+        .map_err(SeccompError::Build)?;
     let errno = u32::try_from(libc::EACCES).unwrap_or(13);
     SeccompFilter::new(
         rules,
@@ -181,9 +179,9 @@ fn no_open_program() -> Result<BpfProgram> {
         SeccompAction::Errno(errno),
         arch,
     )
-    .map_err(|e| Error::Seccomp(e.to_string()))?
+    .map_err(SeccompError::Build)?
     .try_into()
-    .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))
+    .map_err(SeccompError::Build)
 }
 
 /// SIGSYS handler: one line naming the system call and the thread, then exit status 2.
@@ -225,19 +223,23 @@ pub fn apply(kind: ThreadKind) -> Result<()> {
         sa.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut sa.sa_mask);
         if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
-            return Err(Error::Seccomp(format!(
-                "installing the SIGSYS handler: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(SeccompError::SigsysHandler(std::io::Error::last_os_error()).into());
         }
     }
     // The EACCES filter first: the allowlist, once installed, forbids seccomp(2) itself.
     if kind != ThreadKind::Main {
-        seccompiler::apply_filter(&no_open_program()?)
-            .map_err(|e| Error::Seccomp(format!("{} thread: {e}", kind.name())))?;
+        seccompiler::apply_filter(&no_open_program()?).map_err(|source| SeccompError::Apply {
+            thread: kind.name(),
+            source,
+        })?;
     }
-    seccompiler::apply_filter(&prog)
-        .map_err(|e| Error::Seccomp(format!("{} thread: {e}", kind.name())))
+    seccompiler::apply_filter(&prog).map_err(|source| {
+        SeccompError::Apply {
+            thread: kind.name(),
+            source,
+        }
+        .into()
+    })
 }
 
 #[cfg(test)]

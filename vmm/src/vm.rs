@@ -326,9 +326,7 @@ impl Vm {
     fn add_disks(&mut self, images: Vec<devices::virtio::Block>) -> Result<()> {
         for (i, blk) in images.into_iter().enumerate() {
             // `VmConfig::validate` allows at most MAX_DISKS disks, each with a slot.
-            let (base, gsi) = DiskConfig::mmio(i).ok_or(Error::Config(
-                crate::error::ConfigError::Disk(format!("no slot for disk {i}")),
-            ))?;
+            let (base, gsi) = DiskConfig::mmio(i).ok_or(Error::NoDiskWindow(i))?;
             let evt = eventfd()?;
             self.vm
                 .register_irqfd(&evt, gsi)
