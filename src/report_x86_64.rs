@@ -70,7 +70,12 @@ fn programmed_text(items: &[vmm::pmu::audit::Programmed]) -> String {
 /// One vCPU's vPMU summary for humans.
 fn pmu_summary_line(p: &PmuSummary) -> String {
     let (vcpu, mut line, programmed) = match p {
-        PmuSummary::Userspace { vcpu, stats: s, programmed } => (
+        PmuSummary::Userspace {
+            vcpu,
+            stats: s,
+            programmed,
+            ..
+        } => (
             vcpu,
             format!(
                 "userspace vPMU: {} MSR reads, {} writes, {} #GP, {} denied, {} unsupported, {} overflows, {} PMIs",

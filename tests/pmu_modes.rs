@@ -374,6 +374,13 @@ fn demo_profile_in_userspace_mode() {
         .filter_map(|p| p["stats"]["pmis"].as_u64())
         .sum();
     assert_eq!(pmis, n, "{report}");
+    // The guest's PMU registers at the end of the run are in the report: the sampler's
+    // counter 0 moved (it was reloaded with -period at every overflow and counted on), and
+    // the demo switched its selector off before ending.
+    let ctx = &report["pmu"][0]["context"];
+    assert_ne!(ctx["gp_counters"][0].as_u64(), Some(0), "{ctx}");
+    assert!(ctx["gp_counters"][0].as_u64().is_some(), "{ctx}");
+    assert_eq!(ctx["gp_selectors"][0].as_u64(), Some(0), "{ctx}");
     // The clock model cannot honour USR/OS, and says so where users see it.
     if err(&o).contains("TSC clock model") {
         assert!(err(&o).contains("counts USR and OS alike"), "{}", err(&o));

@@ -107,6 +107,10 @@ pub enum PmuSummary {
         stats: userspace::Stats,
         /// What the guest programmed, with verdicts.
         programmed: Vec<audit::Programmed>,
+        /// The guest's PMU registers when the run ended (`vpmu::state::PmuState::save`):
+        /// counters, event selectors, FIXED_CTR_CTRL, GLOBAL_CTRL and GLOBAL_STATUS as
+        /// the guest would read them.
+        context: Box<vpmu::state::PmuContext>,
     },
     /// The audit of KVM's in-kernel vPMU (`--pmu-audit` under emulated/passthrough).
     Audit {

@@ -520,6 +520,7 @@ impl VcpuPmu for UserspacePmu {
             vcpu: self.vcpu,
             stats: self.stats.clone(),
             programmed: self.programmed.items().to_vec(),
+            context: Box::new(self.guest.state().save()),
         }
     }
 }
