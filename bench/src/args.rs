@@ -99,6 +99,13 @@ pub struct BenchArgs {
     /// The nested rig's run.sh (default resources/nested/run.sh).
     #[arg(long, value_name = "PATH")]
     pub linux_rig: Option<PathBuf>,
+    /// The guest's architecture: x86_64 (default) or arm64. arm64 runs under the arm64
+    /// nested rig (run.sh --arch arm64: QEMU TCG aarch64 with EL2 and a PMUv3, the L1
+    /// built by resources/nested-arm64/build-l1.sh, vpmu-vmm cross-built by
+    /// scripts/cross-aarch64.sh or $VPMU_VMM_ARM64); modes arm64 KVM lacks are reported
+    /// unavailable with the L1 probe's reason.
+    #[arg(long, value_name = "ARCH")]
+    pub linux_arch: Option<String>,
     /// Guest memory in MiB (default 512).
     #[arg(long, value_name = "MIB")]
     pub linux_memory: Option<u64>,
@@ -134,6 +141,7 @@ impl BenchArgs {
             linux_events: None,
             linux_image: None,
             linux_rig: None,
+            linux_arch: None,
             linux_memory: None,
             linux_timeout: None,
         }
@@ -150,6 +158,7 @@ impl BenchArgs {
                 ("--linux-events", self.linux_events.is_some()),
                 ("--linux-image", self.linux_image.is_some()),
                 ("--linux-rig", self.linux_rig.is_some()),
+                ("--linux-arch", self.linux_arch.is_some()),
                 ("--linux-memory", self.linux_memory.is_some()),
                 ("--linux-timeout", self.linux_timeout.is_some()),
             ];

@@ -466,6 +466,7 @@ pub fn render_linux(r: &LinuxReport) -> String {
         h.loadavg_end.as_deref().unwrap_or("?")
     ));
     let c = &r.config;
+    md.push_str(&format!("- guest architecture: {}\n", c.arch.as_str()));
     md.push_str(&format!(
         "- guest: `{}` + `{}`, {} MiB, {} vCPU; workload `/bin/vpmu-work {}` ({} s of CPU time per run); {} runs per cell, {}\n",
         c.kernel, c.initrd, c.guest_memory_mib, c.vcpus, c.workload_cpu_s, c.workload_cpu_s, c.reps, c.order
@@ -547,6 +548,30 @@ pub fn render_linux(r: &LinuxReport) -> String {
         md.push('\n');
     }
     md.push('\n');
+
+    // L1's KVM exits per mode (nested runs with debugfs in L1).
+    if r.modes.iter().any(|m| m.l1_kvm_exits.is_some()) {
+        md.push_str(&format!(
+            "#### L1 KVM exits during each mode's VM ({})\n\n",
+            r.environment_label
+        ));
+        md.push_str("Every exit kind of L1's KVM while that mode's vpmu-vmm ran (boot, every activity and pass), from L1's debugfs `kvm/exits`; per second of L1 time (guest time under QEMU's -icount, not host wall). On arm64 each guest PMU register access is one of them (KVM traps them in the kernel; the VMM never sees them).\n\n");
+        md.push_str(
+            "| mode | L1 KVM exits | L1 seconds | exits per L1 second |\n|---|---|---|---|\n",
+        );
+        for m in &r.modes {
+            let Some(n) = m.l1_kvm_exits else { continue };
+            let per_s = m.l1_kvm_exits_per_s;
+            let secs = per_s.filter(|p| *p > 0.0).map(|p| n as f64 / p);
+            md.push_str(&format!(
+                "| {} | {n} | {} | {} |\n",
+                m.mode,
+                secs.map_or("?".into(), |v| format!("{v:.1}")),
+                per_s.map_or("?".into(), |v| format!("{v:.0}"))
+            ));
+        }
+        md.push('\n');
+    }
 
     // Mode baselines vs off.
     let vs: Vec<&LinuxCell> = r

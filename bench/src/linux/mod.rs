@@ -220,9 +220,49 @@ pub fn events_for(mode: Mode, choice: EventChoice) -> Events {
     }
 }
 
+/// The guest's architecture (`--linux-arch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinuxArch {
+    /// x86_64: resources/nested (or this host's KVM).
+    X86_64,
+    /// arm64: the arm64 nested rig only (run.sh --arch arm64).
+    Arm64,
+}
+
+impl LinuxArch {
+    /// The name `run.sh --arch` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinuxArch::X86_64 => "x86_64",
+            LinuxArch::Arm64 => "arm64",
+        }
+    }
+
+    /// The L2 kernel's path inside L1.
+    pub fn l1_kernel(self) -> &'static str {
+        match self {
+            LinuxArch::X86_64 => "/l2/bzImage",
+            LinuxArch::Arm64 => "/l2/Image",
+        }
+    }
+}
+
+impl FromStr for LinuxArch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "x86_64" | "x86" | "amd64" => Ok(LinuxArch::X86_64),
+            "arm64" | "aarch64" => Ok(LinuxArch::Arm64),
+            _ => Err(format!("--linux-arch {s}: expected x86_64 or arm64")),
+        }
+    }
+}
+
 /// Validated settings of a Linux-guest bench.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinuxSettings {
+    pub arch: LinuxArch,
     pub via: Via,
     pub reps: u32,
     pub seconds: f64,
@@ -238,7 +278,14 @@ pub struct LinuxSettings {
 impl LinuxSettings {
     /// From the command line.
     pub fn from_args(a: &BenchArgs) -> Result<LinuxSettings, String> {
+        let arch: LinuxArch = a.linux_arch.as_deref().unwrap_or("x86_64").parse()?;
         let via: Via = a.linux_via.as_deref().unwrap_or("auto").parse()?;
+        if arch == LinuxArch::Arm64 && via == Via::Native {
+            return Err(
+                "--linux-arch arm64 runs under the arm64 nested rig only: --linux-via nested or auto"
+                    .into(),
+            );
+        }
         if a.time_budget.is_some() {
             return Err(
                 "--time-budget is for the freestanding matrix; --linux has --linux-timeout".into(),
@@ -277,6 +324,7 @@ impl LinuxSettings {
             .linux_timeout
             .unwrap_or((120.0 + per_mode * modes.len() as f64) as u64);
         Ok(LinuxSettings {
+            arch,
             via,
             reps,
             seconds,
@@ -386,7 +434,15 @@ mod tests {
             s.activities,
             vec![LinuxActivity::None, LinuxActivity::Record(99)]
         );
+        let s = LinuxSettings::from_args(&args(&["--linux", "--linux-arch", "aarch64"])).unwrap();
+        assert_eq!(
+            (s.arch, s.arch.l1_kernel()),
+            (LinuxArch::Arm64, "/l2/Image")
+        );
+        assert_eq!(s.arch.as_str(), "arm64");
         for bad in [
+            vec!["--linux", "--linux-arch", "arm64", "--linux-via", "native"],
+            vec!["--linux", "--linux-arch", "riscv"],
             vec!["--linux", "--linux-via", "tcg"],
             vec!["--linux", "--linux-activities", "record:0"],
             vec!["--linux", "--linux-activities", "perf"],

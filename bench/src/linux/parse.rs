@@ -79,6 +79,8 @@ pub fn parse_pmu_line(line: &str) -> Option<Vec<String>> {
 pub struct Section {
     pub lines: Vec<String>,
     pub exit: Option<i32>,
+    /// Nested runs: L1's KVM exits during the run and the L1 seconds it took.
+    pub kvm_exits: Option<(u64, f64)>,
 }
 
 /// A nested run's console, split up.
@@ -107,6 +109,17 @@ pub fn parse_l1_console(text: &str) -> L1Console {
                 ["mode-begin", m, ..] => {
                     if let Ok(m) = m.parse() {
                         cur = Some((m, Section::default()));
+                    }
+                }
+                ["kvm-exits", m, e0, e1, t0, t1, ..] => {
+                    let delta = e1.parse::<u64>().ok().zip(e0.parse::<u64>().ok());
+                    let secs = t1.parse::<f64>().ok().zip(t0.parse::<f64>().ok());
+                    if let (Some((e1, e0)), Some((t1, t0)), Some((mode, sec))) =
+                        (delta, secs, c.modes.last_mut())
+                    {
+                        if m.parse::<Mode>().ok() == Some(*mode) {
+                            sec.kvm_exits = Some((e1.saturating_sub(e0), (t1 - t0).max(0.0)));
+                        }
                     }
                 }
                 ["mode-end", m, st, ..] => {
@@ -293,5 +306,24 @@ mod tests {
         assert_eq!(c.modes[1].1.exit, Some(2));
         // The last mode never ended (L1 died): kept, without a status.
         assert_eq!((c.modes[2].0, c.modes[2].1.exit), (Mode::Userspace, None));
+    }
+}
+
+#[cfg(test)]
+mod kvm_exit_tests {
+    use super::*;
+
+    #[test]
+    fn kvm_exit_lines_attach_to_their_mode() {
+        let text = "VPMU-LBENCH-L1 mode-begin off\nx\nVPMU-LBENCH-L1 mode-end off 0\n\
+                    VPMU-LBENCH-L1 kvm-exits off 100 1100 10.00 12.50\n\
+                    VPMU-LBENCH-L1 mode-begin emulated\nVPMU-LBENCH-L1 mode-end emulated 0\n\
+                    VPMU-LBENCH-L1 kvm-exits emulated - - 13.0 14.0\n\
+                    VPMU-LBENCH-L1 kvm-exits off 1 2 3 4\n";
+        let c = parse_l1_console(text);
+        assert_eq!(c.modes.len(), 2);
+        assert_eq!(c.modes[0].1.kvm_exits, Some((1000, 2.5)));
+        // No debugfs in L1 ("-"), and a line naming another mode than the last: ignored.
+        assert_eq!(c.modes[1].1.kvm_exits, None);
     }
 }

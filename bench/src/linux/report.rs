@@ -54,6 +54,9 @@ pub struct LinuxHost {
 /// What was asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinuxConfig {
+    /// The guest's architecture (older reports: x86_64).
+    #[serde(default = "default_arch")]
+    pub arch: super::LinuxArch,
     pub quick: bool,
     pub reps: u32,
     /// `vpmu-work` CPU seconds per run.
@@ -86,6 +89,17 @@ pub struct ModeResult {
     pub guest_max_sample_rate: Option<u64>,
     /// Wall time of this mode's vpmu-vmm run (native only; null in nested runs).
     pub vm_wall_s: Option<f64>,
+    /// Nested runs: L1's KVM exits (every kind, every vCPU: on arm64 each guest PMU
+    /// register access is one) during this mode's vpmu-vmm run, from L1's debugfs.
+    #[serde(default)]
+    pub l1_kvm_exits: Option<u64>,
+    /// The same per second of L1 time (guest time under QEMU's -icount, not host wall).
+    #[serde(default)]
+    pub l1_kvm_exits_per_s: Option<f64>,
+}
+
+fn default_arch() -> super::LinuxArch {
+    super::LinuxArch::X86_64
 }
 
 /// One run of a cell.
@@ -344,6 +358,11 @@ pub fn assemble(
             guest_event_sources: None,
             guest_max_sample_rate: None,
             vm_wall_s: sec.and_then(|x| x.2),
+            l1_kvm_exits: sec.and_then(|x| x.1.kvm_exits).map(|e| e.0),
+            l1_kvm_exits_per_s: sec
+                .and_then(|x| x.1.kvm_exits)
+                .filter(|e| e.1 > 0.0)
+                .map(|(n, secs)| n as f64 / secs),
         };
         let lines: Vec<RepLine> = sec
             .map(|x| x.1.lines.iter().filter_map(|l| parse_rep_line(l)).collect())
@@ -448,6 +467,7 @@ mod tests {
                 Section {
                     lines: off,
                     exit: Some(0),
+                    kvm_exits: None,
                 },
                 None,
             ),
@@ -456,6 +476,7 @@ mod tests {
                 Section {
                     lines: us,
                     exit: Some(0),
+                    kvm_exits: None,
                 },
                 Some(12.0),
             ),
@@ -464,6 +485,7 @@ mod tests {
                 Section {
                     lines: vec!["vpmu-vmm: error".into()],
                     exit: Some(2),
+                    kvm_exits: None,
                 },
                 None,
             ),
@@ -607,6 +629,7 @@ mod tests {
                 outer_wall_s: Some(50.0),
             },
             config: LinuxConfig {
+                arch: crate::linux::LinuxArch::X86_64,
                 quick: false,
                 reps: 3,
                 workload_cpu_s: 1.0,

@@ -10,8 +10,8 @@ use super::parse::{parse_l1_console, Section};
 use super::report::{assemble, LinuxConfig, LinuxHost, LinuxReport};
 use super::script::{guest_script, l1_script, l2_cmdline, vmm_args};
 use super::{
-    events_for, resolve_via, Environment, LinuxSettings, GUEST_MARK, L1_MARK, SCHEMA_NAME,
-    SCHEMA_VERSION,
+    events_for, resolve_via, Environment, LinuxArch, LinuxSettings, GUEST_MARK, L1_MARK,
+    SCHEMA_NAME, SCHEMA_VERSION,
 };
 use crate::error::Error;
 use crate::model::Mode;
@@ -149,7 +149,7 @@ fn gather_nested(
             (
                 *m,
                 vmm_args(
-                    "/l2/bzImage",
+                    s.arch.l1_kernel(),
                     "/l2/initramfs.cpio.gz",
                     s.memory_mib,
                     *m,
@@ -160,9 +160,12 @@ fn gather_nested(
         .collect();
     let l1 = l1_script(&runs);
     let mut cmd = Command::new(&s.rig);
-    cmd.arg("--vmm")
-        .arg(exe)
-        .arg("--timeout")
+    match s.arch {
+        LinuxArch::X86_64 => cmd.arg("--vmm").arg(exe),
+        // The rig takes the aarch64 build ($VPMU_VMM_ARM64 or scripts/cross-aarch64.sh's).
+        LinuxArch::Arm64 => cmd.args(["--arch", "arm64"]),
+    };
+    cmd.arg("--timeout")
         .arg(s.timeout_s.to_string())
         .arg("--log")
         .arg(log)
@@ -241,6 +244,7 @@ fn gather_native(
         let mut sec = Section {
             lines: out.stdout.lines().map(String::from).collect(),
             exit: out.status,
+            kvm_exits: None,
         };
         if out.timed_out {
             sec.exit = None;
@@ -273,7 +277,13 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     let loadavg_start = crate::host::loadavg();
     let s = LinuxSettings::from_args(args).map_err(Error::Args)?;
     std::fs::create_dir_all(&args.out).map_err(|e| io_err(&args.out, e))?;
-    let (env, via_reason) = resolve_via(s.via, Path::new("/sys/module"), Path::new("/dev/kvm"));
+    let (env, via_reason) = match s.arch {
+        LinuxArch::X86_64 => resolve_via(s.via, Path::new("/sys/module"), Path::new("/dev/kvm")),
+        LinuxArch::Arm64 => (
+            Environment::NestedTcg,
+            "--linux-arch arm64: the arm64 nested rig (QEMU TCG aarch64, EL2, PMUv3)".into(),
+        ),
+    };
     let exe = std::env::current_exe()
         .map_err(|e| Error::Harness(format!("cannot find this executable: {e}")))?;
     let kernel = s.image_dir.join("bzImage");
@@ -292,11 +302,15 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
             std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?
         }
         Environment::NestedTcg => {
-            let p = s
-                .rig
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("work/l1/l2-cmdline");
+            let rig_dir = s.rig.parent().unwrap_or(Path::new("."));
+            let p = match s.arch {
+                LinuxArch::X86_64 => rig_dir.join("work/l1/l2-cmdline"),
+                // As run.sh --arch arm64 finds its work directory.
+                LinuxArch::Arm64 => std::env::var_os("VPMU_NESTED_ARM64_WORK")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| rig_dir.join("../nested-arm64/work"))
+                    .join("l1/l2-cmdline"),
+            };
             std::fs::read_to_string(&p).map_err(|_| {
                 Error::Harness(format!(
                     "{} missing: build the nested rig first (resources/nested/build-l1.sh)",
@@ -325,7 +339,8 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         }
     }
     eprintln!(
-        "bench --linux: {} ({}), modes {}, {} runs per cell",
+        "bench --linux: {} {} ({}), modes {}, {} runs per cell",
+        s.arch.as_str(),
         env.label(),
         via_reason,
         s.modes
@@ -358,7 +373,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     let (kernel_s, initrd_s) = match env {
         Environment::Native => (kernel.display().to_string(), initrd.display().to_string()),
         Environment::NestedTcg => (
-            "/l2/bzImage (in L1)".into(),
+            format!("{} (in L1)", s.arch.l1_kernel()),
             "/l2/initramfs.cpio.gz (in L1)".into(),
         ),
     };
@@ -385,6 +400,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
             outer_wall_s: Some(g.outer_wall_s),
         },
         config: LinuxConfig {
+            arch: s.arch,
             quick: args.quick,
             reps: s.reps,
             workload_cpu_s: s.seconds,
