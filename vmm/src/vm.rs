@@ -210,6 +210,7 @@ impl Vm {
         phases.supported_cpuid_ns = lap(&mut t);
         let vm = create_vm(&kvm, &mut phases, &mut t)?;
         let mut plan = setup::plan(&kvm, &vm, &config, &supported_cpuid)?;
+        log::info!("vPMU plan: {plan}");
         phases.pmu_plan_ns = lap(&mut t);
         let mem = create_memory(config.memory)?;
         phases.memory_ns = lap(&mut t);
@@ -598,13 +599,32 @@ fn disk_report(d: &DiskDevice) -> DiskReport {
 /// enter the guest.
 fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Boot> {
     let loaded = loader::load_kernel(mem, config)?;
-    if matches!(loaded.boot, Boot::Linux64 { .. } | Boot::Pvh { .. }) {
+    if loaded.boot.is_linux() {
         let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
         if let Some(why) = vpmu::discovery::linux_guests_blocker(pvm) {
             eprintln!("vpmu-vmm: warning: {why}");
         }
     }
+    log::info!(
+        "guest: {} ({}), {} vCPU(s), {} MiB, command line {:?}",
+        config.kernel,
+        match loaded.boot {
+            Boot::Linux64 { .. } => "Linux bzImage, 64-bit boot protocol",
+            Boot::Pvh { .. } => "Linux vmlinux, PVH boot",
+            Boot::Freestanding { .. } => "freestanding ELF64",
+        },
+        config.cpus,
+        config.memory >> 20,
+        if loaded.boot.is_linux() {
+            config.linux_cmdline()
+        } else {
+            config.cmdline.clone()
+        }
+    );
     let initrd = loader::load_initrd(mem, config, &loaded)?;
+    if let (Some(path), Some((addr, size))) = (&config.initrd, initrd) {
+        log::info!("initrd: {} ({size} bytes at {:#x})", path.display(), addr.0);
+    }
     write_boot_structures(mem, config, &loaded, initrd).map_err(LoadError::from)?;
     Ok(loaded.boot)
 }
