@@ -545,6 +545,10 @@ impl RunningVm {
                 vcpu: 0,
                 detail: "VM stopped without an outcome".into(),
             });
+        log::debug!(
+            "VM ended: {outcome} (wall {:.1} ms)",
+            vm.started.elapsed().as_secs_f64() * 1e3
+        );
         let first = self.shared.first_entry_ns.load(Ordering::SeqCst);
         let mut startup = vm.phases.clone();
         startup.first_kvm_run_ns = first;
