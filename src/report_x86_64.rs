@@ -99,6 +99,9 @@ pub fn finish(report: RunReport, stats: bool, status: i32) -> ExitCode {
     }
     if !report.outcome.is_clean() && !matches!(report.outcome, vmm::Outcome::DebugExit { .. }) {
         eprintln!("vpmu-vmm: {}", report.outcome);
+        if let Some(hint) = vmm::outcome::hint(&report.outcome, report.linux_guest) {
+            eprintln!("vpmu-vmm: {hint}");
+        }
     }
     ExitCode::from(status.clamp(0, 255) as u8)
 }

@@ -70,6 +70,8 @@ pub struct RunReport {
     /// End-of-run outputs that could not be written (the audit log, a disk's fdatasync);
     /// they do not change the exit status, which stays the guest's.
     pub output_errors: Vec<String>,
+    /// The guest was a Linux kernel (bzImage or PVH vmlinux), not a freestanding guest.
+    pub linux_guest: bool,
 }
 
 /// One virtio-blk disk at the end of the run.
@@ -579,6 +581,7 @@ impl RunningVm {
             disks: vm.disks.iter().map(disk_report).collect(),
             console_lost_bytes,
             output_errors,
+            linux_guest: vm.boot.is_linux(),
         })
     }
 }
