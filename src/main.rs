@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use vmm::outcome::STATUS_VMM_ERROR;
 use vmm::{Console, DiskConfig, KernelImage, PmuSettings, RunReport, VmConfig};
 
+mod logging;
+
 #[cfg_attr(target_arch = "x86_64", path = "report_x86_64.rs")]
 #[cfg_attr(target_arch = "aarch64", path = "report_aarch64.rs")]
 mod report;
@@ -32,6 +34,8 @@ mod validate;
     about = "A small KVM VMM with a fast, safe, observable vPMU"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: logging::LogArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -260,6 +264,9 @@ enum CliError {
         /// Why.
         source: serde_json::Error,
     },
+    /// `--log-file FILE` could not be opened.
+    #[error(transparent)]
+    LogFile(#[from] logging::LogFileError),
     /// `guests --extract` could not write its file.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -324,7 +331,12 @@ fn one_line(rendered: &str) -> String {
 }
 
 fn main() -> ExitCode {
-    match run(parse_cli()) {
+    let cli = parse_cli();
+    // First, before any thread: the log file is opened here (`logging`).
+    let result = logging::init(&cli.log)
+        .map_err(CliError::from)
+        .and_then(|()| run(cli));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vpmu-vmm: {e}");

@@ -3,57 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use vmm::pmu::setup::PmuSetup;
 use vmm::pmu::PmuSummary;
 use vmm::RunReport;
-use vpmu::discovery::PmuMode;
-
-/// `PmuSetup` for humans: mode, layout, policy and what `off` did.
-fn pmu_setup_line(p: &PmuSetup) -> String {
-    let layout = match &p.layout {
-        vpmu::PmuConfig::None => "no PMU".to_string(),
-        vpmu::PmuConfig::Intel(i) => format!(
-            "intel v{} {}x{}-bit GP + {}x{}-bit fixed",
-            i.version, i.num_gp, i.gp_width, i.num_fixed, i.fixed_width
-        ),
-        vpmu::PmuConfig::Amd(a) => format!(
-            "amd {} {}x{}-bit{}",
-            if a.core_ext { "core-ext" } else { "legacy" },
-            a.num_counters,
-            a.width,
-            if a.perfmon_v2 { " PerfMonV2" } else { "" }
-        ),
-    };
-    let mut s = format!("pmu {} ({layout})", p.mode);
-    if let Some(r) = p.cpuid_vendor {
-        s.push_str(&format!(
-            ", guest CPUID vendor {} (host {})",
-            vpmu::cpuid::vendor_id(r.guest),
-            vpmu::cpuid::vendor_id(r.host)
-        ));
-    }
-    match p.counter_source {
-        Some(vmm::pmu::userspace::Source::Clock) => {
-            s.push_str(", counters: TSC clock model (counts USR and OS alike)")
-        }
-        Some(vmm::pmu::userspace::Source::HostPerf) => s.push_str(", counters: host perf events"),
-        None => {}
-    }
-    if let Some(policy) = &p.policy {
-        s.push_str(&format!(", policy {policy}"));
-    }
-    if p.mode == PmuMode::Off {
-        s.push_str(if p.kvm_pmu_disabled {
-            ", KVM vPMU disabled"
-        } else {
-            ", KVM_PMU_CAP_DISABLE unavailable"
-        });
-        if p.pmu_msrs_fault {
-            s.push_str(", PMU MSRs #GP (MSR filter)");
-        }
-    }
-    s
-}
 
 /// `0x3c/0x00 cycles counting x4, ...`
 fn programmed_text(items: &[vmm::pmu::audit::Programmed]) -> String {
@@ -106,7 +57,7 @@ fn stats_text(r: &RunReport) -> String {
     let ms = |ns: u64| ns as f64 / 1e6;
     let mut s = format!(
         "vpmu-vmm: {} | {} | start to first guest entry {:.2} ms | wall {:.1} ms | stray port accesses {}\n",
-        pmu_setup_line(&r.pmu_setup),
+        r.pmu_setup,
         r.outcome,
         ms(r.start_to_first_entry_ns),
         ms(r.wall_ns),
@@ -153,6 +104,9 @@ pub fn finish(report: RunReport, stats: bool, status: i32) -> ExitCode {
     }
     if !report.outcome.is_clean() && !matches!(report.outcome, vmm::Outcome::DebugExit { .. }) {
         eprintln!("vpmu-vmm: {}", report.outcome);
+        if let Some(hint) = vmm::outcome::hint(&report.outcome, report.linux_guest) {
+            eprintln!("vpmu-vmm: {hint}");
+        }
     }
     ExitCode::from(status.clamp(0, 255) as u8)
 }

@@ -95,6 +95,48 @@ fn triple_fault_is_reported() {
     );
 }
 
+/// A minimal bzImage (boot protocol 2.15, 64-bit entry): one setup sector, then a
+/// protected-mode part whose 64-bit entry (load address + 0x200) is `code`.
+fn bzimage(code: &[u8]) -> Vec<u8> {
+    let mut bz = vec![0u8; 1024 + 0x1000];
+    bz[0x1f1] = 1; // setup_sects
+    bz[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes()); // boot_flag
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version
+    bz[0x211] = 1; // loadflags: LOADED_HIGH
+    bz[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    bz[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    bz[0x238..0x23c].copy_from_slice(&0x7ffu32.to_le_bytes()); // cmdline_size
+    bz[1024 + 0x200..1024 + 0x200 + code.len()].copy_from_slice(code);
+    bz
+}
+
+#[test]
+fn a_linux_triple_fault_hints_at_a_kernel_panic() {
+    need_kvm!("a_linux_triple_fault_hints_at_a_kernel_panic");
+    // A "Linux kernel" that triple-faults at once, as one does after a panic.
+    let k = write_scratch("tf.bzImage", &bzimage(&hex(TRIPLE_FAULT)));
+    let o = vmm(&["run", "--kernel", &k, "--memory", "64M"]);
+    let e = err(&o);
+    assert_eq!(status(&o), 4, "{e}");
+    let lines: Vec<&str> = e.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("guest shut down (triple fault) at RIP=0x100200"))
+        .unwrap_or_else(|| panic!("the outcome line: {e}"));
+    let hint = lines.get(i + 1).copied().unwrap_or_default();
+    assert!(
+        hint.starts_with("vpmu-vmm: hint: the guest kernel most likely panicked"),
+        "the hint follows the outcome: {e}"
+    );
+    assert!(hint.contains("earlycon=uart8250,io,0x3f8"), "{hint}");
+    // A freestanding guest's triple fault is its own bug: no hint.
+    let k = write_scratch("tf2.elf", &elf64(&hex(TRIPLE_FAULT), 0x20_0000));
+    let o = vmm(&["run", "--kernel", &k]);
+    assert_eq!(status(&o), 4, "{}", err(&o));
+    assert!(!err(&o).contains("hint:"), "{}", err(&o));
+}
+
 #[test]
 fn hostile_port_writes_never_break_the_vmm() {
     need_kvm!("hostile_port_writes_never_break_the_vmm");

@@ -31,6 +31,22 @@ mod range_map;
 pub mod serial;
 pub mod virtio;
 
+/// Warnings of one kind a device logs (`log::warn!`) before it goes quiet: a guest can
+/// repeat a bad request at will, and a line for each would let it flood the log. The
+/// device's counters still count every one (`--stats`, `--report`).
+pub const WARN_LIMIT: u64 = 5;
+
+/// The suffix of the warning for the `n`th (1-based) occurrence of a device error, or
+/// `None` when that one is not logged ([`WARN_LIMIT`]).
+pub(crate) fn warn_suffix(n: u64) -> Option<&'static str> {
+    match n {
+        0 => None,
+        n if n < WARN_LIMIT => Some(""),
+        WARN_LIMIT => Some(" (further ones are counted, not logged)"),
+        _ => None,
+    }
+}
+
 pub use acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 pub use bus::{BusError, BusStats, DeviceAction, PioBus, PioDevice, VmExit};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_LEN};
@@ -40,3 +56,16 @@ pub use mmio::{MmioBus, MmioBusError, MmioDevice};
 pub use serial::{
     CaptureWriter, Serial, SerialError, SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN,
 };
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn device_warnings_stop_after_the_limit() {
+        let logged: Vec<u64> = (0..100)
+            .filter(|&n| super::warn_suffix(n).is_some())
+            .collect();
+        assert_eq!(logged, (1..=super::WARN_LIMIT).collect::<Vec<_>>());
+        assert_eq!(super::warn_suffix(1), Some(""));
+        assert!(super::warn_suffix(super::WARN_LIMIT).is_some_and(|s| s.contains("not logged")));
+    }
+}

@@ -174,8 +174,11 @@ impl PioDevice for Serial {
             let Some(reg) = uart_reg(offset, i) else {
                 continue;
             };
-            if self.uart.write(reg, b).is_err() {
+            if let Err(e) = self.uart.write(reg, b) {
                 self.tx_errors += 1;
+                if let Some(more) = crate::warn_suffix(self.tx_errors) {
+                    log::warn!("serial: guest output or interrupt lost: {e}{more}");
+                }
             }
         }
         DeviceAction::None

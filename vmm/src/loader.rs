@@ -53,6 +53,11 @@ impl Boot {
     pub fn all_vcpus_enter(&self) -> bool {
         matches!(self, Boot::Freestanding { .. })
     }
+
+    /// Whether the guest is a Linux kernel (bzImage or PVH vmlinux).
+    pub fn is_linux(&self) -> bool {
+        matches!(self, Boot::Linux64 { .. } | Boot::Pvh { .. })
+    }
 }
 
 /// The loaded kernel.

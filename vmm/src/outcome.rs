@@ -179,6 +179,24 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// A line for the user under the outcome, when the ending has a likely cause worth
+/// naming. A Linux kernel that panics and finds no working reboot method resets the CPU by
+/// a triple fault, so a Linux guest's triple fault (`linux_guest`: the run booted a
+/// bzImage or a PVH vmlinux, not a freestanding guest) most likely hides a panic whose
+/// message never reached the console.
+pub fn hint(outcome: &Outcome, linux_guest: bool) -> Option<&'static str> {
+    match outcome {
+        Outcome::TripleFault { .. } if linux_guest => Some(
+            "hint: the guest kernel most likely panicked (Linux resets by triple fault after \
+             a panic when no reboot method works); to see why, drop `quiet` from --cmdline \
+             and add `console=ttyS0 earlycon=uart8250,io,0x3f8` (messages from the earliest \
+             boot on), check that --initrd names a valid initramfs (a missing root \
+             filesystem panics), and give the guest more --memory (e.g. --memory 512M)",
+        ),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +240,38 @@ mod tests {
         assert_eq!(int.exit_status(), STATUS_INTERRUPTED);
         assert_eq!(int.exit_status() % 2, 0, "VMM-side endings are even");
         assert!(int.to_string().contains("SIGTERM"));
+    }
+
+    #[test]
+    fn a_linux_triple_fault_hints_at_a_panic_and_how_to_see_it() {
+        let tf = Outcome::TripleFault {
+            vcpu: 0,
+            rip: Some(0xfff0),
+        };
+        let h = hint(&tf, true).expect("a Linux guest's triple fault has a hint");
+        assert!(
+            h.starts_with("hint: the guest kernel most likely panicked"),
+            "{h}"
+        );
+        for what in [
+            "quiet",
+            "earlycon=uart8250,io,0x3f8",
+            "console=ttyS0",
+            "--initrd",
+            "--memory",
+        ] {
+            assert!(h.contains(what), "{what} in {h}");
+        }
+        assert!(!h.contains('\n'), "one line: {h}");
+        // Freestanding guests triple-fault on their own bugs; other endings have no hint.
+        assert_eq!(hint(&tf, false), None);
+        for o in [
+            Outcome::Reset,
+            Outcome::PowerOff,
+            Outcome::DebugExit { value: 0 },
+            Outcome::Crash { vcpu: 0 },
+        ] {
+            assert_eq!(hint(&o, true), None, "{o}");
+        }
     }
 }

@@ -81,6 +81,156 @@ pub struct VcpuStats {
     pub handling_ns: u64,
 }
 
+/// What one return from KVM_RUN was, for the per-vCPU summary logged at debug level at
+/// the end of the run (`-vv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// KVM_EXIT_IO, a port read.
+    IoIn,
+    /// KVM_EXIT_IO, a port write.
+    IoOut,
+    /// KVM_EXIT_MMIO, a read.
+    MmioRead,
+    /// KVM_EXIT_MMIO, a write.
+    MmioWrite,
+    /// KVM_EXIT_X86_RDMSR.
+    Rdmsr,
+    /// KVM_EXIT_X86_WRMSR.
+    Wrmsr,
+    /// KVM_EXIT_HLT.
+    Hlt,
+    /// KVM_EXIT_INTR.
+    Intr,
+    /// KVM_EXIT_IRQ_WINDOW_OPEN.
+    IrqWindowOpen,
+    /// KVM_EXIT_SHUTDOWN (triple fault).
+    Shutdown,
+    /// KVM_EXIT_FAIL_ENTRY.
+    FailEntry,
+    /// KVM_EXIT_SYSTEM_EVENT.
+    SystemEvent,
+    /// KVM_EXIT_INTERNAL_ERROR.
+    InternalError,
+    /// Any other exit reason (ends the VM).
+    Other,
+    /// KVM_RUN interrupted by a kick (EINTR).
+    Kicked,
+    /// KVM_RUN returned EAGAIN.
+    Again,
+    /// KVM_RUN failed (ends the VM).
+    RunError,
+}
+
+impl ExitKind {
+    /// Every kind, in summary order.
+    pub const ALL: [ExitKind; 17] = [
+        ExitKind::IoIn,
+        ExitKind::IoOut,
+        ExitKind::MmioRead,
+        ExitKind::MmioWrite,
+        ExitKind::Rdmsr,
+        ExitKind::Wrmsr,
+        ExitKind::Hlt,
+        ExitKind::Intr,
+        ExitKind::IrqWindowOpen,
+        ExitKind::Shutdown,
+        ExitKind::FailEntry,
+        ExitKind::SystemEvent,
+        ExitKind::InternalError,
+        ExitKind::Other,
+        ExitKind::Kicked,
+        ExitKind::Again,
+        ExitKind::RunError,
+    ];
+
+    /// The kind of a KVM_RUN result.
+    pub fn of(res: &Result<VcpuExit<'_>, kvm_ioctls::Error>) -> ExitKind {
+        match res {
+            Ok(VcpuExit::IoIn(..)) => ExitKind::IoIn,
+            Ok(VcpuExit::IoOut(..)) => ExitKind::IoOut,
+            Ok(VcpuExit::MmioRead(..)) => ExitKind::MmioRead,
+            Ok(VcpuExit::MmioWrite(..)) => ExitKind::MmioWrite,
+            Ok(VcpuExit::X86Rdmsr(_)) => ExitKind::Rdmsr,
+            Ok(VcpuExit::X86Wrmsr(_)) => ExitKind::Wrmsr,
+            Ok(VcpuExit::Hlt) => ExitKind::Hlt,
+            Ok(VcpuExit::Intr) => ExitKind::Intr,
+            Ok(VcpuExit::IrqWindowOpen) => ExitKind::IrqWindowOpen,
+            Ok(VcpuExit::Shutdown) => ExitKind::Shutdown,
+            Ok(VcpuExit::FailEntry(..)) => ExitKind::FailEntry,
+            Ok(VcpuExit::SystemEvent(..)) => ExitKind::SystemEvent,
+            Ok(VcpuExit::InternalError) => ExitKind::InternalError,
+            Ok(_) => ExitKind::Other,
+            Err(e) if e.errno() == libc::EINTR => ExitKind::Kicked,
+            Err(e) if e.errno() == libc::EAGAIN => ExitKind::Again,
+            Err(_) => ExitKind::RunError,
+        }
+    }
+
+    /// Its name in the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::IoIn => "io_in",
+            ExitKind::IoOut => "io_out",
+            ExitKind::MmioRead => "mmio_read",
+            ExitKind::MmioWrite => "mmio_write",
+            ExitKind::Rdmsr => "rdmsr",
+            ExitKind::Wrmsr => "wrmsr",
+            ExitKind::Hlt => "hlt",
+            ExitKind::Intr => "intr",
+            ExitKind::IrqWindowOpen => "irq_window_open",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::FailEntry => "fail_entry",
+            ExitKind::SystemEvent => "system_event",
+            ExitKind::InternalError => "internal_error",
+            ExitKind::Other => "other",
+            ExitKind::Kicked => "kicked",
+            ExitKind::Again => "eagain",
+            ExitKind::RunError => "run_error",
+        }
+    }
+}
+
+/// Returns from KVM_RUN by [`ExitKind`] (one counter increment per exit).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExitCounts([u64; ExitKind::ALL.len()]);
+
+impl ExitCounts {
+    /// Counts one exit.
+    #[inline]
+    pub fn add(&mut self, kind: ExitKind) {
+        self.0[kind as usize] += 1;
+    }
+
+    /// The count of `kind`.
+    pub fn get(&self, kind: ExitKind) -> u64 {
+        self.0[kind as usize]
+    }
+
+    /// All exits.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl std::fmt::Display for ExitCounts {
+    /// `io_out 120, mmio_read 4, hlt 0`: the kinds that occurred, in [`ExitKind::ALL`]
+    /// order (`none` when nothing did).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for k in ExitKind::ALL {
+            let n = self.get(k);
+            if n > 0 {
+                write!(f, "{}{} {n}", if first { "" } else { ", " }, k.name())?;
+                first = false;
+            }
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
 /// One vCPU and its thread-local state.
 pub struct Vcpu {
     /// vCPU index (also its APIC ID).
@@ -132,6 +282,9 @@ impl Vcpu {
             vcpu: self.index,
         };
         self.attach_thread();
+        let mut kinds = ExitCounts::default();
+        // A line per exit only at trace level; decided once, so the loop pays nothing else.
+        let trace = log::log_enabled!(log::Level::Trace);
         // SeqCst pairs with `Shared::end` (store `stopping`, then read the tids): either
         // this thread sees the stop here, or `end` sees its tid and kicks it.
         while !self.shared.stopping.load(Ordering::SeqCst) {
@@ -150,6 +303,10 @@ impl Vcpu {
                 None => false,
             };
             let h0 = Instant::now();
+            kinds.add(ExitKind::of(&res));
+            if trace {
+                trace_exit(self.index, &res);
+            }
             match res {
                 Ok(exit) => {
                     let mut p = Peripherals {
@@ -186,6 +343,12 @@ impl Vcpu {
         if let Some(pmu) = self.pmu.as_mut() {
             pmu.detach_thread();
         }
+        log::debug!(
+            "vcpu{}: {} exits by kind: {kinds}; {} PMIs",
+            self.index,
+            kinds.total(),
+            self.stats.pmis
+        );
         (self.stats, self.pmu)
     }
 
@@ -243,10 +406,11 @@ impl Vcpu {
     fn deliver_pmi(&mut self) {
         let mut lapic = match self.fd.get_lapic() {
             Ok(l) => l,
-            Err(_) => return,
+            Err(e) => return pmi_failed(self.index, "KVM_GET_LAPIC", &e),
         };
         let lvtpc = crate::pmu::read_lapic_reg(&lapic, crate::pmu::APIC_LVTPC);
         let delivery = crate::pmu::pmi_delivery(lvtpc);
+        log::trace!("vcpu{}: PMI, LVTPC {lvtpc:#x}: {delivery:?}", self.index);
         if delivery != PmiDelivery::Masked
             && self.pmu.as_ref().is_some_and(|p| p.masks_lvtpc_on_pmi())
         {
@@ -259,17 +423,16 @@ impl Vcpu {
                 crate::pmu::APIC_LVTPC,
                 lvtpc | crate::pmu::APIC_LVT_MASKED,
             );
-            if self.fd.set_lapic(&lapic).is_err() {
-                return;
+            if let Err(e) = self.fd.set_lapic(&lapic) {
+                return pmi_failed(self.index, "KVM_SET_LAPIC", &e);
             }
         }
         match delivery {
             PmiDelivery::Masked => {}
-            PmiDelivery::Nmi => {
-                if self.fd.nmi().is_ok() {
-                    self.stats.pmis += 1;
-                }
-            }
+            PmiDelivery::Nmi => match self.fd.nmi() {
+                Ok(()) => self.stats.pmis += 1,
+                Err(e) => pmi_failed(self.index, "KVM_NMI", &e),
+            },
             PmiDelivery::Fixed(vector) => {
                 let msi = kvm_bindings::kvm_msi {
                     address_lo: arch::x86_64::layout::msi_address(self.index),
@@ -277,11 +440,53 @@ impl Vcpu {
                     data: u32::from(vector),
                     ..Default::default()
                 };
-                if self.shared.vm.signal_msi(msi).is_ok() {
-                    self.stats.pmis += 1;
+                match self.shared.vm.signal_msi(msi) {
+                    Ok(_) => self.stats.pmis += 1,
+                    Err(e) => pmi_failed(self.index, "KVM_SIGNAL_MSI", &e),
                 }
             }
         }
+    }
+}
+
+/// The trace line of one exit (`-vvv`).
+#[cold]
+fn trace_exit(vcpu: u8, res: &Result<VcpuExit<'_>, kvm_ioctls::Error>) {
+    let kind = ExitKind::of(res).name();
+    match res {
+        Ok(VcpuExit::IoIn(port, data)) => {
+            log::trace!(
+                "vcpu{vcpu}: exit {kind} port {port:#x}, {} bytes",
+                data.len()
+            )
+        }
+        Ok(VcpuExit::IoOut(port, data)) => {
+            log::trace!("vcpu{vcpu}: exit {kind} port {port:#x} <- {data:02x?}")
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            log::trace!("vcpu{vcpu}: exit {kind} {addr:#x}, {} bytes", data.len())
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            log::trace!("vcpu{vcpu}: exit {kind} {addr:#x} <- {data:02x?}")
+        }
+        Ok(VcpuExit::X86Rdmsr(e)) => log::trace!("vcpu{vcpu}: exit {kind} {:#x}", e.index),
+        Ok(VcpuExit::X86Wrmsr(e)) => {
+            log::trace!("vcpu{vcpu}: exit {kind} {:#x} <- {:#x}", e.index, e.data)
+        }
+        Ok(exit) => log::trace!("vcpu{vcpu}: exit {kind}: {exit:?}"),
+        Err(e) => log::trace!("vcpu{vcpu}: exit {kind}: KVM_RUN returned {e}"),
+    }
+}
+
+/// A PMI that could not be delivered: a warning the first time in this process, debug
+/// lines after that (a broken delivery would otherwise log once per overflow).
+#[cold]
+fn pmi_failed(vcpu: u8, op: &str, e: &kvm_ioctls::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.swap(true, Ordering::Relaxed) {
+        log::debug!("vcpu{vcpu}: PMI not delivered: {op}: {e}");
+    } else {
+        log::warn!("vcpu{vcpu}: PMI not delivered: {op}: {e} (further failures at debug level)");
     }
 }
 
@@ -581,6 +786,50 @@ mod tests {
             matches!(&o, Some(Outcome::VmmError { detail, .. }) if detail.contains("Debug")),
             "{o:?}"
         );
+    }
+
+    #[test]
+    fn exit_counts_name_every_kind_that_occurred() {
+        let mut c = ExitCounts::default();
+        assert_eq!(c.to_string(), "none");
+        let (mut error, mut data, mut buf) = (0u8, 0u64, [0u8; 1]);
+        let results: Vec<Result<VcpuExit<'_>, kvm_ioctls::Error>> = vec![
+            Ok(VcpuExit::IoOut(0x3f8, b"x")),
+            Ok(VcpuExit::IoOut(0x3f8, b"y")),
+            Ok(VcpuExit::IoIn(0x3fd, &mut buf)),
+            Ok(VcpuExit::X86Rdmsr(ReadMsrExit {
+                error: &mut error,
+                reason: MsrExitReason::Filter,
+                index: 0xc1,
+                data: &mut data,
+            })),
+            Ok(VcpuExit::Hlt),
+            Ok(VcpuExit::Shutdown),
+            Ok(VcpuExit::Debug(Default::default())),
+            Err(kvm_ioctls::Error::new(libc::EINTR)),
+            Err(kvm_ioctls::Error::new(libc::EAGAIN)),
+            Err(kvm_ioctls::Error::new(libc::EFAULT)),
+        ];
+        for r in &results {
+            c.add(ExitKind::of(r));
+        }
+        assert_eq!(c.total(), 10);
+        assert_eq!(c.get(ExitKind::IoOut), 2);
+        assert_eq!(
+            c.to_string(),
+            "io_in 1, io_out 2, rdmsr 1, hlt 1, shutdown 1, other 1, kicked 1, eagain 1, run_error 1"
+        );
+        // Names are distinct, and ALL lists every kind at its own index.
+        for (i, k) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+            assert_eq!(
+                ExitKind::ALL
+                    .iter()
+                    .filter(|o| o.name() == k.name())
+                    .count(),
+                1
+            );
+        }
     }
 
     /// A panicking vCPU thread must end the VM (the main thread waits for that), not

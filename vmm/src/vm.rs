@@ -71,6 +71,8 @@ pub struct RunReport {
     /// End-of-run outputs that could not be written (the audit log, a disk's fdatasync);
     /// they do not change the exit status, which stays the guest's.
     pub output_errors: Vec<String>,
+    /// The guest was a Linux kernel (bzImage or PVH vmlinux), not a freestanding guest.
+    pub linux_guest: bool,
 }
 
 /// One virtio-blk disk at the end of the run.
@@ -219,6 +221,7 @@ impl Vm {
                 mode => eprintln!("vpmu-vmm: --pmu auto chose {mode}"),
             }
         }
+        log::info!("vPMU plan: {plan}");
         phases.pmu_plan_ns = lap(&mut t);
         let mem = create_memory(config.memory)?;
         phases.memory_ns = lap(&mut t);
@@ -555,6 +558,10 @@ impl RunningVm {
                 vcpu: 0,
                 detail: "VM stopped without an outcome".into(),
             });
+        log::debug!(
+            "VM ended: {outcome} (wall {:.1} ms)",
+            vm.started.elapsed().as_secs_f64() * 1e3
+        );
         let first = self.shared.first_entry_ns.load(Ordering::SeqCst);
         let mut startup = vm.phases.clone();
         startup.first_kvm_run_ns = first;
@@ -585,6 +592,7 @@ impl RunningVm {
             disks: vm.disks.iter().map(disk_report).collect(),
             console_lost_bytes,
             output_errors,
+            linux_guest: vm.boot.is_linux(),
         })
     }
 }
@@ -609,13 +617,32 @@ fn disk_report(d: &DiskDevice) -> DiskReport {
 /// enter the guest.
 fn load_guest(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<Boot> {
     let loaded = loader::load_kernel(mem, config)?;
-    if matches!(loaded.boot, Boot::Linux64 { .. } | Boot::Pvh { .. }) {
+    if loaded.boot.is_linux() {
         let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
         if let Some(why) = vpmu::discovery::linux_guests_blocker(pvm) {
             eprintln!("vpmu-vmm: warning: {why}");
         }
     }
+    log::info!(
+        "guest: {} ({}), {} vCPU(s), {} MiB, command line {:?}",
+        config.kernel,
+        match loaded.boot {
+            Boot::Linux64 { .. } => "Linux bzImage, 64-bit boot protocol",
+            Boot::Pvh { .. } => "Linux vmlinux, PVH boot",
+            Boot::Freestanding { .. } => "freestanding ELF64",
+        },
+        config.cpus,
+        config.memory >> 20,
+        if loaded.boot.is_linux() {
+            config.linux_cmdline()
+        } else {
+            config.cmdline.clone()
+        }
+    );
     let initrd = loader::load_initrd(mem, config, &loaded)?;
+    if let (Some(path), Some((addr, size))) = (&config.initrd, initrd) {
+        log::info!("initrd: {} ({size} bytes at {:#x})", path.display(), addr.0);
+    }
     write_boot_structures(mem, config, &loaded, initrd).map_err(LoadError::from)?;
     Ok(loaded.boot)
 }

@@ -125,6 +125,8 @@ pub struct Block {
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     queue_sizes: [u16; 1],
     stats: BlockStats,
+    /// The image's path, naming the disk in warnings.
+    name: String,
 }
 
 /// Which way data moves.
@@ -285,6 +287,7 @@ impl Block {
             id,
             queue_sizes: [QUEUE_SIZE],
             stats: BlockStats::default(),
+            name: path.display().to_string(),
         })
     }
 
@@ -390,27 +393,44 @@ impl Block {
             return None;
         }
         let data_in_len = writable.len - 1;
-        let (status, used) = self.request(mem, &readable, &writable, data_in_len);
+        let result = self.request(mem, &readable, &writable, data_in_len);
+        let (status, used) = match result {
+            Ok(used) => (VIRTIO_BLK_S_OK, used),
+            Err((status, _)) => (status, 0),
+        };
         let status_byte = u8::try_from(status).expect("VIRTIO_BLK_S_* are 0..=2");
         writable.write(mem, data_in_len, &[status_byte]).ok()?;
-        if status != VIRTIO_BLK_S_OK {
+        if let Err((status, why)) = result {
             self.stats.errors += 1;
+            if let Some(more) = crate::warn_suffix(self.stats.errors) {
+                let name = if status == VIRTIO_BLK_S_UNSUPP {
+                    "UNSUPP"
+                } else {
+                    "IOERR"
+                };
+                log::warn!(
+                    "virtio-blk {}: request failed ({name}): {why}{more}",
+                    self.name
+                );
+            }
         }
         // used + 1 <= writable.len <= 2^32: the chain iterator stops at 4 GiB.
         u32::try_from(used + 1).ok().or(Some(u32::MAX))
     }
 
-    /// Returns (status, data bytes written to the guest).
+    /// Returns the data bytes written to the guest, or the failure status
+    /// (`VIRTIO_BLK_S_IOERR` or `_UNSUPP`) and why.
     fn request(
         &mut self,
         mem: &GuestMemoryMmap,
         readable: &Segments,
         writable: &Segments,
         data_in_len: u64,
-    ) -> (u32, u64) {
+    ) -> Result<u64, (u32, &'static str)> {
+        const IOERR: u32 = VIRTIO_BLK_S_IOERR;
         let mut hdr = HEADER;
         if readable.len < HEADER_LEN || readable.read(mem, 0, &mut hdr).is_err() {
-            return (VIRTIO_BLK_S_IOERR, 0);
+            return Err((IOERR, "no 16-byte request header in guest memory"));
         }
         let mut t = [0u8; 4];
         t.copy_from_slice(&hdr[0..4]);
@@ -421,24 +441,30 @@ impl Block {
         match req_type {
             VIRTIO_BLK_T_IN => {
                 let Some(pos) = self.checked_range(sector, data_in_len) else {
-                    return (VIRTIO_BLK_S_IOERR, 0);
+                    return Err((IOERR, "read of partial sectors or past the end of the disk"));
                 };
                 let (moved, r) = self.transfer(mem, writable, 0, data_in_len, pos, Dir::ToGuest);
                 self.stats.bytes_read += moved;
                 match r {
                     Ok(()) => {
                         self.stats.reads += 1;
-                        (VIRTIO_BLK_S_OK, data_in_len)
+                        Ok(data_in_len)
                     }
-                    Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+                    Err(()) => Err((
+                        IOERR,
+                        "read failed (host I/O error, or a buffer outside guest memory)",
+                    )),
                 }
             }
             VIRTIO_BLK_T_OUT => {
                 if self.read_only {
-                    return (VIRTIO_BLK_S_IOERR, 0);
+                    return Err((IOERR, "write to a read-only disk"));
                 }
                 let Some(pos) = self.checked_range(sector, data_out_len) else {
-                    return (VIRTIO_BLK_S_IOERR, 0);
+                    return Err((
+                        IOERR,
+                        "write of partial sectors or past the end of the disk",
+                    ));
                 };
                 let (moved, r) =
                     self.transfer(mem, readable, HEADER_LEN, data_out_len, pos, Dir::FromGuest);
@@ -447,22 +473,25 @@ impl Block {
                 match r {
                     Ok(()) => {
                         self.stats.writes += 1;
-                        (VIRTIO_BLK_S_OK, 0)
+                        Ok(0)
                     }
-                    Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+                    Err(()) => Err((
+                        IOERR,
+                        "write failed (host I/O error, or a buffer outside guest memory)",
+                    )),
                 }
             }
             VIRTIO_BLK_T_FLUSH => {
                 if self.read_only {
                     self.stats.flushes += 1;
-                    return (VIRTIO_BLK_S_OK, 0);
+                    return Ok(0);
                 }
                 match self.file.sync_data() {
                     Ok(()) => {
                         self.stats.flushes += 1;
-                        (VIRTIO_BLK_S_OK, 0)
+                        Ok(0)
                     }
-                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                    Err(_) => Err((IOERR, "flush failed (fdatasync of the image)")),
                 }
             }
             VIRTIO_BLK_T_GET_ID => {
@@ -471,15 +500,15 @@ impl Block {
                     .len()
                     .min(usize::try_from(data_in_len).unwrap_or(usize::MAX));
                 if n == 0 {
-                    return (VIRTIO_BLK_S_IOERR, 0);
+                    return Err((IOERR, "GET_ID without room for the id"));
                 }
                 let id = self.id;
                 match writable.write(mem, 0, &id[..n]) {
-                    Ok(()) => (VIRTIO_BLK_S_OK, n as u64),
-                    Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+                    Ok(()) => Ok(n as u64),
+                    Err(()) => Err((IOERR, "GET_ID buffer outside guest memory")),
                 }
             }
-            _ => (VIRTIO_BLK_S_UNSUPP, 0),
+            _ => Err((VIRTIO_BLK_S_UNSUPP, "unsupported request type")),
         }
     }
 }
@@ -542,6 +571,14 @@ impl VirtioDevice for Block {
                     Some(n) => n,
                     None => {
                         self.stats.dropped += 1;
+                        if let Some(more) = crate::warn_suffix(self.stats.dropped) {
+                            log::warn!(
+                                "virtio-blk {}: request returned without a status (no writable \
+                                 status byte in guest memory, or a readable descriptor after a \
+                                 writable one){more}",
+                                self.name
+                            );
+                        }
                         0
                     }
                 };

@@ -133,6 +133,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     interrupt_status: u32,
     config_generation: u32,
     stats: TransportStats,
+    /// Times the device needed a reset (for [`crate::WARN_LIMIT`]).
+    resets_needed: u64,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -160,6 +162,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             interrupt_status: 0,
             config_generation: 0,
             stats: TransportStats::default(),
+            resets_needed: 0,
         }
     }
 
@@ -217,13 +220,23 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         if !q.activate(&self.mem) {
             self.stats.bad_accesses.fetch_add(1, Ordering::Relaxed);
-            self.needs_reset();
+            self.needs_reset(
+                "the driver made a queue ready with an invalid size or rings outside guest memory",
+            );
         }
     }
 
     /// The device cannot go on until the driver resets it: sets DEVICE_NEEDS_RESET and
     /// tells the driver with a configuration-change interrupt (VIRTIO 1.2, 2.1.2).
-    fn needs_reset(&mut self) {
+    fn needs_reset(&mut self, why: &str) {
+        self.resets_needed += 1;
+        if let Some(more) = crate::warn_suffix(self.resets_needed) {
+            let what = match self.device.device_type() {
+                virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK => "virtio-blk",
+                _ => "virtio device",
+            };
+            log::warn!("{what} (virtio-mmio): needs a reset: {why}{more}");
+        }
         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         self.raise(VIRTIO_MMIO_INT_CONFIG);
     }
@@ -299,7 +312,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         if needs_reset {
             self.stats.bad_accesses.fetch_add(1, Ordering::Relaxed);
-            self.needs_reset();
+            self.needs_reset("the device stopped its queue on a descriptor chain it cannot read");
         }
     }
 

@@ -214,6 +214,13 @@ pub fn run(index: u8, mut fd: VcpuFd, shared: Arc<Shared>) -> (VcpuStats, VcpuFd
         fd.set_kvm_immediate_exit(0);
     }
     kick::unregister_current();
+    log::debug!(
+        "vcpu{index}: {} exits by kind: mmio {}, kicked {}, other {}",
+        stats.exits,
+        stats.mmio,
+        stats.interrupted,
+        stats.exits.saturating_sub(stats.mmio + stats.interrupted)
+    );
     (stats, fd)
 }
 

@@ -314,6 +314,19 @@ impl MsrFilter {
             })
     }
 
+    /// How many MSRs the filter sends to the VMM.
+    pub fn routed_count(&self) -> u32 {
+        self.ranges
+            .iter()
+            .map(|(base, n, _)| {
+                let routed = (0..*n)
+                    .filter(|i| self.routes(base + i, self.flags))
+                    .count();
+                u32::try_from(routed).unwrap_or(u32::MAX)
+            })
+            .sum()
+    }
+
     /// KVM_X86_SET_MSR_FILTER (blocks for an SRCU grace period).
     pub fn install(&self, vm: &VmFd) -> Result<()> {
         let filter: Vec<MsrFilterRange<'_>> = self
@@ -699,6 +712,86 @@ pub struct PmuSetup {
     pub pmu_msrs_fault: bool,
 }
 
+impl std::fmt::Display for PmuSetup {
+    /// For humans (`--stats`, the log): mode, layout, policy and what `off` did.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pmu {} (", self.mode)?;
+        match &self.layout {
+            PmuConfig::None => write!(f, "no PMU")?,
+            PmuConfig::Intel(i) => write!(
+                f,
+                "intel v{} {}x{}-bit GP + {}x{}-bit fixed",
+                i.version, i.num_gp, i.gp_width, i.num_fixed, i.fixed_width
+            )?,
+            PmuConfig::Amd(a) => write!(
+                f,
+                "amd {} {}x{}-bit{}",
+                if a.core_ext { "core-ext" } else { "legacy" },
+                a.num_counters,
+                a.width,
+                if a.perfmon_v2 { " PerfMonV2" } else { "" }
+            )?,
+        }
+        write!(f, ")")?;
+        if let Some(r) = self.cpuid_vendor {
+            write!(
+                f,
+                ", guest CPUID vendor {} (host {})",
+                vpmu::cpuid::vendor_id(r.guest),
+                vpmu::cpuid::vendor_id(r.host)
+            )?;
+        }
+        match self.counter_source {
+            Some(super::userspace::Source::Clock) => {
+                write!(f, ", counters: TSC clock model (counts USR and OS alike)")?
+            }
+            Some(super::userspace::Source::HostPerf) => write!(f, ", counters: host perf events")?,
+            None => {}
+        }
+        if let Some(policy) = &self.policy {
+            write!(f, ", policy {policy}")?;
+        }
+        if self.mode == PmuMode::Off {
+            f.write_str(if self.kvm_pmu_disabled {
+                ", KVM vPMU disabled"
+            } else {
+                ", KVM_PMU_CAP_DISABLE unavailable"
+            })?;
+            if self.pmu_msrs_fault {
+                f.write_str(", PMU MSRs #GP (MSR filter)")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for PmuPlan {
+    /// The decided plan for the log: what the guest gets ([`PmuSetup`]), then how the
+    /// VMM takes part (the MSR filter, the audit log).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.setup())?;
+        match &self.msr_filter {
+            Some(m) => {
+                let what = if m.flags.contains(MsrFilterRangeFlags::READ) {
+                    "reads and writes"
+                } else {
+                    "writes"
+                };
+                write!(
+                    f,
+                    "; MSR filter: {what} of {} MSRs exit to the VMM",
+                    m.routed_count()
+                )?;
+            }
+            None => write!(f, "; no MSR filter")?,
+        }
+        if self.audit.is_some() {
+            write!(f, "; audit log on")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{filter_bitmap, filter_caps_refusal, msr_filter_bitmap_len, MsrFilter};
@@ -733,6 +826,27 @@ mod tests {
         });
         assert!(w.routes(0x186, MsrFilterRangeFlags::WRITE));
         assert!(!w.routes(0x186, MsrFilterRangeFlags::READ));
+    }
+
+    #[test]
+    fn plans_read_for_humans() {
+        let f = MsrFilter::new(&[(0x186, 8), (0x38d, 6)], MsrFilterRangeFlags::WRITE, |m| {
+            m != 0x38e
+        });
+        assert_eq!(f.routed_count(), 13);
+        let setup = super::PmuSetup {
+            mode: vpmu::discovery::PmuMode::Off,
+            layout: vpmu::PmuConfig::None,
+            cpuid_vendor: None,
+            counter_source: None,
+            policy: None,
+            kvm_pmu_disabled: true,
+            pmu_msrs_fault: true,
+        };
+        assert_eq!(
+            setup.to_string(),
+            "pmu off (no PMU), KVM vPMU disabled, PMU MSRs #GP (MSR filter)"
+        );
     }
 
     #[test]
