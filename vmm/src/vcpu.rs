@@ -15,7 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::kick;
 use crate::outcome::Outcome;
-use crate::pmu::{PmiDelivery, VcpuPmu};
+use crate::pmu::VcpuPmu;
 use devices::{DeviceAction, MmioBus, PioBus, VmExit};
 
 /// State shared by all vCPU threads and the main thread.
@@ -402,49 +402,13 @@ impl Vcpu {
         self.shared.end(outcome);
     }
 
-    /// Delivers a PMI the way the guest programmed its LAPIC LVT performance-counter entry.
+    /// Delivers a PMI the way the guest programmed its LAPIC ([`crate::pmu::pmi`]).
     fn deliver_pmi(&mut self) {
-        let mut lapic = match self.fd.get_lapic() {
-            Ok(l) => l,
-            Err(e) => return pmi_failed(self.index, "KVM_GET_LAPIC", &e),
-        };
-        let lvtpc = crate::pmu::read_lapic_reg(&lapic, crate::pmu::APIC_LVTPC);
-        let delivery = crate::pmu::pmi_delivery(lvtpc);
-        log::trace!("vcpu{}: PMI, LVTPC {lvtpc:#x}: {delivery:?}", self.index);
-        if delivery != PmiDelivery::Masked
-            && self.pmu.as_ref().is_some_and(|p| p.masks_lvtpc_on_pmi())
-        {
-            // Like Intel hardware (and KVM for Intel guests): mask LVTPC as the PMI is
-            // delivered; the guest's handler unmasks it. KVM_SET_LAPIC replaces the whole
-            // register page, so an interrupt injected by another thread in the window
-            // between GET and SET could be lost; the window is a few microseconds per PMI.
-            crate::pmu::write_lapic_reg(
-                &mut lapic,
-                crate::pmu::APIC_LVTPC,
-                lvtpc | crate::pmu::APIC_LVT_MASKED,
-            );
-            if let Err(e) = self.fd.set_lapic(&lapic) {
-                return pmi_failed(self.index, "KVM_SET_LAPIC", &e);
-            }
-        }
-        match delivery {
-            PmiDelivery::Masked => {}
-            PmiDelivery::Nmi => match self.fd.nmi() {
-                Ok(()) => self.stats.pmis += 1,
-                Err(e) => pmi_failed(self.index, "KVM_NMI", &e),
-            },
-            PmiDelivery::Fixed(vector) => {
-                let msi = kvm_bindings::kvm_msi {
-                    address_lo: arch::x86_64::layout::msi_address(self.index),
-                    address_hi: 0,
-                    data: u32::from(vector),
-                    ..Default::default()
-                };
-                match self.shared.vm.signal_msi(msi) {
-                    Ok(_) => self.stats.pmis += 1,
-                    Err(e) => pmi_failed(self.index, "KVM_SIGNAL_MSI", &e),
-                }
-            }
+        let masks = self.pmu.as_ref().is_some_and(|p| p.masks_lvtpc_on_pmi());
+        match crate::pmu::pmi::deliver(&self.fd, &self.shared.vm, self.index, masks) {
+            Ok(true) => self.stats.pmis += 1,
+            Ok(false) => {}
+            Err(e) => pmi_failed(self.index, e.op, &e.source),
         }
     }
 }

@@ -51,6 +51,11 @@ impl NamedEvent {
         self.fixed_counter = Some(idx);
         self
     }
+
+    /// Its (event select, unit mask).
+    pub const fn encoding(&self) -> Encoding {
+        (self.event, self.umask)
+    }
 }
 
 /// The seven architectural (vendor-neutral) event names that make up the default policy.

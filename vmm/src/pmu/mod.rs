@@ -5,9 +5,11 @@
 //! crate; this module only connects it to KVM and to the vCPU run loop.
 
 pub mod audit;
-pub mod clock;
+/// The clock model's decisions live in vpmu (every per-counter decision does).
+pub use vpmu::clock;
 pub mod inkernel_audit;
 pub mod perf;
+pub mod pmi;
 pub mod setup;
 pub mod userspace;
 

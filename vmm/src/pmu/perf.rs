@@ -211,7 +211,12 @@ mod tests {
             .compile(Vendor::Intel, 4)
             .unwrap();
         let mut g = vpmu::guest::GuestPmu::new(&layout, std::sync::Arc::new(policy));
-        let w = g.write(0x38d, field << (4 * u32::from(i))).unwrap();
+        let w = g
+            .write(
+                vpmu::model::intel::IA32_FIXED_CTR_CTRL,
+                field << (4 * u32::from(i)),
+            )
+            .unwrap();
         w.reprogrammed
             .into_iter()
             .find(|p| p.counter == vpmu::state::CounterId::Fixed(i))

@@ -11,13 +11,14 @@
 //!
 //! The model counts only what the policy decided: [`gp_event`] takes the decided
 //! [`Programming`] and refuses anything whose verdict is not `Allowed`, and it maps the
-//! event the hardware would count (`vpmu::events::counted_event`, unit-mask aliases
+//! event the hardware would count (`crate::events::counted_event`, unit-mask aliases
 //! normalised), never a wildcard of its own; the policy decides every alias of that
 //! counted event at least as strictly (docs/POLICY.md, "Unit-mask aliases").
 
-use vpmu::guest::{Programming, Verdict};
-use vpmu::selector::EventSelector;
-use vpmu::Vendor;
+use crate::events::{counted_event, lookup, IntelEvent};
+use crate::guest::{Programming, Verdict};
+use crate::selector::EventSelector;
+use crate::Vendor;
 
 /// What a counter is fed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,14 +69,17 @@ pub fn gp_event(p: &Programming) -> Result<ClockEvent, Refusal> {
 
 /// Maps an event selector, already allowed by the policy, to a clock event.
 fn selector_event(vendor: Vendor, sel: &EventSelector) -> Result<ClockEvent, Refusal> {
-    let counted = vpmu::events::counted_event(vendor, sel.event, sel.umask);
-    let ev = match (vendor, counted) {
+    let counted = counted_event(vendor, sel.event, sel.umask);
+    let is = |e: (u16, u8)| counted == e;
+    let ev = match vendor {
         // Intel architectural events (SDM vol. 3B, Table 21-1 / 18-1).
-        (Vendor::Intel, (0x3c, 0x00)) => ClockEvent::CoreCycles,
-        (Vendor::Intel, (0x3c, 0x01)) => ClockEvent::RefCycles,
+        Vendor::Intel if is(IntelEvent::Cycles.event().encoding()) => ClockEvent::CoreCycles,
+        Vendor::Intel if is(IntelEvent::RefCycles.event().encoding()) => ClockEvent::RefCycles,
         // AMD: PMCx076 CPU cycles not in halt (all families since 17h); it defines no
         // unit mask, so every unit mask counts it (the policy decides them all alike).
-        (Vendor::Amd, (0x76, 0x00)) => ClockEvent::CoreCycles,
+        Vendor::Amd if lookup(Vendor::Amd, "cycles").is_some_and(|c| is(c.encoding())) => {
+            ClockEvent::CoreCycles
+        }
         _ => return Err(Refusal::UnsupportedEvent),
     };
     if sel.edge || sel.inv || sel.cmask > 1 {
@@ -101,8 +105,8 @@ mod tests {
 
     #[test]
     fn counts_only_what_the_policy_allowed() {
-        use vpmu::policy::DenyReason;
-        use vpmu::state::CounterId;
+        use crate::policy::DenyReason;
+        use crate::state::CounterId;
         let usr_en = (1 << 16) | (1 << 22);
         let p = |raw: u64, verdict| Programming {
             counter: CounterId::Gp(0),
@@ -184,18 +188,23 @@ mod tests {
     fn fixed_counters_are_their_architectural_events() {
         // A fixed counter reaches the clock model as its event-select-shaped event
         // (vpmu::guest), so the model has one table for both kinds of counter.
-        let layout = vpmu::cpuid::default_emulated_layout(Vendor::Intel);
-        let policy = vpmu::policy::Policy::from_toml("action = \"deny\"\n")
+        let layout = crate::cpuid::default_emulated_layout(Vendor::Intel);
+        let policy = crate::policy::Policy::from_toml("action = \"deny\"\n")
             .unwrap()
             .compile(Vendor::Intel, 4)
             .unwrap();
-        let mut g = vpmu::guest::GuestPmu::new(&layout, std::sync::Arc::new(policy));
+        let mut g = crate::guest::GuestPmu::new(&layout, std::sync::Arc::new(policy));
         let mut event = |i: u8, field: u64| {
-            let w = g.write(0x38d, field << (4 * u32::from(i))).unwrap();
+            let w = g
+                .write(
+                    crate::model::intel::IA32_FIXED_CTR_CTRL,
+                    field << (4 * u32::from(i)),
+                )
+                .unwrap();
             let p = w
                 .reprogrammed
                 .iter()
-                .find(|p| p.counter == vpmu::state::CounterId::Fixed(i))
+                .find(|p| p.counter == crate::state::CounterId::Fixed(i))
                 .copied()
                 .unwrap();
             gp_event(Vendor::Intel, &p.selector)
