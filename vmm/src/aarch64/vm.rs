@@ -84,12 +84,23 @@ pub fn probe_host() -> Result<vpmu::discovery::HostPmu> {
     Ok(host)
 }
 
-fn console_writer(console: &Console) -> Box<dyn Write + Send> {
-    match console {
-        Console::Stdio => Box::new(std::io::stdout()),
-        Console::Capture(buf) => Box::new(devices::CaptureWriter(buf.clone())),
-        Console::Null => Box::new(std::io::sink()),
-    }
+/// The UART's output. Stdio goes through [`crate::console::ConsoleOut`] (as on x86): a
+/// bounded buffer and a writer thread, so a vCPU never blocks on a stdout nobody reads.
+fn console_writer(
+    console: &Console,
+) -> Result<(Box<dyn Write + Send>, Option<crate::console::ConsoleOut>)> {
+    Ok(match console {
+        Console::Stdio => {
+            let out = crate::console::ConsoleOut::spawn(1, crate::console::CONSOLE_BUFFER, false)
+                .map_err(|source| Error::Io {
+                op: "spawning the console output thread".into(),
+                source,
+            })?;
+            (Box::new(out.clone()), Some(out))
+        }
+        Console::Capture(buf) => (Box::new(devices::CaptureWriter(buf.clone())), None),
+        Console::Null => (Box::new(std::io::sink()), None),
+    })
 }
 
 fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
@@ -181,9 +192,9 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let serial_evt = eventfd(libc::EFD_NONBLOCK)?;
     vm.register_irqfd(&serial_evt, layout::SERIAL_SPI)
         .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
+    let (console, console_out) = console_writer(&config.console)?;
     let serial = Arc::new(Mutex::new(devices::Serial::with_eventfd(
-        serial_evt,
-        console_writer(&config.console),
+        serial_evt, console,
     )?));
     let mut mmio = devices::MmioBus::new();
     let mut virtio = Vec::with_capacity(disks.len());
@@ -284,7 +295,18 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
             vcpu: 0,
             detail: "VM stopped without an outcome".into(),
         });
-    let _ = std::io::stdout().flush();
+    // The end-of-run outputs: each failure is reported, none loses the others or the
+    // guest's outcome (as on x86).
+    let mut output_errors = Vec::new();
+    for (i, d) in disk_devs.iter().enumerate() {
+        let t = d.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = t.device().sync() {
+            output_errors.push(format!("fdatasync of disk {i}: {e}"));
+        }
+    }
+    let console_lost_bytes = console_out
+        .as_ref()
+        .map_or(0, |c| c.finish(Duration::from_secs(1)));
     let pmu_lines: Vec<String> = audits.iter().map(|(i, a)| pmu::audit_line(*i, a)).collect();
     let sampled: Vec<(usize, Vec<pmu::Programmed>)> = audits
         .into_iter()
@@ -292,7 +314,9 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         .collect();
     if let Some(path) = &config.pmu.audit {
         if pmu_plan.is_some() {
-            pmu::write_audit(path, &sampled)?;
+            if let Err(e) = pmu::write_audit(path, &sampled) {
+                output_errors.push(e.to_string());
+            }
         }
     }
     Ok(RunReport {
@@ -327,7 +351,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
                 )
             })
             .collect(),
-        console_lost_bytes: 0,
-        output_errors: Vec::new(),
+        console_lost_bytes,
+        output_errors,
     })
 }
