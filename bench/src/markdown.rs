@@ -472,7 +472,23 @@ pub fn render_linux(r: &LinuxReport) -> String {
         c.kernel, c.initrd, c.guest_memory_mib, c.vcpus, c.workload_cpu_s, c.workload_cpu_s, c.reps, c.order
     ));
     md.push_str(&format!("- metric: {}\n", c.metric));
-    if let Some(p) = &h.guest_env_probe {
+    if let Some(p) = h
+        .guest_env_probe
+        .as_ref()
+        .filter(|p| p["host"]["arch"] == "aarch64")
+    {
+        // The arm64 probe's shape (vpmu::discovery on aarch64).
+        let pmus: Vec<&str> = p["host"]["perf_pmus"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v["name"].as_str()).collect())
+            .unwrap_or_default();
+        md.push_str(&format!(
+            "- `vpmu-vmm probe` where the guest ran{}: aarch64, KVM_CAP_ARM_PMU_V3: {}, host perf PMUs: {}\n",
+            if tcg { " (inside L1)" } else { "" },
+            p["host"]["kvm_pmu_v3"].as_bool().map_or("?", |b| if b { "yes" } else { "no" }),
+            if pmus.is_empty() { "none".to_string() } else { pmus.join(", ") }
+        ));
+    } else if let Some(p) = &h.guest_env_probe {
         let mods: Vec<&str> = p["host"]["kvm_modules"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())

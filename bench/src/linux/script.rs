@@ -95,21 +95,24 @@ pub fn vmm_args(
 /// The L1 shell script of a nested run: the probe, then one vpmu-vmm run per mode, each
 /// between `VPMU-LBENCH-L1 mode-begin M` / `mode-end M <status>` lines.
 ///
-/// After each run a `kvm-exits M E0 E1 T0 T1` line gives L1's KVM exit count (debugfs
+/// After each run a `kvm-exits M 0 E T0 T1` line gives L1's KVM exit count E (debugfs
 /// `kvm/exits`: every exit kind of every vCPU, PMU register traps included) and L1's
-/// uptime before and after (`-` where debugfs is missing).
+/// uptime before and after (`-` where debugfs is missing). debugfs sums over the VMs that
+/// exist, so E is sampled while the VM runs (every 0.2 s of L1 time; the last sample).
 pub fn l1_script(runs: &[(Mode, Vec<String>)]) -> String {
     let mut s = format!(
         "mount -t debugfs none /sys/kernel/debug 2>/dev/null\n\
          kx() {{ cat /sys/kernel/debug/kvm/exits 2>/dev/null || echo -; }}\n\
          up() {{ cut -d' ' -f1 /proc/uptime; }}\n\
+         watch_exits() {{ while :; do v=$(kx); [ \"$v\" = 0 ] || echo \"$v\" >/tmp/kx; sleep 0.2; done; }}\n\
          echo '{L1_MARK} probe-begin';/bin/vpmu-vmm probe --json;echo \"{L1_MARK} probe-end $?\"\n"
     );
     for (mode, args) in runs {
         let line: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
         s.push_str(&format!(
-            "echo '{L1_MARK} mode-begin {mode}';e0=$(kx);t0=$(up);/bin/vpmu-vmm {};st=$?;e1=$(kx);t1=$(up);\
-             echo \"{L1_MARK} mode-end {mode} $st\";echo \"{L1_MARK} kvm-exits {mode} $e0 $e1 $t0 $t1\"\n",
+            "echo '{L1_MARK} mode-begin {mode}';rm -f /tmp/kx;watch_exits & w=$!;t0=$(up);/bin/vpmu-vmm {};st=$?;t1=$(up);\
+             kill $w;wait $w 2>/dev/null;echo \"{L1_MARK} mode-end {mode} $st\";\
+             echo \"{L1_MARK} kvm-exits {mode} 0 $(cat /tmp/kx 2>/dev/null || echo -) $t0 $t1\"\n",
             line.join(" ")
         ));
     }
@@ -203,15 +206,15 @@ mod tests {
         let l1 = l1_script(&[(Mode::Off, a)]);
         assert!(l1.contains("/bin/vpmu-vmm probe --json"), "{l1}");
         assert!(
-            l1.contains("echo 'VPMU-LBENCH-L1 mode-begin off';e0=$(kx);t0=$(up);/bin/vpmu-vmm 'run' '--kernel'"),
+            l1.contains("echo 'VPMU-LBENCH-L1 mode-begin off';rm -f /tmp/kx;watch_exits & w=$!;t0=$(up);/bin/vpmu-vmm 'run' '--kernel'"),
             "{l1}"
         );
         assert!(
-            l1.contains("'--cmdline' 'a b';st=$?;e1=$(kx);t1=$(up);echo \"VPMU-LBENCH-L1 mode-end off $st\""),
+            l1.contains("'--cmdline' 'a b';st=$?;t1=$(up);kill $w;wait $w 2>/dev/null;echo \"VPMU-LBENCH-L1 mode-end off $st\""),
             "{l1}"
         );
         assert!(
-            l1.contains("echo \"VPMU-LBENCH-L1 kvm-exits off $e0 $e1 $t0 $t1\""),
+            l1.contains("echo \"VPMU-LBENCH-L1 kvm-exits off 0 $(cat /tmp/kx 2>/dev/null || echo -) $t0 $t1\""),
             "{l1}"
         );
     }
