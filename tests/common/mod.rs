@@ -77,6 +77,30 @@ pub fn assert_clean_error(args: &[&str], needle: &str) {
     );
 }
 
+/// `run --kernel builtin:demo` followed by `extra`: the arguments of a run of the demo guest.
+pub fn demo_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--kernel", "builtin:demo"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Runs the demo guest under `--pmu off` with `extra` arguments and asserts that it ran
+/// to its end: it writes V=0 to the debug-exit port, so `run` gives status (0 << 1) | 1.
+/// Returns the output for further checks.
+pub fn assert_demo_runs(extra: &[&str]) -> Output {
+    let mut args = demo_args(&["--pmu", "off"]);
+    args.extend_from_slice(extra);
+    let o = vmm(&args);
+    assert_eq!(
+        status(&o),
+        1,
+        "args {args:?}: stdout:\n{}\nstderr:\n{}",
+        out(&o),
+        err(&o)
+    );
+    o
+}
+
 /// Makes a FIFO at `path` (a scratch path); returns it as a String.
 pub fn mkfifo(path: &Path) -> String {
     let _ = std::fs::remove_file(path);
@@ -115,6 +139,18 @@ pub fn kvm_unusable() -> Option<String> {
         Ok(_) => None,
         Err(e) => Some(format!("/dev/kvm cannot be opened: {e}")),
     }
+}
+
+/// Returns from the test (after printing `SKIPPED <name>: <why>`) when /dev/kvm cannot be
+/// opened. Test files that use it declare `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! need_kvm {
+    ($name:expr) => {
+        if let Some(why) = $crate::common::kvm_unusable() {
+            $crate::common::skip($name, &why);
+            return;
+        }
+    };
 }
 
 /// Prints the skip reason in a form CI logs and humans can grep for.
