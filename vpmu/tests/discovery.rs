@@ -1,7 +1,6 @@
 //! Availability rules on canned hosts: the table of hosts as KVM reports them
 //! (fixtures/kvm-hosts.toml) and a few hand-made variations.
 
-#[path = "fixtures/common.rs"]
 mod common;
 #[path = "fixtures/hosts.rs"]
 mod hosts;
