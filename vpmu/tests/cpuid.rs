@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{amd_cfg, genoa, intel_cfg, leaf, spr};
+use common::{amd_cfg, genoa, genoa_legacy, intel_cfg, intel_pmu, leaf, spr};
 use proptest::prelude::*;
 use vpmu::cpuid::{
     apply, brand_string, default_emulated_layout, host_layout, host_layout_with, resolve,
@@ -30,14 +30,8 @@ fn sapphire_rapids_layout_from_cpuid() {
     assert_eq!(brand_string(&e), "Intel(R) Xeon(R) w7-2475X");
     // Leaf 0AH 08300805-00000000-0000000F-00008604 (SDM vol. 2A CPUID leaf 0AH).
     let expected = IntelPmu {
-        version: 5,
-        num_gp: 8,
-        gp_width: 48,
-        num_fixed: 4,
-        fixed_width: 48,
-        events_unavailable: 0,
         events_len: 8,
-        perf_capabilities: None,
+        ..intel_pmu(5, 8, 4, None)
     };
     assert_eq!(host_layout(&e), PmuConfig::Intel(expected.clone()));
     // With the MSR value: only FW_WRITES survives (LBR format / PEBS bits are not offered).
@@ -89,13 +83,7 @@ fn intel_with_zero_leaf_0a_has_no_pmu() {
 
 #[test]
 fn amd_without_extensions_is_legacy() {
-    let mut e = genoa();
-    e.iter_mut()
-        .find(|x| x.function == 0x8000_0001)
-        .unwrap()
-        .ecx &= !(1 << 23);
-    e.retain(|x| x.function != 0x8000_0022);
-    assert_eq!(host_layout(&e), amd_cfg(false, false, 4));
+    assert_eq!(host_layout(&genoa_legacy()), amd_cfg(false, false, 4));
 }
 
 #[test]
@@ -188,34 +176,31 @@ fn grammar_examples() {
         "amd-legacy".parse::<LayoutRequest>(),
         Ok(LayoutRequest::Amd(_))
     ));
-    assert!(matches!(
-        "arm".parse::<LayoutRequest>(),
-        Err(LayoutError::UnknownLayout(_))
-    ));
-    assert!(matches!(
-        "intel:gp=x".parse::<LayoutRequest>(),
-        Err(LayoutError::BadNumber { .. })
-    ));
-    assert!(matches!(
-        "intel:gp=300".parse::<LayoutRequest>(),
-        Err(LayoutError::BadNumber { .. })
-    ));
-    assert!(matches!(
-        "intel:gp=1,gp=2".parse::<LayoutRequest>(),
-        Err(LayoutError::Duplicate(_))
-    ));
-    assert!(matches!(
-        "amd:fixed=1".parse::<LayoutRequest>(),
-        Err(LayoutError::UnknownOption { .. })
-    ));
-    assert!(matches!(
-        "amd:core-ext,no-core-ext".parse::<LayoutRequest>(),
-        Err(LayoutError::Duplicate(_))
-    ));
-    assert!(matches!(
-        "host:gp=1".parse::<LayoutRequest>(),
-        Err(LayoutError::UnknownOption { .. })
-    ));
+    /// Whether a parse error is the expected one.
+    type IsExpected = fn(&LayoutError) -> bool;
+    let bad: [(&str, IsExpected); 7] = [
+        ("arm", |e| matches!(e, LayoutError::UnknownLayout(_))),
+        ("intel:gp=x", |e| matches!(e, LayoutError::BadNumber { .. })),
+        ("intel:gp=300", |e| {
+            matches!(e, LayoutError::BadNumber { .. })
+        }),
+        ("intel:gp=1,gp=2", |e| {
+            matches!(e, LayoutError::Duplicate(_))
+        }),
+        ("amd:fixed=1", |e| {
+            matches!(e, LayoutError::UnknownOption { .. })
+        }),
+        ("amd:core-ext,no-core-ext", |e| {
+            matches!(e, LayoutError::Duplicate(_))
+        }),
+        ("host:gp=1", |e| {
+            matches!(e, LayoutError::UnknownOption { .. })
+        }),
+    ];
+    for (text, is_expected) in bad {
+        let r = text.parse::<LayoutRequest>();
+        assert!(r.as_ref().is_err_and(is_expected), "{text:?}: {r:?}");
+    }
     assert!("intel:events-unavailable=0x10"
         .parse::<LayoutRequest>()
         .is_ok());

@@ -84,3 +84,15 @@ pub fn leaf(entries: &[kvm_cpuid_entry2], function: u32) -> Option<kvm_cpuid_ent
         .copied()
         .find(|e| e.function == function && e.index == 0)
 }
+
+/// [`genoa`] without the AMD extensions: PerfCtrExtCore (CPUID 0x80000001 ECX bit 23)
+/// cleared and leaf 0x80000022 (PerfMonV2) removed, as a host with legacy counters only.
+pub fn genoa_legacy() -> Vec<kvm_cpuid_entry2> {
+    let mut e = genoa();
+    e.iter_mut()
+        .find(|x| x.function == 0x8000_0001)
+        .unwrap()
+        .ecx &= !(1 << 23);
+    e.retain(|x| x.function != 0x8000_0022);
+    e
+}
