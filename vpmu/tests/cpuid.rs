@@ -4,6 +4,7 @@
 mod common;
 
 use common::{amd_cfg, genoa, genoa_legacy, intel_cfg, intel_pmu, leaf, spr};
+use kvm_bindings::kvm_cpuid_entry2;
 use proptest::prelude::*;
 use vpmu::cpuid::{
     apply, brand_string, default_emulated_layout, host_layout, host_layout_with, resolve,
@@ -19,6 +20,17 @@ fn spr_layout_with_fw() -> PmuConfig {
         &HostFacts {
             pmu_enabled: true,
             perf_capabilities: Some(0x2000 | 0x4000 | 0x3f),
+        },
+    )
+}
+
+/// The host layout under kvm.enable_pmu=N.
+fn layout_with_pmu_disabled(e: &[kvm_cpuid_entry2]) -> PmuConfig {
+    host_layout_with(
+        e,
+        &HostFacts {
+            pmu_enabled: false,
+            perf_capabilities: None,
         },
     )
 }
@@ -42,16 +54,7 @@ fn sapphire_rapids_layout_from_cpuid() {
             ..expected
         })
     );
-    assert_eq!(
-        host_layout_with(
-            &e,
-            &HostFacts {
-                pmu_enabled: false,
-                perf_capabilities: None
-            }
-        ),
-        PmuConfig::None
-    );
+    assert_eq!(layout_with_pmu_disabled(&e), PmuConfig::None);
 }
 
 #[test]
@@ -61,16 +64,7 @@ fn genoa_layout_from_cpuid() {
     assert_eq!(brand_string(&e), "AMD EPYC 9124 16-Core Processor");
     assert_eq!(host_layout(&e), amd_cfg(true, true, 6));
     // kvm.enable_pmu=N: AMD's legacy counters cannot be hidden in CPUID, so facts decide.
-    assert_eq!(
-        host_layout_with(
-            &e,
-            &HostFacts {
-                pmu_enabled: false,
-                perf_capabilities: None
-            }
-        ),
-        PmuConfig::None
-    );
+    assert_eq!(layout_with_pmu_disabled(&e), PmuConfig::None);
 }
 
 #[test]
