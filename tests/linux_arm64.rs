@@ -16,7 +16,7 @@
 //! binutils): scripts/setup-arm64.sh installs them. A failing cross build or rig run FAILS.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -28,9 +28,9 @@ const RUN_TIMEOUT_S: u32 = 900;
 /// `run.sh --disk-out`: L1's /l2/disk.img after every case (the perf-out cases' tar archive).
 const PERF_OUT_IMG: &str = "target/linux_arm64-perf-out.img";
 
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
+#[path = "common/rig.rs"]
+mod rig;
+use rig::{say, skip_requested};
 
 /// Prints `SKIPPED: <test>: <why>` to stdout and, uncaptured, to stderr.
 fn skipped(test: &str, why: &str) {
@@ -91,17 +91,6 @@ enum Rig {
 
 static RIG: OnceLock<Rig> = OnceLock::new();
 
-fn skip_env() -> Option<String> {
-    for var in ["VPMU_SKIP_NESTED", "VPMU_SKIP_ARM64"] {
-        if let Ok(v) = std::env::var(var) {
-            if !v.is_empty() && v != "0" {
-                return Some(format!("{var}={v}"));
-            }
-        }
-    }
-    None
-}
-
 fn missing_prerequisites() -> Option<String> {
     let mut missing = Vec::new();
     let ok = |cmd: &str, arg: &str| {
@@ -152,7 +141,7 @@ fn step(what: &str, cmd: &mut Command) -> Result<(), String> {
 }
 
 fn run_rig() -> Rig {
-    if let Some(why) = skip_env() {
+    if let Some(why) = skip_requested(&["VPMU_SKIP_NESTED", "VPMU_SKIP_ARM64"]) {
         return Rig::Skip(why);
     }
     if let Some(why) = missing_prerequisites() {

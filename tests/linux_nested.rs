@@ -11,7 +11,6 @@
 //! but "" or "0", e.g. 1) skips them instead: each test prints "SKIPPED: <test>:
 //! VPMU_SKIP_NESTED=<reason>" (to stderr, not captured) and passes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -25,10 +24,9 @@ const RUN_TIMEOUT_S: u32 = 240;
 static RUN_LOCK: Mutex<()> = Mutex::new(());
 static PREREQS: OnceLock<Result<(), String>> = OnceLock::new();
 
-fn say(msg: &str) {
-    // Straight to fd 2, so that libtest's output capture does not hide it.
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
+#[path = "common/rig.rs"]
+mod rig;
+use rig::{say, skip_requested};
 
 fn check_prerequisites() -> Result<(), String> {
     let mut missing = Vec::new();
@@ -72,12 +70,8 @@ fn check_prerequisites() -> Result<(), String> {
 /// true: go ahead. false: skipped because VPMU_SKIP_NESTED is set (reason printed).
 /// Panics with what is missing when the prerequisites are not met and no skip was asked for.
 fn rig_ready(test: &str) -> bool {
-    // Any value but "" or "0" asks to skip; the value may say why (scripts/test.sh: "QUICK=1 was set").
-    let skip = std::env::var("VPMU_SKIP_NESTED")
-        .ok()
-        .filter(|v| !v.is_empty() && v != "0");
-    if let Some(why) = skip {
-        say(&format!("SKIPPED: {test}: VPMU_SKIP_NESTED={why}"));
+    if let Some(why) = skip_requested(&["VPMU_SKIP_NESTED"]) {
+        say(&format!("SKIPPED: {test}: {why}"));
         return false;
     }
     match PREREQS.get_or_init(check_prerequisites) {
