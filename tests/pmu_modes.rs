@@ -259,6 +259,27 @@ fn read_msr_guest(msr: u32) -> Vec<u8> {
     elf64(&code, 0x20_0000)
 }
 
+/// Runs [`read_msr_guest`] of `msr` (written to the scratch file `file`) under `--pmu off`
+/// with `extra` arguments: its output and run report, or None (after printing why `test`
+/// skips) when KVM lacks the MSR filter that makes the PMU MSRs fault.
+fn read_msr_under_off(
+    test: &str,
+    file: &str,
+    msr: u32,
+    extra: &[&str],
+) -> Option<(std::process::Output, serde_json::Value)> {
+    let k = write_scratch(file, &read_msr_guest(msr));
+    let mut args = vec!["run", "--kernel", &k, "--pmu", "off"];
+    args.extend_from_slice(extra);
+    let (o, report) = vmm_report(&args);
+    let report = report.unwrap_or_else(|| panic!("no run report: {}", err(&o)));
+    if report["pmu_setup"]["pmu_msrs_fault"] != true {
+        skip(test, &format!("KVM lacks the MSR filter here: {report}"));
+        return None;
+    }
+    Some((o, report))
+}
+
 #[test]
 fn off_makes_pmu_msrs_fault() {
     need_kvm!("off_makes_pmu_msrs_fault");
@@ -275,17 +296,15 @@ fn off_makes_pmu_msrs_fault() {
         0x345,
         0x38f,
     ] {
-        let k = write_scratch(&format!("rd-{msr:x}.elf"), &read_msr_guest(msr));
-        let (o, report) = vmm_report(&["run", "--kernel", &k, "--pmu", "off"]);
-        let e = err(&o);
-        let report = report.unwrap_or_else(|| panic!("no run report: {e}"));
-        if report["pmu_setup"]["pmu_msrs_fault"] != true {
-            skip(
-                "off_makes_pmu_msrs_fault",
-                &format!("KVM lacks the MSR filter here: {report}"),
-            );
+        let Some((o, report)) = read_msr_under_off(
+            "off_makes_pmu_msrs_fault",
+            &format!("rd-{msr:x}.elf"),
+            msr,
+            &[],
+        ) else {
             return;
-        }
+        };
+        let e = err(&o);
         assert_eq!(
             status(&o),
             4,
@@ -313,16 +332,14 @@ fn msr_filter_is_in_place_before_the_first_guest_instruction() {
         .take(6)
         .enumerate()
     {
-        let k = write_scratch(&format!("first-{round}.elf"), &read_msr_guest(msr));
-        let (o, report) = vmm_report(&["run", "--kernel", &k, "--pmu", "off", "--cpus", "4"]);
-        let report = report.unwrap_or_else(|| panic!("no run report: {}", err(&o)));
-        if report["pmu_setup"]["pmu_msrs_fault"] != true {
-            skip(
-                "msr_filter_is_in_place_before_the_first_guest_instruction",
-                &format!("KVM lacks the MSR filter here: {report}"),
-            );
+        let Some((o, report)) = read_msr_under_off(
+            "msr_filter_is_in_place_before_the_first_guest_instruction",
+            &format!("first-{round}.elf"),
+            msr,
+            &["--cpus", "4"],
+        ) else {
             return;
-        }
+        };
         assert_eq!(
             report["outcome"]["kind"], "triple_fault",
             "the first RDMSR {msr:#x} must #GP: {report}"
@@ -435,9 +452,8 @@ fn in_kernel_modes_run_or_refuse_with_the_probe_reason() {
                 assert_conformance_passes(&["--pmu", mode]);
             }
             Err(reason) => {
-                let o = vmm(&["run", "--kernel", "builtin:conformance", "--pmu", mode]);
-                assert_eq!(status(&o), 2, "{mode} must be refused here: {}", err(&o));
-                let e = err(&o);
+                let (st, _, e) = conformance(&["--pmu", mode]);
+                assert_eq!(st, 2, "{mode} must be refused here: {e}");
                 assert!(e.contains(&format!("--pmu {mode}:")), "{e}");
                 assert!(
                     e.contains(reason.split(';').next().unwrap_or(&reason)),
@@ -482,21 +498,12 @@ fn pmu_options_are_checked_even_when_off() {
         "broken-off.toml",
         b"action = \"allow\"\n[[event]]\nnme = \"cycles\"\n",
     );
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:conformance",
-        "--pmu-policy",
-        &broken,
-    ]);
-    assert_eq!(status(&o), 2, "{}", err(&o));
-    assert!(err(&o).contains("line 3"), "{}", err(&o));
+    let (st, _, e) = conformance(&["--pmu-policy", &broken]);
+    assert_eq!(st, 2, "{e}");
+    assert!(e.contains("line 3"), "{e}");
     // Valid options that cannot take effect: the run goes on, each one warned about.
     let good = repo_file("resources/policies/default.toml");
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:conformance",
+    let (st, _, e) = conformance(&[
         "--pmu-policy",
         &good,
         "--pmu-layout",
@@ -504,21 +511,14 @@ fn pmu_options_are_checked_even_when_off() {
         "--cmdline",
         "expect=none",
     ]);
-    let e = err(&o);
-    assert_eq!(status(&o), 1, "{e}");
+    assert_eq!(st, 1, "{e}");
     assert!(
         e.contains("--pmu-policy") && e.contains("has no effect under --pmu off"),
         "{e}"
     );
     assert!(e.contains("--pmu-layout intel:gp=2 has no effect"), "{e}");
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:conformance",
-        "--pmu-layout",
-        "intel:bogus=1",
-    ]);
-    assert_eq!(status(&o), 2, "{}", err(&o));
+    let (st, _, e) = conformance(&["--pmu-layout", "intel:bogus=1"]);
+    assert_eq!(st, 2, "{e}");
 }
 
 #[test]
