@@ -875,8 +875,7 @@ fn l2_busybox_shell_typed_at_through_run_sh_interactive() {
     let limit = std::time::Duration::from_secs(u64::from(RUN_TIMEOUT_S));
     t.wait_for("READY-FOR-INPUT", limit);
     t.wait_for("/ # ", limit);
-    t.literal("echo sum=$((6*7))");
-    t.keys(&["Enter"]);
+    t.line("echo sum=$((6*7))");
     let s = t.wait_for("sum=42", std::time::Duration::from_secs(60));
     assert_eq!(
         s.matches("echo sum=$((6*7))").count(),
@@ -887,8 +886,7 @@ fn l2_busybox_shell_typed_at_through_run_sh_interactive() {
         !s.contains("^[["),
         "terminal answers echoed back as text:\n{s}"
     );
-    t.literal("exit");
-    t.keys(&["Enter"]);
+    t.line("exit");
     let t0 = std::time::Instant::now();
     let rig = loop {
         if let Ok(r) = std::fs::read_to_string(&status) {
