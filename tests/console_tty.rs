@@ -41,8 +41,8 @@ impl Pane {
         self.tmux.keys(keys);
     }
 
-    fn literal(&self, text: &str) {
-        self.tmux.literal(text);
+    fn line(&self, text: &str) {
+        self.tmux.line(text);
     }
 
     fn screen(&self) -> String {
@@ -115,8 +115,7 @@ fn typing_into_the_guest_long_lines_ctrl_c_and_the_escape() {
     p.wait_for("echo> ");
 
     // Raw mode: the guest's echo is the only one.
-    p.literal("hello world");
-    p.keys(&["Enter"]);
+    p.line("hello world");
     let s = p.wait_for("got 11 bytes: [hello world]");
     assert_eq!(
         count(&s, "hello world"),
@@ -127,16 +126,14 @@ fn typing_into_the_guest_long_lines_ctrl_c_and_the_escape() {
 
     // Longer than the 64-byte receive FIFO: fed as the guest drains it, nothing lost.
     let long: String = (b'a'..=b'z').cycle().take(300).map(char::from).collect();
-    p.literal(&long);
-    p.keys(&["Enter"]);
+    p.line(&long);
     // (Waiting for the whole answer: the screen is read while the guest still prints.)
     p.wait_for(&format!("got 300 bytes: [{long}]"));
 
     // Ctrl-C is the guest's: it prints ^C and keeps running.
     p.keys(&["C-c"]);
     p.wait_for("^C");
-    p.literal("still here");
-    p.keys(&["Enter"]);
+    p.line("still here");
     p.wait_for("got 10 bytes: [still here]");
 
     // Ctrl-A x: the VMM stops the guest, says so, exits 12, restores the terminal.
@@ -156,8 +153,7 @@ fn guest_exit_and_sigterm_restore_the_terminal() {
     // The guest ends the VM itself (debug-exit 0 -> status 1).
     let p = Pane::start("exit");
     p.wait_for("echo> ");
-    p.literal("exit");
-    p.keys(&["Enter"]);
+    p.line("exit");
     assert_eq!(p.ended(), "status=1", "screen:\n{}", p.screen());
     drop(p);
 

@@ -4,17 +4,9 @@
 //! another back, and reports through the debug-exit port. Also: `--disk` errors.
 //! Each test skips (printing SKIPPED and why) only when /dev/kvm cannot be opened.
 
+#[macro_use]
 mod common;
 use common::*;
-
-macro_rules! need_kvm {
-    ($name:expr) => {
-        if let Some(why) = kvm_unusable() {
-            skip($name, &why);
-            return;
-        }
-    };
-}
 
 /// A tiny x86-64 assembler for the handful of instructions the guest needs.
 #[derive(Default)]
@@ -169,13 +161,23 @@ fn driver_guest() -> Vec<u8> {
     a.0
 }
 
+/// The driver guest and its disk (64 sectors, [`IN_MARK`] at the start of sector 0) as
+/// scratch files named with `suffix`: (the image's bytes, the disk's path, the kernel's).
+fn driver_files(suffix: &str) -> (Vec<u8>, String, String) {
+    let mut img = vec![0u8; 64 * 512];
+    img[0..4].copy_from_slice(&IN_MARK.to_le_bytes());
+    let disk = write_scratch(&format!("driver-disk{suffix}.img"), &img);
+    let k = write_scratch(
+        &format!("virtio-driver{suffix}.elf"),
+        &elf64(&driver_guest(), 0x20_0000),
+    );
+    (img, disk, k)
+}
+
 #[test]
 fn freestanding_driver_writes_and_reads_a_disk() {
     need_kvm!("freestanding_driver_writes_and_reads_a_disk");
-    let mut img = vec![0u8; 64 * 512];
-    img[0..4].copy_from_slice(&IN_MARK.to_le_bytes());
-    let disk = write_scratch("driver-disk.img", &img);
-    let k = write_scratch("virtio-driver.elf", &elf64(&driver_guest(), 0x20_0000));
+    let (_, disk, k) = driver_files("");
     let (o, report) = vmm_report(&["run", "--kernel", &k, "--disk", &disk]);
     let e = err(&o);
     // Debug exit V: status (V << 1) | 1.
@@ -211,10 +213,7 @@ fn freestanding_driver_writes_and_reads_a_disk() {
 #[test]
 fn read_only_disk_refuses_the_guest_write() {
     need_kvm!("read_only_disk_refuses_the_guest_write");
-    let mut img = vec![0u8; 64 * 512];
-    img[0..4].copy_from_slice(&IN_MARK.to_le_bytes());
-    let disk = write_scratch("driver-disk-ro.img", &img);
-    let k = write_scratch("virtio-driver-ro.elf", &elf64(&driver_guest(), 0x20_0000));
+    let (img, disk, k) = driver_files("-ro");
     let spec = format!("{disk},ro");
     let o = vmm(&["run", "--kernel", &k, "--disk", &spec, "--stats"]);
     // The guest stops at check 7: the write's status is not OK (it is IOERR).
@@ -225,22 +224,17 @@ fn read_only_disk_refuses_the_guest_write() {
 #[test]
 fn disk_errors_are_one_clear_line() {
     need_kvm!("disk_errors_are_one_clear_line");
-    assert_clean_error(
-        &[
-            "run",
-            "--kernel",
-            "builtin:demo",
-            "--disk",
+    for (disk, needle) in [
+        (
             "/nonexistent/vpmu/perf.img",
-        ],
-        "cannot open disk image /nonexistent/vpmu/perf.img",
-    );
-    assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--disk", ",ro"],
-        "--disk ',ro': expected PATH",
-    );
+            "cannot open disk image /nonexistent/vpmu/perf.img",
+        ),
+        (",ro", "--disk ',ro': expected PATH"),
+    ] {
+        assert_clean_error(&demo_args(&["--disk", disk]), needle);
+    }
     let tiny = write_scratch("tiny.img", &[0u8; 100]);
-    let o = vmm(&["run", "--kernel", "builtin:demo", "--disk", &tiny]);
+    let o = vmm(&demo_args(&["--disk", &tiny]));
     assert_eq!(status(&o), 2);
     assert!(
         err(&o).contains("smaller than one 512-byte sector"),
@@ -250,9 +244,8 @@ fn disk_errors_are_one_clear_line() {
     let many: Vec<String> = (0..9)
         .flat_map(|_| ["--disk".to_string(), tiny.clone()])
         .collect();
-    let mut all = vec!["run", "--kernel", "builtin:demo"];
-    all.extend(many.iter().map(String::as_str));
-    let o = vmm(&all);
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let o = vmm(&demo_args(&many));
     assert_eq!(status(&o), 2);
     assert!(err(&o).contains("at most 8 disks"), "{}", err(&o));
 }
@@ -264,16 +257,7 @@ fn freestanding_guest_with_a_disk_still_runs() {
     let disk = write_scratch("unused.img", &vec![0u8; 4096]);
     let o = vmm(&["demo", "--pmu", "off"]);
     let plain = status(&o);
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:demo",
-        "--pmu",
-        "off",
-        "--disk",
-        &disk,
-    ]);
-    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
+    let o = assert_demo_runs(&["--disk", &disk]);
     assert_eq!(plain, 0);
     assert!(!out(&o).contains("virtio_mmio"), "{}", out(&o));
 }
@@ -297,7 +281,7 @@ fn disks_must_be_regular_files_or_block_devices() {
             continue;
         }
         assert_clean_error(
-            &["run", "--kernel", "builtin:demo", "--disk", disk],
+            &demo_args(&["--disk", disk]),
             &format!("disk image {path} is {what}, not a regular file or block device"),
         );
     }
@@ -318,25 +302,15 @@ fn disk_images_are_locked() {
     let ro = format!("{disk},ro");
     let held = "is locked: another process (or another --disk of this VM) has it open";
     // Two --disk of one image in one VM: the second cannot lock it.
+    let locked = |disks: &[&str]| {
+        let args: Vec<&str> = disks.iter().flat_map(|&d| ["--disk", d]).collect();
+        assert_clean_error(&demo_args(&args), &format!("disk image {disk} {held}"));
+    };
     for (a, b) in [(&disk, &disk), (&disk, &ro), (&ro, &disk)] {
-        assert_clean_error(
-            &["run", "--kernel", "builtin:demo", "--disk", a, "--disk", b],
-            &format!("disk image {disk} {held}"),
-        );
+        locked(&[a, b]);
     }
     // Read-only users share the image.
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:demo",
-        "--pmu",
-        "off",
-        "--disk",
-        &ro,
-        "--disk",
-        &ro,
-    ]);
-    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
+    assert_demo_runs(&["--disk", &ro, "--disk", &ro]);
     // A lock held by another process (this test): exclusive keeps everyone out, shared
     // keeps writers out.
     let f = std::fs::OpenOptions::new()
@@ -346,35 +320,11 @@ fn disk_images_are_locked() {
         .expect("open image");
     ofd_lock(&f, true);
     for spec in [&disk, &ro] {
-        assert_clean_error(
-            &["run", "--kernel", "builtin:demo", "--disk", spec],
-            &format!("disk image {disk} {held}"),
-        );
+        locked(&[spec]);
     }
     ofd_lock(&f, false);
-    assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--disk", &disk],
-        &format!("disk image {disk} {held}"),
-    );
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:demo",
-        "--pmu",
-        "off",
-        "--disk",
-        &ro,
-    ]);
-    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
+    locked(&[&disk]);
+    assert_demo_runs(&["--disk", &ro]);
     drop(f);
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:demo",
-        "--pmu",
-        "off",
-        "--disk",
-        &disk,
-    ]);
-    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
+    assert_demo_runs(&["--disk", &disk]);
 }

@@ -16,7 +16,7 @@
 //! binutils): scripts/setup-arm64.sh installs them. A failing cross build or rig run FAILS.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -28,13 +28,21 @@ const RUN_TIMEOUT_S: u32 = 900;
 /// `run.sh --disk-out`: L1's /l2/disk.img after every case (the perf-out cases' tar archive).
 const PERF_OUT_IMG: &str = "target/linux_arm64-perf-out.img";
 
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+#[path = "common/rig.rs"]
+mod rig;
+use rig::{say, skip_requested};
+
+/// Prints `SKIPPED: <test>: <why>` to stdout and, uncaptured, to stderr.
+fn skipped(test: &str, why: &str) {
+    println!("SKIPPED: {test}: {why}");
+    say(&format!("SKIPPED: {test}: {why}"));
 }
 
 /// One case of tests/arm64/cases.sh.
 #[derive(Debug, Default, Clone)]
 struct Case {
+    /// Its name in cases.sh (for the messages).
+    name: String,
     status: Option<i32>,
     /// Console lines between its begin and status markers.
     text: String,
@@ -48,11 +56,25 @@ impl Case {
     fn has(&self, s: &str) -> bool {
         self.text.contains(s)
     }
-    fn check(&self, name: &str, cond: bool, what: &str) {
+    fn check(&self, cond: bool, what: &str) {
         assert!(
             cond,
-            "arm64 case {name}: {what}\n--- status {:?}; console:\n{}",
-            self.status, self.text
+            "arm64 case {}: {what}\n--- status {:?}; console:\n{}",
+            self.name, self.status, self.text
+        );
+    }
+    /// The PMUs L2's sysfs lists (cases.sh's `L2-PMUS` line), "?" when it is missing.
+    fn l2_pmus(&self) -> &str {
+        self.text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("L2-PMUS"))
+            .unwrap_or("?")
+    }
+    /// Checks that L2 Linux reached /init seeing `cpus` CPUs.
+    fn expect_linux(&self, cpus: u32) {
+        self.check(
+            self.has("VPMU-GUEST: init reached") && self.has(&format!(" cpus={cpus}\n")),
+            &format!("L2 should reach /init seeing {cpus} CPU(s)"),
         );
     }
 }
@@ -68,17 +90,6 @@ enum Rig {
 }
 
 static RIG: OnceLock<Rig> = OnceLock::new();
-
-fn skip_env() -> Option<String> {
-    for var in ["VPMU_SKIP_NESTED", "VPMU_SKIP_ARM64"] {
-        if let Ok(v) = std::env::var(var) {
-            if !v.is_empty() && v != "0" {
-                return Some(format!("{var}={v}"));
-            }
-        }
-    }
-    None
-}
 
 fn missing_prerequisites() -> Option<String> {
     let mut missing = Vec::new();
@@ -130,7 +141,7 @@ fn step(what: &str, cmd: &mut Command) -> Result<(), String> {
 }
 
 fn run_rig() -> Rig {
-    if let Some(why) = skip_env() {
+    if let Some(why) = skip_requested(&["VPMU_SKIP_NESTED", "VPMU_SKIP_ARM64"]) {
         return Rig::Skip(why);
     }
     if let Some(why) = missing_prerequisites() {
@@ -292,24 +303,18 @@ fn run_rig() -> Rig {
 fn case(test: &str, name: &str) -> Option<Case> {
     match RIG.get_or_init(run_rig) {
         Rig::Skip(why) => {
-            println!("SKIPPED: {test}: {why}");
-            say(&format!("SKIPPED: {test}: {why}"));
+            skipped(test, why);
             None
         }
         Rig::Failed(e) => panic!("{test}: the arm64 rig failed: {e}"),
         Rig::Ran { cases, log } => match cases.get(name) {
-            Some(c) => Some(c.clone()),
+            Some(c) => Some(Case {
+                name: name.to_string(),
+                ..c.clone()
+            }),
             None => panic!("{test}: case {name} did not finish; console log:\n{log}"),
         },
     }
-}
-
-fn expect_linux(name: &str, c: &Case, cpus: u32) {
-    c.check(
-        name,
-        c.has("VPMU-GUEST: init reached") && c.has(&format!(" cpus={cpus}\n")),
-        &format!("L2 should reach /init seeing {cpus} CPU(s)"),
-    );
 }
 
 #[test]
@@ -320,18 +325,10 @@ fn arm64_linux_boots_to_init_with_1_vcpu_and_powers_off() {
     ) else {
         return;
     };
-    expect_linux("boot1", &c, 1);
-    c.check(
-        "boot1",
-        c.has("L2-CPUS-ONLINE 0\n"),
-        "L2 should have CPU 0 online",
-    );
-    c.check("boot1", c.has("reboot: Power down"), "L2 should power off");
-    c.check(
-        "boot1",
-        c.status == Some(0),
-        "PSCI SYSTEM_OFF gives status 0",
-    );
+    c.expect_linux(1);
+    c.check(c.has("L2-CPUS-ONLINE 0\n"), "L2 should have CPU 0 online");
+    c.check(c.has("reboot: Power down"), "L2 should power off");
+    c.check(c.status == Some(0), "PSCI SYSTEM_OFF gives status 0");
 }
 
 #[test]
@@ -339,13 +336,12 @@ fn arm64_linux_boots_with_2_vcpus() {
     let Some(c) = case("arm64_linux_boots_with_2_vcpus", "boot2") else {
         return;
     };
-    expect_linux("boot2", &c, 2);
+    c.expect_linux(2);
     c.check(
-        "boot2",
         c.has("L2-CPUS-ONLINE 0-1\n"),
         "L2 should bring up the second CPU (PSCI CPU_ON)",
     );
-    c.check("boot2", c.status == Some(0), "status 0 after poweroff");
+    c.check(c.status == Some(0), "status 0 after poweroff");
 }
 
 #[test]
@@ -353,13 +349,9 @@ fn arm64_linux_reboot_gives_status_0() {
     let Some(c) = case("arm64_linux_reboot_gives_status_0", "reboot") else {
         return;
     };
-    expect_linux("reboot", &c, 1);
-    c.check(
-        "reboot",
-        c.status == Some(0),
-        "PSCI SYSTEM_RESET gives status 0",
-    );
-    c.check("reboot", !c.has("Power down"), "a reboot, not a poweroff");
+    c.expect_linux(1);
+    c.check(c.status == Some(0), "PSCI SYSTEM_RESET gives status 0");
+    c.check(!c.has("Power down"), "a reboot, not a poweroff");
 }
 
 #[test]
@@ -367,10 +359,9 @@ fn arm64_linux_panic_gives_nonzero_status() {
     let Some(c) = case("arm64_linux_panic_gives_nonzero_status", "panic") else {
         return;
     };
-    expect_linux("panic", &c, 1);
-    c.check("panic", c.has("Kernel panic"), "L2 should panic");
+    c.expect_linux(1);
+    c.check(c.has("Kernel panic"), "L2 should panic");
     c.check(
-        "panic",
         c.status == Some(8),
         "a panic (reboot=panic_warm: PSCI SYSTEM_RESET2) gives status 8",
     );
@@ -381,13 +372,12 @@ fn arm64_linux_virtio_blk_disk_round_trip() {
     let Some(c) = case("arm64_linux_virtio_blk_disk_round_trip", "disk") else {
         return;
     };
-    expect_linux("disk", &c, 1);
+    c.expect_linux(1);
     c.check(
-        "disk",
         c.has("L2-READ vpmu-arm64-disk-ok"),
         "L2 should read back what it wrote to /dev/vda",
     );
-    c.check("disk", c.status == Some(0), "status 0");
+    c.check(c.status == Some(0), "status 0");
     // L1's view of the image, printed by cases.sh between two cases (so in no case's text).
     if let Some(Rig::Ran { log, .. }) = RIG.get() {
         assert!(
@@ -404,15 +394,10 @@ fn arm64_freestanding_guest_exits_with_its_code() {
             return;
         };
         c.check(
-            name,
             c.has("VPMU-ARM64-GUEST: x0 points at a device tree"),
             "the guest should find the device tree in X0",
         );
-        c.check(
-            name,
-            c.status == Some((42 << 1) | 1),
-            "debug-exit 42 gives 85",
-        );
+        c.check(c.status == Some((42 << 1) | 1), "debug-exit 42 gives 85");
     }
     let Some(c) = case(
         "arm64_freestanding_guest_exits_with_its_code",
@@ -420,11 +405,7 @@ fn arm64_freestanding_guest_exits_with_its_code() {
     ) else {
         return;
     };
-    c.check(
-        "poweroff-guest",
-        c.status == Some(0),
-        "PSCI SYSTEM_OFF gives 0",
-    );
+    c.check(c.status == Some(0), "PSCI SYSTEM_OFF gives 0");
 }
 
 #[test]
@@ -432,12 +413,8 @@ fn arm64_guest_mmio_fuzz_never_breaks_the_vmm() {
     let Some(c) = case("arm64_guest_mmio_fuzz_never_breaks_the_vmm", "fuzz-guest") else {
         return;
     };
-    c.check(
-        "fuzz-guest",
-        c.status == Some(85),
-        "the guest survives and exits with 42",
-    );
-    c.check("fuzz-guest", !c.has("panicked"), "no VMM panic");
+    c.check(c.status == Some(85), "the guest survives and exits with 42");
+    c.check(!c.has("panicked"), "no VMM panic");
     // --stats: "vcpu0: exits N (mmio M, kicks K)": the 10000 accesses all exited to the VMM.
     let mmio = c.text.lines().find_map(|l| {
         l.split("(mmio ")
@@ -448,7 +425,6 @@ fn arm64_guest_mmio_fuzz_never_breaks_the_vmm() {
             .ok()
     });
     c.check(
-        "fuzz-guest",
         mmio.is_some_and(|m| m >= 10_000),
         "vCPU 0 should have made at least 10000 MMIO exits",
     );
@@ -476,14 +452,13 @@ fn arm64_bad_input_gives_one_line_and_status_2() {
         let Some(c) = case("arm64_bad_input_gives_one_line_and_status_2", name) else {
             return;
         };
-        c.check(name, c.status == Some(2), "bad input gives status 2");
+        c.check(c.status == Some(2), "bad input gives status 2");
         let lines: Vec<&str> = c.text.lines().filter(|l| !l.trim().is_empty()).collect();
         c.check(
-            name,
             lines.len() == 1 && lines[0].starts_with("vpmu-vmm: ") && lines[0].contains(want),
             &format!("exactly one 'vpmu-vmm: ...{want}...' line"),
         );
-        c.check(name, !c.has("panicked"), "no panic");
+        c.check(!c.has("panicked"), "no panic");
     }
 }
 
@@ -492,20 +467,14 @@ fn arm64_probe_reports_the_pmu_modes() {
     let Some(c) = case("arm64_probe_reports_the_pmu_modes", "probe") else {
         return;
     };
-    c.check("probe", c.status == Some(0), "probe succeeds");
-    c.check("probe", c.has("--pmu off: available"), "off is available");
+    c.check(c.status == Some(0), "probe succeeds");
+    c.check(c.has("--pmu off: available"), "off is available");
     c.check(
-        "probe",
         c.has("host PMU: armv8_pmuv3") && c.has("KVM_CAP_ARM_PMU_V3 yes"),
         "L1 has QEMU's PMUv3 and KVM_CAP_ARM_PMU_V3",
     );
+    c.check(c.has("--pmu emulated: available"), "emulated is available");
     c.check(
-        "probe",
-        c.has("--pmu emulated: available"),
-        "emulated is available",
-    );
-    c.check(
-        "probe",
         c.has("--pmu passthrough: unavailable: mainline arm64 KVM has no PMU passthrough")
             && c.has("--pmu userspace: unavailable: arm64 KVM emulates PMU system registers"),
         "passthrough and userspace are refused with the reason",
@@ -528,18 +497,12 @@ fn arm64_pmu_off_guest_pmu_registers_undef() {
     let Some(c) = case("arm64_pmu_off_guest_pmu_registers_undef", "pmu-guest-off") else {
         return;
     };
+    c.check(c.status == Some(85), "the guest passes (85)");
     c.check(
-        "pmu-guest-off",
-        c.status == Some(85),
-        "the guest passes (85)",
-    );
-    c.check(
-        "pmu-guest-off",
         val(&c, "PMU-PMUVER") == Some(0),
         "ID_AA64DFR0_EL1.PMUVer is 0 without the PMU",
     );
     c.check(
-        "pmu-guest-off",
         c.has("ok 1 - PMU registers UNDEF without a PMU (5/5)"),
         "every PMU register access UNDEFs",
     );
@@ -550,41 +513,35 @@ fn arm64_pmu_emulated_conformance() {
     let Some(c) = case("arm64_pmu_emulated_conformance", "pmu-guest") else {
         return;
     };
-    let name = "pmu-guest";
-    c.check(name, c.status == Some(85), "the guest passes (85)");
-    c.check(name, !c.has("not ok"), "no unexpected exception");
+    c.check(c.status == Some(85), "the guest passes (85)");
+    c.check(!c.has("not ok"), "no unexpected exception");
     let pmcr = val(&c, "PMU-PMCR").unwrap_or(0);
     let n = (pmcr >> 11) & 0x1f;
-    c.check(name, (1..=31).contains(&n), "PMCR_EL0.N is 1..=31");
+    c.check((1..=31).contains(&n), "PMCR_EL0.N is 1..=31");
     // Default policy: the named events; QEMU implements 0x08 and 0x11 (and SW_INCR, which
     // the default allowlist does not list, so KVM masks it out of PMCEID0).
     let pmceid0 = val(&c, "PMU-PMCEID0").unwrap_or(0);
     c.check(
-        name,
         pmceid0 & (1 << 0x08) != 0 && pmceid0 & (1 << 0x11) != 0,
         "PMCEID0 advertises 0x08 and 0x11",
     );
-    c.check(name, pmceid0 & 1 == 0, "SW_INCR is masked by the allowlist");
+    c.check(pmceid0 & 1 == 0, "SW_INCR is masked by the allowlist");
     for what in ["COUNT-INST", "COUNT-CYCLES", "COUNT-CCNT"] {
         let v = val(&c, what).unwrap_or(0);
         c.check(
-            name,
             (GUEST_LOOP_INSNS..GUEST_LOOP_INSNS * 3).contains(&v),
             &format!("{what} counts the 200000-instruction loop (got {v})"),
         );
     }
     c.check(
-        name,
         val(&c, "PMU-IRQ") == Some(23),
         "the overflow interrupt arrives as INTID 23 through the GIC",
     );
     c.check(
-        name,
         c.has("pmu emulated (arm64 KVM PMUv3) | policy built-in arm64 policy"),
         "--stats names the mode and the policy",
     );
     c.check(
-        name,
         c.has("pmu audit (sampled at exit): c0 instructions (0x08) allowed"),
         "the sampled audit reports counter 0",
     );
@@ -598,33 +555,24 @@ fn arm64_pmu_policy_denies_instructions() {
     ) else {
         return;
     };
-    let name = "pmu-guest-deny-inst";
-    c.check(name, c.status == Some(85), "the guest passes (85)");
+    c.check(c.status == Some(85), "the guest passes (85)");
     let pmceid0 = val(&c, "PMU-PMCEID0").unwrap_or(0);
     c.check(
-        name,
         pmceid0 & (1 << 0x08) == 0 && pmceid0 & (1 << 0x11) != 0,
         "0x08 vanishes from PMCEID0, 0x11 stays",
     );
-    c.check(
-        name,
-        val(&c, "COUNT-INST") == Some(0),
-        "denied 0x08 reads 0",
-    );
+    c.check(val(&c, "COUNT-INST") == Some(0), "denied 0x08 reads 0");
     for what in ["COUNT-CYCLES", "COUNT-CCNT"] {
         c.check(
-            name,
             val(&c, what).unwrap_or(0) >= GUEST_LOOP_INSNS,
             &format!("{what} still counts"),
         );
     }
     c.check(
-        name,
         c.has("1 range(s): deny 0x8..=0x8; cycle counter counts"),
         "one DENY range",
     );
     c.check(
-        name,
         c.has("c0 instructions (0x08) DENIED"),
         "the sampled audit shows the denied programming",
     );
@@ -652,27 +600,22 @@ fn arm64_pmu_denied_cycle_counter_reads_0() {
     ) else {
         return;
     };
-    let name = "pmu-guest-deny-cycles";
-    c.check(name, c.status == Some(85), "the guest passes (85)");
+    c.check(c.status == Some(85), "the guest passes (85)");
     let pmceid0 = val(&c, "PMU-PMCEID0").unwrap_or(0);
     c.check(
-        name,
         pmceid0 & (1 << 0x11) == 0 && pmceid0 & (1 << 0x08) != 0,
         "0x11 vanishes from PMCEID0, 0x08 stays",
     );
-    c.check(name, val(&c, "COUNT-CYCLES") == Some(0), "0x11 reads 0");
+    c.check(val(&c, "COUNT-CYCLES") == Some(0), "0x11 reads 0");
     c.check(
-        name,
         val(&c, "COUNT-CCNT") == Some(0),
         "the cycle counter (PMCCNTR_EL0) follows 0x11 and reads 0",
     );
     c.check(
-        name,
         val(&c, "COUNT-INST").unwrap_or(0) >= GUEST_LOOP_INSNS,
         "0x08 counts",
     );
     c.check(
-        name,
         c.has("cycle counter denied (follows 0x11)"),
         "--stats says the cycle counter is denied",
     );
@@ -695,34 +638,23 @@ fn arm64_linux_perf_counts_and_samples_under_emulated() {
     let Some(c) = case("arm64_linux_perf_counts_and_samples_under_emulated", "perf") else {
         return;
     };
-    expect_linux("perf", &c, 1);
-    c.check("perf", c.status == Some(0), "status 0");
-    let pmus = c
-        .text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("L2-PMUS"))
-        .unwrap_or("?");
+    c.expect_linux(1);
+    c.check(c.status == Some(0), "status 0");
+    let pmus = c.l2_pmus();
     c.check(
-        "perf",
         pmus.contains("armv8"),
         &format!("L2's kernel finds the PMU from the device tree's pmu node (got {pmus:?})"),
     );
     // vpmu-work 0.2 s of guest CPU time: ~2e8 of each under -icount shift=0; thresholds.
     for ev in ["cycles", "instructions"] {
         let n = perf_count(&c, ev).unwrap_or(0);
-        c.check(
-            "perf",
-            n >= 10_000_000,
-            &format!("perf stat counts {ev} (got {n})"),
-        );
+        c.check(n >= 10_000_000, &format!("perf stat counts {ev} (got {n})"));
     }
     c.check(
-        "perf",
         c.has("perf record: Captured and wrote"),
         "perf record -e cycles writes samples (overflow interrupts)",
     );
     c.check(
-        "perf",
         c.has("vpmu_work_"),
         "perf report attributes samples to the workload's functions",
     );
@@ -736,10 +668,9 @@ fn arm64_linux_perf_instructions_denied_by_policy() {
     ) else {
         return;
     };
-    expect_linux("perf-deny-inst", &c, 1);
+    c.expect_linux(1);
     let cycles = perf_count(&c, "cycles").unwrap_or(0);
     c.check(
-        "perf-deny-inst",
         cycles >= 10_000_000,
         &format!("cycles still count (got {cycles})"),
     );
@@ -748,7 +679,6 @@ fn arm64_linux_perf_instructions_denied_by_policy() {
         .lines()
         .any(|l| l.contains("<not supported>") && l.contains("instructions"));
     c.check(
-        "perf-deny-inst",
         inst_line_unsupported || perf_count(&c, "instructions") == Some(0),
         "instructions is <not supported> or 0",
     );
@@ -759,19 +689,13 @@ fn arm64_linux_pmu_off_has_no_pmu() {
     let Some(c) = case("arm64_linux_pmu_off_has_no_pmu", "perf-off") else {
         return;
     };
-    expect_linux("perf-off", &c, 1);
-    let pmus = c
-        .text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("L2-PMUS"))
-        .unwrap_or("?");
+    c.expect_linux(1);
+    let pmus = c.l2_pmus();
     c.check(
-        "perf-off",
         !pmus.contains("armv8"),
         &format!("no armv8 PMU in L2's sysfs (got {pmus:?})"),
     );
     c.check(
-        "perf-off",
         c.has("<not supported>") || c.has("not supported") || perf_count(&c, "cycles").is_none(),
         "perf stat -e cycles is not supported",
     );
@@ -802,21 +726,18 @@ fn arm64_linux_perf_data_comes_out_through_virtio_blk() {
     let Some(cycles) = case(TEST, "perf-out-cycles") else {
         return;
     };
-    for (n, c) in [("perf-out-clock", &clock), ("perf-out-cycles", &cycles)] {
-        expect_linux(n, c, 1);
-        c.check(n, c.status == Some(0), "status 0");
+    for c in [&clock, &cycles] {
+        c.expect_linux(1);
+        c.check(c.status == Some(0), "status 0");
         c.check(
-            n,
             c.has("perf record: Captured and wrote"),
             "perf record should write samples",
         );
         c.check(
-            n,
             c.has("VPMU-GUEST: disks vda"),
             "L2 should find the virtio-blk disk",
         );
         c.check(
-            n,
             c.text
                 .lines()
                 .any(|l| l.starts_with("disk0: 65536 sectors | ") && !l.contains("writes 0 ")),
@@ -824,33 +745,27 @@ fn arm64_linux_perf_data_comes_out_through_virtio_blk() {
         );
     }
     clock.check(
-        "perf-out-clock",
         clock.has("L2-TAR-DONE clock"),
         "tar onto /dev/vda should succeed",
     );
     clock.check(
-        "perf-out-clock",
         clock.has("vpmu-vmm: pmu off"),
         "cpu-clock is recorded with no vPMU",
     );
     cycles.check(
-        "perf-out-cycles",
         cycles.has("L2-TAR-READ bin clock.data clock.kallsyms"),
         "the second VM should read the first VM's archive back from the disk",
     );
     cycles.check(
-        "perf-out-cycles",
         cycles.has("L2-TAR-DONE cycles"),
         "tar onto /dev/vda should succeed",
     );
     cycles.check(
-        "perf-out-cycles",
         cycles.has("pmu emulated"),
         "cycles is recorded under --pmu emulated",
     );
     if let Some(why) = host_perf_missing() {
-        println!("SKIPPED: {TEST}: host side (perf report): {why}");
-        say(&format!("SKIPPED: {TEST}: host side (perf report): {why}"));
+        skipped(TEST, &format!("host side (perf report): {why}"));
         return;
     }
     let repo = Path::new(REPO);

@@ -13,24 +13,20 @@
 //! (any value but "" or "0") prints "SKIPPED: <test>: VPMU_SKIP_NESTED=<reason>" to stderr
 //! and passes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const VMM: &str = env!("CARGO_BIN_EXE_vpmu-vmm");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
+#[path = "common/rig.rs"]
+mod rig;
+use rig::{say, skip_requested};
 
 /// true: go ahead; false: skipped (reason printed). Panics when a prerequisite is missing.
 fn rig_ready(test: &str) -> bool {
-    let skip = std::env::var("VPMU_SKIP_NESTED")
-        .ok()
-        .filter(|v| !v.is_empty() && v != "0");
-    if let Some(why) = skip {
-        say(&format!("SKIPPED: {test}: VPMU_SKIP_NESTED={why}"));
+    if let Some(why) = skip_requested(&["VPMU_SKIP_NESTED"]) {
+        say(&format!("SKIPPED: {test}: {why}"));
         return false;
     }
     let mut missing = Vec::new();

@@ -11,7 +11,6 @@
 //! but "" or "0", e.g. 1) skips them instead: each test prints "SKIPPED: <test>:
 //! VPMU_SKIP_NESTED=<reason>" (to stderr, not captured) and passes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -25,10 +24,9 @@ const RUN_TIMEOUT_S: u32 = 240;
 static RUN_LOCK: Mutex<()> = Mutex::new(());
 static PREREQS: OnceLock<Result<(), String>> = OnceLock::new();
 
-fn say(msg: &str) {
-    // Straight to fd 2, so that libtest's output capture does not hide it.
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
+#[path = "common/rig.rs"]
+mod rig;
+use rig::{say, skip_requested};
 
 fn check_prerequisites() -> Result<(), String> {
     let mut missing = Vec::new();
@@ -72,12 +70,8 @@ fn check_prerequisites() -> Result<(), String> {
 /// true: go ahead. false: skipped because VPMU_SKIP_NESTED is set (reason printed).
 /// Panics with what is missing when the prerequisites are not met and no skip was asked for.
 fn rig_ready(test: &str) -> bool {
-    // Any value but "" or "0" asks to skip; the value may say why (scripts/test.sh: "QUICK=1 was set").
-    let skip = std::env::var("VPMU_SKIP_NESTED")
-        .ok()
-        .filter(|v| !v.is_empty() && v != "0");
-    if let Some(why) = skip {
-        say(&format!("SKIPPED: {test}: VPMU_SKIP_NESTED={why}"));
+    if let Some(why) = skip_requested(&["VPMU_SKIP_NESTED"]) {
+        say(&format!("SKIPPED: {test}: {why}"));
         return false;
     }
     match PREREQS.get_or_init(check_prerequisites) {
@@ -115,6 +109,14 @@ impl Run {
                 self.vmm_status, self.rig_status, self.log
             );
         }
+    }
+    /// Whether the log has a line that is `line` once trimmed.
+    fn has_line(&self, line: &str) -> bool {
+        self.log.lines().any(|l| l.trim() == line)
+    }
+    /// Checks that the L2 guest command ran to its end with status 0 (`what` if not).
+    fn expect_command_ok(&self, what: &str) {
+        self.check(self.has("VPMU-GUEST: command exit 0"), what);
     }
     fn expect_status(&self, want: i32) {
         self.check(
@@ -225,6 +227,24 @@ fn run_guest(name: &str, o: &Opts) -> Run {
     run
 }
 
+/// [`rig_ready`], then [`run_guest`] and [`Run::expect_init`] with `cpus`: the run, or
+/// None when the rig tests are skipped.
+fn boot_l2(test: &str, name: &str, cpus: u32, o: &Opts) -> Option<Run> {
+    if !rig_ready(test) {
+        return None;
+    }
+    let r = run_guest(name, o);
+    r.expect_init(cpus);
+    Some(r)
+}
+
+/// The functions of /bin/vpmu-work that a perf profile of it must name.
+const WORK_SYMBOLS: [&str; 3] = [
+    "vpmu_work_integer_mix",
+    "vpmu_work_branchy",
+    "vpmu_work_memory_walk",
+];
+
 #[test]
 fn nested_rig_prerequisites_and_l1_kvm() {
     if !rig_ready("nested_rig_prerequisites_and_l1_kvm") {
@@ -252,21 +272,18 @@ fn nested_rig_prerequisites_and_l1_kvm() {
 
 #[test]
 fn l2_linux_boots_to_init_with_1_vcpu() {
-    if !rig_ready("l2_linux_boots_to_init_with_1_vcpu") {
-        return;
-    }
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "l2_linux_boots_to_init_with_1_vcpu",
         "boot-1cpu",
+        1,
         &Opts {
             vmm_args: &["--memory", "512M", "--cpus", "1"],
             ..Default::default()
         },
-    );
-    r.expect_init(1);
-    r.check(
-        r.has("VPMU-GUEST: command exit 0"),
-        "the L2 command did not finish",
-    );
+    ) else {
+        return;
+    };
+    r.expect_command_ok("the L2 command did not finish");
     r.expect_status(0);
 }
 
@@ -274,27 +291,21 @@ fn l2_linux_boots_to_init_with_1_vcpu() {
 /// l2_generic_kernel_finds_2_vcpus_in_the_mp_table for the MP-table path.
 #[test]
 fn l2_linux_boots_to_init_with_2_vcpus() {
-    if !rig_ready("l2_linux_boots_to_init_with_2_vcpus") {
-        return;
-    }
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "l2_linux_boots_to_init_with_2_vcpus",
         "boot-2cpu",
+        2,
         &Opts {
             l1_cpus: 2,
             guest_cmd: "grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online",
             vmm_args: &["--memory", "512M", "--cpus", "2"],
             ..Default::default()
         },
-    );
-    r.expect_init(2);
-    r.check(
-        r.log.lines().any(|l| l.trim() == "0-1"),
-        "L2 should have CPUs 0-1 online",
-    );
-    r.check(
-        r.has("VPMU-GUEST: command exit 0"),
-        "the L2 command did not finish",
-    );
+    ) else {
+        return;
+    };
+    r.check(r.has_line("0-1"), "L2 should have CPUs 0-1 online");
+    r.expect_command_ok("the L2 command did not finish");
     r.expect_status(0);
 }
 
@@ -303,11 +314,10 @@ fn l2_linux_boots_to_init_with_2_vcpus() {
 /// this test checks vpmu-vmm's MP table and AP start-up independently of ACPI.
 #[test]
 fn l2_generic_kernel_finds_2_vcpus_in_the_mp_table() {
-    if !rig_ready("l2_generic_kernel_finds_2_vcpus_in_the_mp_table") {
-        return;
-    }
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "l2_generic_kernel_finds_2_vcpus_in_the_mp_table",
         "boot-2cpu-generic",
+        2,
         &Opts {
             l1_cpus: 2,
             l2_kernel: "/l2/bzImage-generic",
@@ -315,34 +325,32 @@ fn l2_generic_kernel_finds_2_vcpus_in_the_mp_table() {
             vmm_args: &["--memory", "512M", "--cpus", "2"],
             ..Default::default()
         },
-    );
-    r.expect_init(2);
+    ) else {
+        return;
+    };
     r.check(
         r.has("found SMP MP-table"),
         "the generic kernel should find vpmu-vmm's MP table",
     );
-    r.check(
-        r.log.lines().any(|l| l.trim() == "0-1"),
-        "L2 should have CPUs 0-1 online",
-    );
+    r.check(r.has_line("0-1"), "L2 should have CPUs 0-1 online");
     r.expect_status(0);
 }
 
 #[test]
 fn pmu_off_means_l2_linux_has_no_pmu() {
-    if !rig_ready("pmu_off_means_l2_linux_has_no_pmu") {
-        return;
-    }
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "pmu_off_means_l2_linux_has_no_pmu",
         "pmu-off",
+        1,
         &Opts {
             guest_cmd: "if [ -e /sys/bus/event_source/devices/cpu ]; then echo PMU=present; \
                         else echo PMU=absent; fi; dmesg | grep 'Performance Events'",
             vmm_args: &["--memory", "512M", "--pmu", "off"],
             ..Default::default()
         },
-    );
-    r.expect_init(1);
+    ) else {
+        return;
+    };
     r.check(
         r.has("PMU=absent"),
         "with --pmu off, /sys/bus/event_source/devices/cpu must not exist in L2",
@@ -362,19 +370,19 @@ fn pmu_off_means_l2_linux_has_no_pmu() {
 
 #[test]
 fn perf_stat_and_record_work_in_l2() {
-    if !rig_ready("perf_stat_and_record_work_in_l2") {
-        return;
-    }
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "perf_stat_and_record_work_in_l2",
         "perf",
+        1,
         &Opts {
             guest_cmd: "set -e; perf stat -e task-clock /bin/vpmu-work 0.5; cd /tmp; \
                         perf record -e cpu-clock -F 1000 -o /tmp/perf.data /bin/vpmu-work 1; \
                         perf report -i /tmp/perf.data --stdio --sort symbol 2>&1 | grep -v '^#' | grep -v '^$' | head -n 15",
             ..Default::default()
         },
-    );
-    r.expect_init(1);
+    ) else {
+        return;
+    };
     r.check(
         r.log.lines().any(|l| l.contains("msec task-clock")),
         "perf stat should report task-clock in msec",
@@ -383,38 +391,31 @@ fn perf_stat_and_record_work_in_l2() {
         r.has("perf record: Captured and wrote"),
         "perf record should have written samples",
     );
-    for sym in [
-        "vpmu_work_integer_mix",
-        "vpmu_work_branchy",
-        "vpmu_work_memory_walk",
-    ] {
+    for sym in WORK_SYMBOLS {
         r.check(
             r.has(sym),
             &format!("perf report should show the workload's symbol {sym}"),
         );
     }
-    r.check(
-        r.has("VPMU-GUEST: command exit 0"),
-        "the perf commands should all succeed",
-    );
+    r.expect_command_ok("the perf commands should all succeed");
     r.expect_status(0);
 }
 
 #[test]
 fn l2_reboot_ends_vmm_with_status_0() {
-    if !rig_ready("l2_reboot_ends_vmm_with_status_0") {
-        return;
-    }
     // reboot=k: the kernel resets through the i8042 (0xfe to port 0x64).
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "l2_reboot_ends_vmm_with_status_0",
         "reboot",
+        1,
         &Opts {
             guest_cmd: "echo about to reboot; reboot -f",
             l2_append: "reboot=k",
             ..Default::default()
         },
-    );
-    r.expect_init(1);
+    ) else {
+        return;
+    };
     r.check(
         !r.has("VPMU-GUEST: command exit"),
         "reboot -f should end the VM before the command returns",
@@ -424,22 +425,22 @@ fn l2_reboot_ends_vmm_with_status_0() {
 
 #[test]
 fn l2_poweroff_ends_the_vm_with_status_0() {
-    if !rig_ready("l2_poweroff_ends_the_vm_with_status_0") {
-        return;
-    }
     // ACPI S5: the DSDT's \_S5 makes Linux register acpi_power_off, which writes
     // PM1a_CNT = SLP_TYP 5 | SLP_EN; vpmu-vmm ends the VM ("guest powered off", status 0).
     // Without it the kernel turns `poweroff` into a halt ("reboot: System halted") and the
     // VM never ends. The command prints L2's ACPI boot messages first, then powers off.
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "l2_poweroff_ends_the_vm_with_status_0",
         "poweroff",
+        1,
         &Opts {
             guest_cmd: "dmesg | grep -i acpi; echo about to power off; poweroff -f",
             vmm_args: &["--memory", "512M", "--stats"],
             ..Default::default()
         },
-    );
-    r.expect_init(1);
+    ) else {
+        return;
+    };
     r.check(
         r.has("ACPI: PM: (supports S0 S5)"),
         "L2's ACPI should find \\_S5 ('ACPI: PM: (supports S0 S5)' in dmesg)",
@@ -474,19 +475,19 @@ fn l2_poweroff_ends_the_vm_with_status_0() {
 
 #[test]
 fn l2_panic_ends_vmm_with_nonzero_status() {
-    if !rig_ready("l2_panic_ends_vmm_with_nonzero_status") {
-        return;
-    }
     // The image's default command line has "panic=-1 reboot=t": a panic reboots at once by
     // triple fault, which vpmu-vmm must report as a failure.
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "l2_panic_ends_vmm_with_nonzero_status",
         "panic",
+        1,
         &Opts {
             guest_cmd: "echo c > /proc/sysrq-trigger",
             ..Default::default()
         },
-    );
-    r.expect_init(1);
+    ) else {
+        return;
+    };
     r.check(r.has("Kernel panic"), "the L2 kernel should have panicked");
     r.check(
         r.vmm_status.is_some_and(|s| s != 0),
@@ -579,11 +580,7 @@ fn perf_stat_value(log: &str, event: &str) -> Option<f64> {
 
 fn check_sampling(r: &Run) {
     check_pmu_detected_and_sampled(r);
-    for sym in [
-        "vpmu_work_integer_mix",
-        "vpmu_work_branchy",
-        "vpmu_work_memory_walk",
-    ] {
+    for sym in WORK_SYMBOLS {
         r.check(
             r.has(sym),
             &format!("perf report (cycles) should show {sym}"),
@@ -677,18 +674,18 @@ fn hw_pmu_modes_in_l2_linux_or_clean_refusal() {
 
 #[test]
 fn userspace_pmu_l2_linux_detects_pmu_and_samples_cycles() {
-    if !rig_ready("userspace_pmu_l2_linux_detects_pmu_and_samples_cycles") {
-        return;
-    }
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "userspace_pmu_l2_linux_detects_pmu_and_samples_cycles",
         "perf-hw-userspace",
+        1,
         &Opts {
             guest_cmd: PERF_HW,
             vmm_args: &["--memory", "512M", "--pmu", "userspace", "--stats"],
             ..Default::default()
         },
-    );
-    r.expect_init(1);
+    ) else {
+        return;
+    };
     // Not check_sampling: Linux reads counters with RDPMC, which a userspace vPMU cannot
     // serve (docs/ARCHITECTURE.md), so Linux's period bookkeeping -- and with it where the
     // samples land -- is unreliable in this mode. What must hold: L2 sees the PMU the VMM
@@ -706,10 +703,7 @@ fn userspace_pmu_l2_linux_detects_pmu_and_samples_cycles() {
         }),
         "vpmu-vmm --stats should report PMIs delivered",
     );
-    r.check(
-        r.has("VPMU-GUEST: command exit 0"),
-        "the perf commands should all succeed",
-    );
+    r.expect_command_ok("the perf commands should all succeed");
     r.expect_status(0);
 }
 
@@ -717,18 +711,18 @@ fn userspace_pmu_l2_linux_detects_pmu_and_samples_cycles() {
 #[ignore = "known issue: Linux reads counters with RDPMC, which the userspace vPMU cannot serve \
             (docs/ARCHITECTURE.md); perf stat shows garbage counts. Run with --ignored."]
 fn userspace_pmu_l2_linux_perf_stat_counts_are_plausible() {
-    if !rig_ready("userspace_pmu_l2_linux_perf_stat_counts_are_plausible") {
-        return;
-    }
-    let r = run_guest(
+    let Some(r) = boot_l2(
+        "userspace_pmu_l2_linux_perf_stat_counts_are_plausible",
         "perf-stat-userspace",
+        1,
         &Opts {
             guest_cmd: PERF_HW,
             vmm_args: &["--memory", "512M", "--pmu", "userspace"],
             ..Default::default()
         },
-    );
-    r.expect_init(1);
+    ) else {
+        return;
+    };
     check_counting(&r);
 }
 
@@ -881,8 +875,7 @@ fn l2_busybox_shell_typed_at_through_run_sh_interactive() {
     let limit = std::time::Duration::from_secs(u64::from(RUN_TIMEOUT_S));
     t.wait_for("READY-FOR-INPUT", limit);
     t.wait_for("/ # ", limit);
-    t.literal("echo sum=$((6*7))");
-    t.keys(&["Enter"]);
+    t.line("echo sum=$((6*7))");
     let s = t.wait_for("sum=42", std::time::Duration::from_secs(60));
     assert_eq!(
         s.matches("echo sum=$((6*7))").count(),
@@ -893,8 +886,7 @@ fn l2_busybox_shell_typed_at_through_run_sh_interactive() {
         !s.contains("^[["),
         "terminal answers echoed back as text:\n{s}"
     );
-    t.literal("exit");
-    t.keys(&["Enter"]);
+    t.line("exit");
     let t0 = std::time::Instant::now();
     let rig = loop {
         if let Ok(r) = std::fs::read_to_string(&status) {

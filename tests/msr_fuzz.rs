@@ -7,19 +7,11 @@
 //!
 //! Each run is a few seconds here (guest CPL0 is emulated; an MSR exit costs ~10 us).
 
+#[macro_use]
 mod common;
 use common::*;
 
 const ACCESSES: u64 = 10_000;
-
-macro_rules! need_kvm {
-    ($name:expr) => {
-        if let Some(why) = kvm_unusable() {
-            skip($name, &why);
-            return;
-        }
-    };
-}
 
 /// Runs the fuzz guest with `args` and checks the outcome; returns (stdout, run report).
 fn fuzz(args: &[&str], seed: u64) -> (String, serde_json::Value) {

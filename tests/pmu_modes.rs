@@ -3,17 +3,9 @@
 //! a host whose probe says they are available, and otherwise must refuse with the probe's
 //! reason (never a silent fallback).
 
+#[macro_use]
 mod common;
 use common::*;
-
-macro_rules! need_kvm {
-    ($name:expr) => {
-        if let Some(why) = kvm_unusable() {
-            skip($name, &why);
-            return;
-        }
-    };
-}
 
 fn conformance(args: &[&str]) -> (i32, String, String) {
     let mut full = vec!["run", "--kernel", "builtin:conformance"];
@@ -23,20 +15,30 @@ fn conformance(args: &[&str]) -> (i32, String, String) {
 }
 
 fn assert_conformance_passes(args: &[&str]) -> String {
-    let (st, s, e) = conformance(args);
+    assert_passed(&format!("{args:?}"), conformance(args))
+}
+
+/// Checks that a conformance run (`what`: its arguments, for the messages) passed;
+/// returns its stdout.
+fn assert_passed(what: &str, (st, s, e): (i32, String, String)) -> String {
     let (passed, failed, _skipped) =
         conformance_counts(&s).unwrap_or_else(|| panic!("no conformance summary in:\n{s}\n{e}"));
-    assert_eq!(failed, 0, "conformance failures with {args:?}:\n{s}\n{e}");
+    assert_eq!(failed, 0, "conformance failures with {what}:\n{s}\n{e}");
     assert!(passed >= 10, "too few checks ran ({passed}):\n{s}");
     // The guest writes V=0 to 0xf4 when nothing failed.
     assert_eq!(st, 1, "{s}\n{e}");
     s
 }
 
-fn mode_available(mode: &str) -> Result<(), String> {
+/// `vpmu-vmm probe --json`, which must succeed.
+fn probe_json() -> serde_json::Value {
     let o = vmm(&["probe", "--json"]);
     assert_eq!(status(&o), 0, "{}", err(&o));
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("probe --json is JSON");
+    serde_json::from_str(&out(&o)).expect("probe --json is JSON")
+}
+
+fn mode_available(mode: &str) -> Result<(), String> {
+    let v = probe_json();
     let modes = v["modes"].as_array().expect("modes array");
     let m = modes
         .iter()
@@ -56,9 +58,7 @@ fn mode_available(mode: &str) -> Result<(), String> {
 /// vPMU models the host's vendor, or either vendor on a host without a hardware PMU (the
 /// guest's CPUID vendor string is rewritten to match). Otherwise the test says so by name.
 fn model_runs_here(test: &str, vendor: &str) -> bool {
-    let o = vmm(&["probe", "--json"]);
-    assert_eq!(status(&o), 0, "{}", err(&o));
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("probe --json is JSON");
+    let v = probe_json();
     let host = v["host"]["vendor"]
         .as_str()
         .unwrap_or("unknown")
@@ -85,44 +85,105 @@ macro_rules! need_model {
     };
 }
 
-#[test]
-fn userspace_amd_layout_passes_conformance() {
-    need_model!("userspace_amd_layout_passes_conformance", "amd");
-    let s = assert_conformance_passes(&[
+/// The run report written to `path`.
+fn read_report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
+        .expect("report is JSON")
+}
+
+/// The programmed list of a run report (vCPU 0).
+fn programmed(rep: &serde_json::Value) -> Vec<serde_json::Value> {
+    rep["pmu"][0]["programmed"]
+        .as_array()
+        .expect("programmed list")
+        .clone()
+}
+
+/// Whether `programmed` holds `event` (e.g. "0x76/0x01") with `verdict`.
+fn has_verdict(programmed: &[serde_json::Value], event: &str, verdict: &str) -> bool {
+    programmed
+        .iter()
+        .any(|p| p["event"] == event && p["verdict"] == verdict)
+}
+
+/// The conformance guest under `--pmu userspace --pmu-layout <layout>` with the policy
+/// `policy` (written to the scratch file `name`.toml), a run report (`name`-report.json)
+/// and `extra` arguments: (status, stdout, stderr, the report's path).
+fn conformance_with_policy(
+    name: &str,
+    layout: &str,
+    policy: &[u8],
+    extra: &[&str],
+) -> (i32, String, String, std::path::PathBuf) {
+    let policy = write_scratch(&format!("{name}.toml"), policy);
+    let report = scratch(&format!("{name}-report.json"));
+    let report_s = report.to_string_lossy().into_owned();
+    let mut args = vec![
         "--pmu",
         "userspace",
         "--pmu-layout",
-        "amd:gp=6,core-ext,perfmon-v2",
+        layout,
+        "--pmu-policy",
+        &policy,
+        "--report",
+        &report_s,
+    ];
+    args.extend_from_slice(extra);
+    let (st, s, e) = conformance(&args);
+    (st, s, e, report)
+}
+
+/// [`need_model!`], then the conformance guest under `--pmu userspace --pmu-layout
+/// <layout>` checking `expect=<expect>`, which must pass: its stdout, None when skipped.
+fn layout_passes(test: &str, vendor: &str, layout: &str, expect: &str) -> Option<String> {
+    if let Some(why) = kvm_unusable() {
+        skip(test, &why);
+        return None;
+    }
+    if !model_runs_here(test, vendor) {
+        return None;
+    }
+    let expect = format!("expect={expect}");
+    Some(assert_conformance_passes(&[
+        "--pmu",
+        "userspace",
+        "--pmu-layout",
+        layout,
         "--cmdline",
-        "expect=amd:v2,gp6",
-    ]);
-    assert!(s.contains("PMI delivered"), "{s}");
+        &expect,
+    ]))
+}
+
+#[test]
+fn userspace_amd_layout_passes_conformance() {
+    if let Some(s) = layout_passes(
+        "userspace_amd_layout_passes_conformance",
+        "amd",
+        "amd:gp=6,core-ext,perfmon-v2",
+        "amd:v2,gp6",
+    ) {
+        assert!(s.contains("PMI delivered"), "{s}");
+    }
 }
 
 #[test]
 fn userspace_intel_layout_passes_conformance() {
-    need_model!("userspace_intel_layout_passes_conformance", "intel");
-    assert_conformance_passes(&[
-        "--pmu",
-        "userspace",
-        "--pmu-layout",
+    layout_passes(
+        "userspace_intel_layout_passes_conformance",
+        "intel",
         "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48,fw-writes",
-        "--cmdline",
-        "expect=intel:v5,gp8,fixed4,w48,fw48",
-    ]);
+        "intel:v5,gp8,fixed4,w48,fw48",
+    );
 }
 
 #[test]
 fn userspace_intel_v2_layout_passes_conformance() {
-    need_model!("userspace_intel_v2_layout_passes_conformance", "intel");
-    assert_conformance_passes(&[
-        "--pmu",
-        "userspace",
-        "--pmu-layout",
+    layout_passes(
+        "userspace_intel_v2_layout_passes_conformance",
+        "intel",
         "intel:version=2,gp=2,fixed=3,gp-width=40,fixed-width=40",
-        "--cmdline",
-        "expect=intel:v2,gp2,fixed3,w40",
-    ]);
+        "intel:v2,gp2,fixed3,w40",
+    );
 }
 
 #[test]
@@ -130,8 +191,12 @@ fn userspace_denied_event_never_counts_and_is_audited() {
     need_model!("userspace_denied_event_never_counts_and_is_audited", "amd");
     // Allow AMD cycles (0x76) only with unit mask 0; the guest programs 0x76 with unit mask
     // 1, which the clock model *would* count if the policy let it.
-    let policy = write_scratch(
-        "deny-umask1.toml",
+    let audit = scratch("audit.jsonl");
+    let audit_s = audit.to_string_lossy().into_owned();
+    let extra = ["--pmu-audit", &audit_s, "--cmdline", "denied=0x76:0x01"];
+    let (st, s, e, report) = conformance_with_policy(
+        "deny-umask1",
+        "amd:gp=6,core-ext,perfmon-v2",
         br#"action = "allow"
 fixed_counters = []
 [[masked]]
@@ -139,40 +204,20 @@ event = 0x76
 umask_match = 0x00
 umask_mask = 0xff
 "#,
+        &extra,
     );
-    let audit = scratch("audit.jsonl");
-    let audit_s = audit.to_string_lossy().into_owned();
-    let report = scratch("report.json");
-    let report_s = report.to_string_lossy().into_owned();
-    assert_conformance_passes(&[
-        "--pmu",
-        "userspace",
-        "--pmu-layout",
-        "amd:gp=6,core-ext,perfmon-v2",
-        "--pmu-policy",
-        &policy,
-        "--pmu-audit",
-        &audit_s,
-        "--report",
-        &report_s,
-        "--cmdline",
-        "denied=0x76:0x01",
-    ]);
+    assert_passed(&format!("policy deny-umask1, {extra:?}"), (st, s, e));
     // The run report says what the guest programmed and what the vPMU did with it.
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
-            .expect("report is JSON");
-    let programmed = rep["pmu"][0]["programmed"]
-        .as_array()
-        .expect("programmed list")
-        .clone();
-    let has = |ev: &str, verdict: &str| {
-        programmed
-            .iter()
-            .any(|p| p["event"] == ev && p["verdict"] == verdict)
-    };
-    assert!(has("0x76/0x01", "denied"), "{programmed:?}");
-    assert!(has("0x76/0x00", "counting"), "{programmed:?}");
+    let rep = read_report(&report);
+    let programmed = programmed(&rep);
+    assert!(
+        has_verdict(&programmed, "0x76/0x01", "denied"),
+        "{programmed:?}"
+    );
+    assert!(
+        has_verdict(&programmed, "0x76/0x00", "counting"),
+        "{programmed:?}"
+    );
     assert!(
         rep["vcpus"][0]["msr_write"].as_u64().unwrap_or(0) > 0,
         "{rep}"
@@ -214,6 +259,27 @@ fn read_msr_guest(msr: u32) -> Vec<u8> {
     elf64(&code, 0x20_0000)
 }
 
+/// Runs [`read_msr_guest`] of `msr` (written to the scratch file `file`) under `--pmu off`
+/// with `extra` arguments: its output and run report, or None (after printing why `test`
+/// skips) when KVM lacks the MSR filter that makes the PMU MSRs fault.
+fn read_msr_under_off(
+    test: &str,
+    file: &str,
+    msr: u32,
+    extra: &[&str],
+) -> Option<(std::process::Output, serde_json::Value)> {
+    let k = write_scratch(file, &read_msr_guest(msr));
+    let mut args = vec!["run", "--kernel", &k, "--pmu", "off"];
+    args.extend_from_slice(extra);
+    let (o, report) = vmm_report(&args);
+    let report = report.unwrap_or_else(|| panic!("no run report: {}", err(&o)));
+    if report["pmu_setup"]["pmu_msrs_fault"] != true {
+        skip(test, &format!("KVM lacks the MSR filter here: {report}"));
+        return None;
+    }
+    Some((o, report))
+}
+
 #[test]
 fn off_makes_pmu_msrs_fault() {
     need_kvm!("off_makes_pmu_msrs_fault");
@@ -230,17 +296,15 @@ fn off_makes_pmu_msrs_fault() {
         0x345,
         0x38f,
     ] {
-        let k = write_scratch(&format!("rd-{msr:x}.elf"), &read_msr_guest(msr));
-        let (o, report) = vmm_report(&["run", "--kernel", &k, "--pmu", "off"]);
-        let e = err(&o);
-        let report = report.unwrap_or_else(|| panic!("no run report: {e}"));
-        if report["pmu_setup"]["pmu_msrs_fault"] != true {
-            skip(
-                "off_makes_pmu_msrs_fault",
-                &format!("KVM lacks the MSR filter here: {report}"),
-            );
+        let Some((o, report)) = read_msr_under_off(
+            "off_makes_pmu_msrs_fault",
+            &format!("rd-{msr:x}.elf"),
+            msr,
+            &[],
+        ) else {
             return;
-        }
+        };
+        let e = err(&o);
         assert_eq!(
             status(&o),
             4,
@@ -268,16 +332,14 @@ fn msr_filter_is_in_place_before_the_first_guest_instruction() {
         .take(6)
         .enumerate()
     {
-        let k = write_scratch(&format!("first-{round}.elf"), &read_msr_guest(msr));
-        let (o, report) = vmm_report(&["run", "--kernel", &k, "--pmu", "off", "--cpus", "4"]);
-        let report = report.unwrap_or_else(|| panic!("no run report: {}", err(&o)));
-        if report["pmu_setup"]["pmu_msrs_fault"] != true {
-            skip(
-                "msr_filter_is_in_place_before_the_first_guest_instruction",
-                &format!("KVM lacks the MSR filter here: {report}"),
-            );
+        let Some((o, report)) = read_msr_under_off(
+            "msr_filter_is_in_place_before_the_first_guest_instruction",
+            &format!("first-{round}.elf"),
+            msr,
+            &["--cpus", "4"],
+        ) else {
             return;
-        }
+        };
         assert_eq!(
             report["outcome"]["kind"], "triple_fault",
             "the first RDMSR {msr:#x} must #GP: {report}"
@@ -298,8 +360,7 @@ fn msr_filter_is_in_place_before_the_first_guest_instruction() {
 #[test]
 fn userspace_cross_vendor_layout_says_what_the_guest_sees() {
     need_kvm!("userspace_cross_vendor_layout_says_what_the_guest_sees");
-    let o = vmm(&["probe", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("probe --json is JSON");
+    let v = probe_json();
     let (other, layout) = match v["host"]["vendor"].as_str() {
         Some("intel") => ("AuthenticAMD", "amd:gp=6,core-ext,perfmon-v2"),
         Some("amd") => ("GenuineIntel", "intel:version=2,gp=2,fixed=3"),
@@ -398,9 +459,8 @@ fn in_kernel_modes_run_or_refuse_with_the_probe_reason() {
                 assert_conformance_passes(&["--pmu", mode]);
             }
             Err(reason) => {
-                let o = vmm(&["run", "--kernel", "builtin:conformance", "--pmu", mode]);
-                assert_eq!(status(&o), 2, "{mode} must be refused here: {}", err(&o));
-                let e = err(&o);
+                let (st, _, e) = conformance(&["--pmu", mode]);
+                assert_eq!(st, 2, "{mode} must be refused here: {e}");
                 assert!(e.contains(&format!("--pmu {mode}:")), "{e}");
                 assert!(
                     e.contains(reason.split(';').next().unwrap_or(&reason)),
@@ -445,21 +505,12 @@ fn pmu_options_are_checked_even_when_off() {
         "broken-off.toml",
         b"action = \"allow\"\n[[event]]\nnme = \"cycles\"\n",
     );
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:conformance",
-        "--pmu-policy",
-        &broken,
-    ]);
-    assert_eq!(status(&o), 2, "{}", err(&o));
-    assert!(err(&o).contains("line 3"), "{}", err(&o));
+    let (st, _, e) = conformance(&["--pmu-policy", &broken]);
+    assert_eq!(st, 2, "{e}");
+    assert!(e.contains("line 3"), "{e}");
     // Valid options that cannot take effect: the run goes on, each one warned about.
     let good = repo_file("resources/policies/default.toml");
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:conformance",
+    let (st, _, e) = conformance(&[
         "--pmu-policy",
         &good,
         "--pmu-layout",
@@ -467,32 +518,14 @@ fn pmu_options_are_checked_even_when_off() {
         "--cmdline",
         "expect=none",
     ]);
-    let e = err(&o);
-    assert_eq!(status(&o), 1, "{e}");
+    assert_eq!(st, 1, "{e}");
     assert!(
         e.contains("--pmu-policy") && e.contains("has no effect under --pmu off"),
         "{e}"
     );
     assert!(e.contains("--pmu-layout intel:gp=2 has no effect"), "{e}");
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:conformance",
-        "--pmu-layout",
-        "intel:bogus=1",
-    ]);
-    assert_eq!(status(&o), 2, "{}", err(&o));
-}
-
-/// The programmed list of the run report at `path` (vCPU 0).
-fn programmed(path: &std::path::Path) -> Vec<serde_json::Value> {
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
-            .expect("report is JSON");
-    rep["pmu"][0]["programmed"]
-        .as_array()
-        .expect("programmed list")
-        .clone()
+    let (st, _, e) = conformance(&["--pmu-layout", "intel:bogus=1"]);
+    assert_eq!(st, 2, "{e}");
 }
 
 #[test]
@@ -503,32 +536,21 @@ fn userspace_amd_denied_cycles_cannot_count_through_a_unit_mask_alias() {
     );
     // PMCx076 defines no unit mask: 0x76/0x01 counts cycles on hardware and in the clock
     // model. A denylist naming cycles must deny it too.
-    let policy = write_scratch(
-        "deny-cycles-amd.toml",
-        b"action = \"deny\"\n[[event]]\nname = \"cycles\"\n",
-    );
-    let report = scratch("alias-report.json");
-    let report_s = report.to_string_lossy().into_owned();
-    let (_, s, e) = conformance(&[
-        "--pmu",
-        "userspace",
-        "--pmu-layout",
+    let (_, s, e, report) = conformance_with_policy(
+        "deny-cycles-amd",
         "amd:gp=6,core-ext,perfmon-v2",
-        "--pmu-policy",
-        &policy,
-        "--report",
-        &report_s,
-        "--cmdline",
-        "denied=0x76:0x01",
-    ]);
-    let programmed = programmed(&report);
-    let has = |ev: &str, verdict: &str| {
-        programmed
-            .iter()
-            .any(|p| p["event"] == ev && p["verdict"] == verdict)
-    };
-    assert!(has("0x76/0x01", "denied"), "{programmed:?}\n{s}\n{e}");
-    assert!(!has("0x76/0x01", "counting"), "{programmed:?}");
+        b"action = \"deny\"\n[[event]]\nname = \"cycles\"\n",
+        &["--cmdline", "denied=0x76:0x01"],
+    );
+    let programmed = programmed(&read_report(&report));
+    assert!(
+        has_verdict(&programmed, "0x76/0x01", "denied"),
+        "{programmed:?}\n{s}\n{e}"
+    );
+    assert!(
+        !has_verdict(&programmed, "0x76/0x01", "counting"),
+        "{programmed:?}"
+    );
     let advance = s
         .lines()
         .find(|l| l.contains("denied event: counter does not advance"))
@@ -542,27 +564,17 @@ fn userspace_intel_denied_cycles_denies_fixed_counter_1() {
         "userspace_intel_denied_cycles_denies_fixed_counter_1",
         "intel"
     );
-    let policy = write_scratch(
-        "deny-cycles-intel.toml",
-        b"action = \"deny\"\nfixed_counters = []\n[[event]]\nname = \"cycles\"\n",
-    );
-    let report = scratch("fixed1-report.json");
-    let report_s = report.to_string_lossy().into_owned();
-    let (_, s, e) = conformance(&[
-        "--pmu",
-        "userspace",
-        "--pmu-layout",
+    let (_, s, e, report) = conformance_with_policy(
+        "deny-cycles-intel",
         "intel:version=5,gp=8,fixed=4,gp-width=48,fixed-width=48,fw-writes",
-        "--pmu-policy",
-        &policy,
-        "--report",
-        &report_s,
-    ]);
+        b"action = \"deny\"\nfixed_counters = []\n[[event]]\nname = \"cycles\"\n",
+        &[],
+    );
     assert!(
         e.contains("warning: policy") && e.contains("fixed counter 1 counts \"cycles\""),
         "{e}"
     );
-    let programmed = programmed(&report);
+    let programmed = programmed(&read_report(&report));
     let fixed1: Vec<_> = programmed
         .iter()
         .filter(|p| p["event"] == "fixed1")

@@ -4,21 +4,13 @@
 //! keep the VMM from exiting once the guest has asked to; an output that cannot be
 //! written (`--report /dev/full`) costs one stderr line, not the guest's exit status.
 
+#[macro_use]
 mod common;
 use common::*;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-macro_rules! need_kvm {
-    ($name:expr) => {
-        if let Some(why) = kvm_unusable() {
-            skip($name, &why);
-            return;
-        }
-    };
-}
 
 /// Waits up to `limit` for `child`; kills it (and fails) past that.
 fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {

@@ -1,15 +1,13 @@
 //! `vpmu-vmm validate` on this host: every step that should work works, and every mode the
 //! probe calls unavailable is refused by the VMM with the probe's own reason.
 
+#[macro_use]
 mod common;
 use common::*;
 
 #[test]
 fn validate_runs_what_it_can_and_refuses_the_rest() {
-    if let Some(why) = kvm_unusable() {
-        skip("validate_runs_what_it_can_and_refuses_the_rest", &why);
-        return;
-    }
+    need_kvm!("validate_runs_what_it_can_and_refuses_the_rest");
     let dir = scratch("validate");
     let dir_s = dir.to_string_lossy().into_owned();
     let o = vmm(&["validate", "--out", &dir_s]);

@@ -2,6 +2,7 @@
 //! the repo builds itself. Each test skips (printing SKIPPED and why) only when /dev/kvm
 //! cannot be opened.
 
+#[macro_use]
 mod common;
 use common::*;
 use std::process::Command;
@@ -12,15 +13,6 @@ const TRIPLE_FAULT: &str = "0f0b";
 /// Writes a pseudo-random byte/word/dword to every port except 0x64 (i8042 command) and
 /// 0xf4-0xf7 (debug-exit), reads every port back, then writes 0x2a to 0xf4.
 const PORT_FUZZ: &str = "31c9bb7856341283f964742689c825fcff00003df4000000741889ca69db6d4ec64181c33930000089d8ee66efefec66ededffc181f90000010075cb66baf400b82a000000eff4ebfd";
-
-macro_rules! need_kvm {
-    ($name:expr) => {
-        if let Some(why) = kvm_unusable() {
-            skip($name, &why);
-            return;
-        }
-    };
-}
 
 #[test]
 fn demo_prints_and_exits_with_its_code() {
@@ -38,24 +30,13 @@ fn demo_prints_and_exits_with_its_code() {
 fn run_gives_debug_exit_status() {
     need_kvm!("run_gives_debug_exit_status");
     // The demo writes V=0 to 0xf4: `run` gives QEMU isa-debug-exit status (0 << 1) | 1.
-    let o = vmm(&["run", "--kernel", "builtin:demo", "--pmu", "off"]);
-    assert_eq!(status(&o), 1, "{}", err(&o));
+    assert_demo_runs(&[]);
 }
 
 #[test]
 fn two_vcpus_both_report() {
     need_kvm!("two_vcpus_both_report");
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:demo",
-        "--cpus",
-        "2",
-        "--pmu",
-        "off",
-    ]);
-    let s = out(&o);
-    assert_eq!(status(&o), 1, "{s}\n{}", err(&o));
+    let s = out(&assert_demo_runs(&["--cpus", "2"]));
     assert!(s.contains("vcpu 1 of 2 reporting"), "{s}");
     assert!(s.contains("(2 of 2 vCPUs reported)"), "{s}");
 }
@@ -63,19 +44,12 @@ fn two_vcpus_both_report() {
 #[test]
 fn four_vcpus_all_report() {
     need_kvm!("four_vcpus_all_report");
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:demo",
+    let s = out(&assert_demo_runs(&[
         "--cpus",
         "4",
-        "--pmu",
-        "off",
         "--cmdline",
         "profile=off",
-    ]);
-    let s = out(&o);
-    assert_eq!(status(&o), 1, "{s}\n{}", err(&o));
+    ]));
     for i in 1..4 {
         assert!(s.contains(&format!("vcpu {i} of 4 reporting")), "{s}");
     }
@@ -186,7 +160,7 @@ fn bad_kernel_files_give_clear_errors() {
     );
     // An initrd for a freestanding guest, and a missing initrd.
     assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--initrd", &empty],
+        &demo_args(&["--initrd", &empty]),
         "only meaningful for Linux",
     );
     assert_clean_error(
@@ -198,54 +172,24 @@ fn bad_kernel_files_give_clear_errors() {
 #[test]
 fn absurd_configuration_is_refused() {
     need_kvm!("absurd_configuration_is_refused");
-    assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--cpus", "0"],
-        "--cpus must be between 1 and 32",
-    );
-    assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--cpus", "1000"],
-        "--cpus must be between 1 and 32",
-    );
-    assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--memory", "5Q"],
-        "cannot parse size",
-    );
-    assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--memory", "99999999T"],
-        "--memory must be between",
-    );
-    assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--memory", "1M"],
-        "--memory must be between",
-    );
-    assert_clean_error(
-        &["run", "--kernel", "builtin:demo", "--pmu", "turbo"],
-        "turbo",
-    );
-    assert_clean_error(
-        &[
-            "run",
-            "--kernel",
-            "builtin:demo",
-            "--pmu",
-            "userspace",
-            "--pmu-layout",
-            "sparc:gp=3",
-        ],
-        "PMU configuration",
-    );
-    assert_clean_error(
-        &[
-            "run",
-            "--kernel",
-            "builtin:demo",
-            "--pmu",
-            "userspace",
-            "--pmu-policy",
+    for (extra, needle) in [
+        (&["--cpus", "0"][..], "--cpus must be between 1 and 32"),
+        (&["--cpus", "1000"], "--cpus must be between 1 and 32"),
+        (&["--memory", "5Q"], "cannot parse size"),
+        (&["--memory", "99999999T"], "--memory must be between"),
+        (&["--memory", "1M"], "--memory must be between"),
+        (&["--pmu", "turbo"], "turbo"),
+        (
+            &["--pmu", "userspace", "--pmu-layout", "sparc:gp=3"],
+            "PMU configuration",
+        ),
+        (
+            &["--pmu", "userspace", "--pmu-policy", "/nonexistent.toml"],
             "/nonexistent.toml",
-        ],
-        "/nonexistent.toml",
-    );
+        ),
+    ] {
+        assert_clean_error(&demo_args(extra), needle);
+    }
 }
 
 #[test]
@@ -268,40 +212,30 @@ fn input_files_must_be_regular_and_small_enough_before_reading() {
             &format!("kernel {kernel} {what}"),
         );
     }
-    // Policies: the same, plus a size limit well below "all of memory".
-    for (policy, what) in [
-        ("/dev/zero", "is a character device, not a regular file"),
-        (fifo.as_str(), "is a FIFO, not a regular file"),
-    ] {
-        assert_clean_error(
-            &[
-                "run",
-                "--kernel",
-                "builtin:demo",
-                "--pmu",
-                "userspace",
-                "--pmu-policy",
-                policy,
-            ],
-            &format!("policy {policy} {what}"),
-        );
-    }
-    // 5 MiB of TOML comments: valid, but over the 4 MiB limit.
+    // Policies: the same, plus a size limit well below "all of memory": 5 MiB of TOML
+    // comments, valid, but over the 4 MiB limit.
     let big = "# padding padding padding padding padding padding padding padding pad\n"
         .repeat(5 << 20 >> 6);
     let big = write_scratch("big-policy.toml", big.as_bytes());
-    assert_clean_error(
-        &[
-            "run",
-            "--kernel",
-            "builtin:demo",
-            "--pmu",
-            "userspace",
-            "--pmu-policy",
-            &big,
-        ],
-        "bytes, more than the limit of 4194304 bytes",
-    );
+    for (policy, needle) in [
+        (
+            "/dev/zero",
+            "policy /dev/zero is a character device, not a regular file".to_string(),
+        ),
+        (
+            fifo.as_str(),
+            format!("policy {fifo} is a FIFO, not a regular file"),
+        ),
+        (
+            big.as_str(),
+            "bytes, more than the limit of 4194304 bytes".to_string(),
+        ),
+    ] {
+        assert_clean_error(
+            &demo_args(&["--pmu", "userspace", "--pmu-policy", policy]),
+            &needle,
+        );
+    }
 }
 
 #[test]
@@ -309,23 +243,11 @@ fn freestanding_cmdline_must_be_printable_ascii() {
     need_kvm!("freestanding_cmdline_must_be_printable_ascii");
     let long = "x".repeat(4097);
     for bad in ["period=1\n", "a\tb", "caf\u{e9}", "\u{7f}", long.as_str()] {
-        assert_clean_error(
-            &["run", "--kernel", "builtin:demo", "--cmdline", bad],
-            "printable ASCII",
-        );
+        assert_clean_error(&demo_args(&["--cmdline", bad]), "printable ASCII");
     }
     // The longest accepted argument string, all printable.
     let ok = format!("period=1000000 {}", "~".repeat(4096 - 15));
-    let o = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:demo",
-        "--pmu",
-        "off",
-        "--cmdline",
-        &ok,
-    ]);
-    assert_eq!(status(&o), 1, "stderr:\n{}", err(&o));
+    assert_demo_runs(&["--cmdline", &ok]);
 }
 
 /// `rdmsr IA32_MISC_ENABLE`, then report bit 0 (fast strings), bit 11 (BTS_UNAVAIL) and
@@ -405,24 +327,16 @@ fn expect_exit_turns_the_guests_pass_into_status_0() {
     need_kvm!("expect_exit_turns_the_guests_pass_into_status_0");
     // The conformance guest writes V=0 when nothing failed: status 1 by the debug-exit
     // rule, 0 with --expect-exit 0, and not 0 when another value is expected.
-    let plain = vmm(&["run", "--kernel", "builtin:conformance"]);
-    assert_eq!(status(&plain), 1, "{}", err(&plain));
-    let pass = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:conformance",
-        "--expect-exit",
-        "0",
-    ]);
-    assert_eq!(status(&pass), 0, "{}", err(&pass));
-    let other = vmm(&[
-        "run",
-        "--kernel",
-        "builtin:conformance",
-        "--expect-exit",
-        "7",
-    ]);
-    assert_eq!(status(&other), 1, "{}", err(&other));
+    for (extra, want) in [
+        (&[][..], 1),
+        (&["--expect-exit", "0"], 0),
+        (&["--expect-exit", "7"], 1),
+    ] {
+        let mut args = vec!["run", "--kernel", "builtin:conformance"];
+        args.extend_from_slice(extra);
+        let o = vmm(&args);
+        assert_eq!(status(&o), want, "{args:?}: {}", err(&o));
+    }
 }
 
 #[test]

@@ -219,9 +219,9 @@ impl BenchArgs {
     }
 }
 
+/// Test helper: the [`BenchArgs`] clap parses from `args` (given after a program name).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) fn try_parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
     use clap::Parser;
 
     #[derive(Parser)]
@@ -229,16 +229,24 @@ mod tests {
         #[command(flatten)]
         b: BenchArgs,
     }
+    let mut all = vec!["x"];
+    all.extend_from_slice(args);
+    Cli::try_parse_from(all).map(|c| c.b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn defaults_match_clap() {
-        let c = Cli::try_parse_from(["x"]).unwrap();
+        let b = try_parse(&[]).unwrap();
         let d = BenchArgs::defaults();
-        assert_eq!(c.b.out, d.out);
-        assert_eq!(c.b.modes, d.modes);
-        assert_eq!(c.b.activities, d.activities);
-        assert_eq!(c.b.chase_kib, d.chase_kib);
-        let s = c.b.settings(2_900_000).unwrap();
+        assert_eq!(b.out, d.out);
+        assert_eq!(b.modes, d.modes);
+        assert_eq!(b.activities, d.activities);
+        assert_eq!(b.chase_kib, d.chase_kib);
+        let s = b.settings(2_900_000).unwrap();
         assert_eq!((s.reps, s.guest_reps), (5, 3));
         assert_eq!(s.modes.len(), 4);
         assert_eq!(s.activities.len(), 5);
@@ -247,33 +255,25 @@ mod tests {
 
     #[test]
     fn quick_and_errors() {
-        let c = Cli::try_parse_from([
-            "x",
-            "--quick",
-            "--modes",
-            "off,userspace",
-            "--out",
-            "/tmp/b",
-        ])
-        .unwrap();
-        let s = c.b.settings(1).unwrap();
+        let b = try_parse(&["--quick", "--modes", "off,userspace", "--out", "/tmp/b"]).unwrap();
+        let s = b.settings(1).unwrap();
         assert_eq!(
             (s.reps, s.guest_reps, s.target_ms, s.msr_iters),
             (3, 1, 40, 5000)
         );
-        let c = Cli::try_parse_from(["x", "--quick", "--reps", "7"]).unwrap();
-        assert_eq!(c.b.settings(1).unwrap().reps, 7);
+        let b = try_parse(&["--quick", "--reps", "7"]).unwrap();
+        assert_eq!(b.settings(1).unwrap().reps, 7);
         for bad in [
-            vec!["x", "--modes", "fast"],
-            vec!["x", "--workloads", ""],
-            vec!["x", "--activities", "sample:0"],
-            vec!["x", "--reps", "0"],
-            vec!["x", "--iters", "0"],
+            &["--modes", "fast"][..],
+            &["--workloads", ""],
+            &["--activities", "sample:0"],
+            &["--reps", "0"],
+            &["--iters", "0"],
         ] {
-            let c = Cli::try_parse_from(bad.clone()).unwrap();
-            assert!(c.b.settings(1).is_err(), "{bad:?}");
+            let b = try_parse(bad).unwrap();
+            assert!(b.settings(1).is_err(), "{bad:?}");
         }
-        assert!(Cli::try_parse_from(["x", "--reps", "-1"]).is_err());
+        assert!(try_parse(&["--reps", "-1"]).is_err());
         assert!(BenchArgs::defaults().settings(0).is_err());
     }
 }

@@ -738,6 +738,19 @@ fn linux_activity_title(a: LinuxActivity) -> String {
     }
 }
 
+/// Test check of a rendered report: every table row has as many cells as its header
+/// (escaped `\|` inside a cell does not count).
+#[cfg(test)]
+pub(crate) fn assert_tables_rectangular(md: &str) {
+    for table in md.split("\n\n").filter(|t| t.starts_with("| ")) {
+        let cols: Vec<usize> = table
+            .lines()
+            .map(|l| l.matches('|').count() - l.matches("\\|").count())
+            .collect();
+        assert!(cols.iter().all(|&c| c == cols[0]), "{table}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

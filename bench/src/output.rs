@@ -168,42 +168,23 @@ pub(crate) mod tests {
     fn markdown_tables() {
         let r = sample_report();
         let md = crate::markdown::render(&r);
-        assert!(md.contains("| mode | PMU activity | loop | lfsr |"), "{md}");
-        assert!(
-            md.contains("| emulated | all | unavailable: no hardware PMU | — |"),
-            "{md}"
-        );
-        assert!(
-            md.contains("| passthrough | none | failed: rep 0: boom |"),
-            "{md}"
-        );
-        assert!(md.contains("| userspace | sample:1000 | +10.0% ["), "{md}");
-        assert!(md.contains("| off | none (baseline) | 100 ["), "{md}");
-        assert!(md.contains("| userspace | 1000 Hz | lfsr |"), "{md}");
-        assert!(
-            md.contains("| latency p50 µs | p90 µs | p99 µs | min µs | max µs | rejected |"),
-            "{md}"
-        );
-        assert!(
-            md.contains("| 2.00 | 2.00 | 2.00 | 1.00 | 3.00 | 0/5 |"),
-            "{md}"
-        );
-        assert!(
-            md.contains(
-                "costs 10.0x one KVM-handled MSR access (IA32_SYSENTER_CS), i.e. 18.0 µs more"
-            ),
-            "{md}"
-        );
-        assert!(md.contains("fewer than 5 runs") == (r.config.reps < 5));
-        assert!(md.contains("the userspace exit 19.5 µs: 13.0x"), "{md}");
-        // Every table row has as many cells as its header.
-        for table in md.split("\n\n").filter(|t| t.starts_with("| ")) {
-            let cols: Vec<usize> = table
-                .lines()
-                .map(|l| l.matches('|').count() - l.matches("\\|").count())
-                .collect();
-            assert!(cols.iter().all(|&c| c == cols[0]), "{table}");
+        for want in [
+            "| mode | PMU activity | loop | lfsr |",
+            "| emulated | all | unavailable: no hardware PMU | — |",
+            "| passthrough | none | failed: rep 0: boom |",
+            "| userspace | sample:1000 | +10.0% [",
+            "| off | none (baseline) | 100 [",
+            "| userspace | 1000 Hz | lfsr |",
+            "| latency p50 µs | p90 µs | p99 µs | min µs | max µs | rejected |",
+            "| 2.00 | 2.00 | 2.00 | 1.00 | 3.00 | 0/5 |",
+            "costs 10.0x one KVM-handled MSR access (IA32_SYSENTER_CS), i.e. 18.0 µs more",
+            "the userspace exit 19.5 µs: 13.0x",
+        ] {
+            assert!(md.contains(want), "{want:?} missing from:\n{md}");
         }
+        assert!(md.contains("fewer than 5 runs") == (r.config.reps < 5));
+        // Every table row has as many cells as its header.
+        crate::markdown::assert_tables_rectangular(&md);
     }
 
     #[test]

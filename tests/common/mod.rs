@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod elf;
 pub mod tmux;
+
+#[allow(unused_imports)]
+pub use elf::elf64;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -73,6 +77,30 @@ pub fn assert_clean_error(args: &[&str], needle: &str) {
     );
 }
 
+/// `run --kernel builtin:demo` followed by `extra`: the arguments of a run of the demo guest.
+pub fn demo_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--kernel", "builtin:demo"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Runs the demo guest under `--pmu off` with `extra` arguments and asserts that it ran
+/// to its end: it writes V=0 to the debug-exit port, so `run` gives status (0 << 1) | 1.
+/// Returns the output for further checks.
+pub fn assert_demo_runs(extra: &[&str]) -> Output {
+    let mut args = demo_args(&["--pmu", "off"]);
+    args.extend_from_slice(extra);
+    let o = vmm(&args);
+    assert_eq!(
+        status(&o),
+        1,
+        "args {args:?}: stdout:\n{}\nstderr:\n{}",
+        out(&o),
+        err(&o)
+    );
+    o
+}
+
 /// Makes a FIFO at `path` (a scratch path); returns it as a String.
 pub fn mkfifo(path: &Path) -> String {
     let _ = std::fs::remove_file(path);
@@ -113,6 +141,18 @@ pub fn kvm_unusable() -> Option<String> {
     }
 }
 
+/// Returns from the test (after printing `SKIPPED <name>: <why>`) when /dev/kvm cannot be
+/// opened. Test files that use it declare `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! need_kvm {
+    ($name:expr) => {
+        if let Some(why) = $crate::common::kvm_unusable() {
+            $crate::common::skip($name, &why);
+            return;
+        }
+    };
+}
+
 /// Prints the skip reason in a form CI logs and humans can grep for.
 pub fn skip(test: &str, why: &str) {
     println!("SKIPPED {test}: {why}");
@@ -131,34 +171,6 @@ pub fn write_scratch(name: &str, bytes: &[u8]) -> String {
     let p = scratch(name);
     std::fs::write(&p, bytes).expect("write scratch");
     p.to_string_lossy().into_owned()
-}
-
-/// A minimal ELF64 x86_64 executable: one PT_LOAD of `code` at `addr`, entry = `addr`.
-pub fn elf64(code: &[u8], addr: u64) -> Vec<u8> {
-    let mut e = vec![0u8; 0x1000];
-    e[..4].copy_from_slice(&[0x7f, b'E', b'L', b'F']);
-    e[4] = 2; // ELFCLASS64
-    e[5] = 1; // little endian
-    e[6] = 1; // EV_CURRENT
-    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    e[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    e[20..24].copy_from_slice(&1u32.to_le_bytes());
-    e[24..32].copy_from_slice(&addr.to_le_bytes()); // e_entry
-    e[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-    e[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    e[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    e[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
-    let ph = 64;
-    e[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    e[ph + 4..ph + 8].copy_from_slice(&7u32.to_le_bytes()); // RWX
-    e[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
-    e[ph + 16..ph + 24].copy_from_slice(&addr.to_le_bytes()); // p_vaddr
-    e[ph + 24..ph + 32].copy_from_slice(&addr.to_le_bytes()); // p_paddr
-    e[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
-    e[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
-    e[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes());
-    e.extend_from_slice(code);
-    e
 }
 
 /// Decodes a hex string into bytes.

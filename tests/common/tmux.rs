@@ -48,6 +48,12 @@ impl Tmux {
         self.keys(&["-l", text]);
     }
 
+    /// Types `text` as it is, then Enter.
+    pub fn line(&self, text: &str) {
+        self.literal(text);
+        self.keys(&["Enter"]);
+    }
+
     /// The screen and up to 500 lines of history, wrapped lines joined.
     pub fn screen(&self) -> String {
         let o = Command::new("tmux")

@@ -1,44 +1,13 @@
 //! A denied event cannot be counted through an alias: AMD unit masks the hardware
 //! ignores, and Intel fixed counters that count a denied event.
 
-use std::sync::Arc;
+mod common;
 
+use common::{alias_layout, guest_pmu};
 use vpmu::guest::{GuestPmu, Verdict};
 use vpmu::policy::{encode_masked, encode_plain, Policy, KVM_PMU_EVENT_FLAG_MASKED_EVENTS};
 use vpmu::state::CounterId;
-use vpmu::{AmdPmu, IntelPmu, PmuConfig, Vendor};
-
-fn amd() -> PmuConfig {
-    PmuConfig::Amd(AmdPmu {
-        core_ext: true,
-        perfmon_v2: true,
-        num_counters: 6,
-        width: 48,
-    })
-}
-
-fn intel() -> PmuConfig {
-    PmuConfig::Intel(IntelPmu {
-        version: 5,
-        num_gp: 4,
-        gp_width: 48,
-        num_fixed: 4,
-        fixed_width: 48,
-        events_unavailable: 0,
-        events_len: 8,
-        perf_capabilities: None,
-    })
-}
-
-fn pmu(cfg: &PmuConfig, toml: &str) -> GuestPmu {
-    let vendor = cfg.vendor().unwrap();
-    let n = match cfg {
-        PmuConfig::Intel(p) => p.num_fixed,
-        _ => 0,
-    };
-    let policy = Policy::from_toml(toml).unwrap().compile(vendor, n).unwrap();
-    GuestPmu::new(cfg, Arc::new(policy))
-}
+use vpmu::Vendor;
 
 const EN_USR_OS: u64 = (1 << 22) | (1 << 16) | (1 << 17);
 
@@ -49,7 +18,10 @@ fn amd_gp0(g: &mut GuestPmu, event: u16, umask: u8) -> Verdict {
 
 #[test]
 fn amd_denied_cycles_is_denied_for_every_unit_mask() {
-    let mut g = pmu(&amd(), "action = \"deny\"\n[[event]]\nname = \"cycles\"\n");
+    let mut g = guest_pmu(
+        &alias_layout(Vendor::Amd),
+        "action = \"deny\"\n[[event]]\nname = \"cycles\"\n",
+    );
     for umask in [0x00u8, 0x01, 0x80, 0xff] {
         assert!(
             matches!(amd_gp0(&mut g, 0x76, umask), Verdict::Denied(_)),
@@ -78,8 +50,8 @@ fn amd_deny_rule_compiles_to_a_masked_entry_for_every_unit_mask() {
 
 #[test]
 fn amd_raw_deny_with_an_undefined_unit_mask_covers_the_event() {
-    let mut g = pmu(
-        &amd(),
+    let mut g = guest_pmu(
+        &alias_layout(Vendor::Amd),
         "action = \"deny\"\n[[event]]\nevent = 0x76\numask = 0x05\n",
     );
     assert!(matches!(amd_gp0(&mut g, 0x76, 0x00), Verdict::Denied(_)));
@@ -88,7 +60,10 @@ fn amd_raw_deny_with_an_undefined_unit_mask_covers_the_event() {
 
 #[test]
 fn amd_allow_is_exact_and_an_alias_of_an_allowed_event_is_denied() {
-    let mut g = pmu(&amd(), "action = \"allow\"\n[[event]]\nname = \"cycles\"\n");
+    let mut g = guest_pmu(
+        &alias_layout(Vendor::Amd),
+        "action = \"allow\"\n[[event]]\nname = \"cycles\"\n",
+    );
     assert_eq!(amd_gp0(&mut g, 0x76, 0x00), Verdict::Allowed);
     assert!(matches!(amd_gp0(&mut g, 0x76, 0xff), Verdict::Denied(_)));
     // A raw allow with undefined unit-mask bits allows the canonical encoding, with a
@@ -110,7 +85,7 @@ fn amd_exclude_under_a_denylist_cannot_reopen_an_alias() {
     // Deny every 0xc0 but "allow back" unit mask 0x01: on AMD that is instructions again.
     let src = "action = \"deny\"\n[[masked]]\nevent = 0xc0\numask_match = 0\numask_mask = 0\n\
                [[masked]]\nevent = 0xc0\numask_match = 0x01\numask_mask = 0xff\nexclude = true\n";
-    let mut g = pmu(&amd(), src);
+    let mut g = guest_pmu(&alias_layout(Vendor::Amd), src);
     assert!(matches!(amd_gp0(&mut g, 0xc0, 0x01), Verdict::Denied(_)));
     assert!(matches!(amd_gp0(&mut g, 0xc0, 0x00), Verdict::Denied(_)));
 }
@@ -146,7 +121,7 @@ fn intel_denied_cycles_denies_fixed_counter_1_even_with_an_empty_list() {
         why,
         "fixed counter 1 not allowed by policy (its event \"cycles\" is denied)"
     );
-    let mut g = pmu(&intel(), src);
+    let mut g = guest_pmu(&alias_layout(Vendor::Intel), src);
     let v = fixed(&mut g, 0x0030); // fixed1 OS|USR
     assert!(matches!(v[..], [(1, Verdict::Denied(_))]), "{v:?}");
 }

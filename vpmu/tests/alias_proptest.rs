@@ -6,36 +6,18 @@
 //! an Intel fixed counter counting the event (unless an allow-list names that fixed
 //! counter explicitly, the documented exception).
 
+mod common;
+
 use std::sync::Arc;
 
+use common::alias_layout;
 use proptest::prelude::*;
 use vpmu::guest::{GuestPmu, Verdict};
 use vpmu::policy::{Action, EventRule, FixedCounters, MaskedRule, Policy};
 use vpmu::state::CounterId;
-use vpmu::{AmdPmu, IntelPmu, PmuConfig, Vendor};
+use vpmu::Vendor;
 
 const EN_USR_OS: u64 = (1 << 22) | (1 << 16) | (1 << 17);
-
-fn layout(v: Vendor) -> PmuConfig {
-    match v {
-        Vendor::Intel => PmuConfig::Intel(IntelPmu {
-            version: 5,
-            num_gp: 4,
-            gp_width: 48,
-            num_fixed: 4,
-            fixed_width: 48,
-            events_unavailable: 0,
-            events_len: 8,
-            perf_capabilities: None,
-        }),
-        Vendor::Amd => PmuConfig::Amd(AmdPmu {
-            core_ext: true,
-            perfmon_v2: true,
-            num_counters: 6,
-            width: 48,
-        }),
-    }
-}
 
 /// Events that alias (AMD 0x76, 0xc0, 0xc2, 0xc3), fixed-counter events (Intel 0x3c,
 /// 0xc0, 0xa4) and a few others.
@@ -120,7 +102,7 @@ proptest! {
         sels in prop::collection::vec((event(), umask()), 1..24),
     ) {
         let v = if amd { Vendor::Amd } else { Vendor::Intel };
-        let cfg = layout(v);
+        let cfg = alias_layout(v);
         let nf = if amd { 0 } else { 4 };
         let compiled = p.compile(v, nf).expect("compiles");
         let mut g = GuestPmu::new(&cfg, Arc::new(compiled));

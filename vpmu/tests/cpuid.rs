@@ -1,10 +1,10 @@
 //! CPUID derivation/synthesis against real hosts' CPUID (fixtures with public sources) and
 //! the layout request grammar.
 
-#[path = "fixtures/common.rs"]
 mod common;
 
-use common::{genoa, leaf, spr};
+use common::{amd_cfg, genoa, genoa_legacy, intel_cfg, intel_pmu, leaf, spr};
+use kvm_bindings::kvm_cpuid_entry2;
 use proptest::prelude::*;
 use vpmu::cpuid::{
     apply, brand_string, default_emulated_layout, host_layout, host_layout_with, resolve,
@@ -24,6 +24,17 @@ fn spr_layout_with_fw() -> PmuConfig {
     )
 }
 
+/// The host layout under kvm.enable_pmu=N.
+fn layout_with_pmu_disabled(e: &[kvm_cpuid_entry2]) -> PmuConfig {
+    host_layout_with(
+        e,
+        &HostFacts {
+            pmu_enabled: false,
+            perf_capabilities: None,
+        },
+    )
+}
+
 #[test]
 fn sapphire_rapids_layout_from_cpuid() {
     let e = spr();
@@ -31,14 +42,8 @@ fn sapphire_rapids_layout_from_cpuid() {
     assert_eq!(brand_string(&e), "Intel(R) Xeon(R) w7-2475X");
     // Leaf 0AH 08300805-00000000-0000000F-00008604 (SDM vol. 2A CPUID leaf 0AH).
     let expected = IntelPmu {
-        version: 5,
-        num_gp: 8,
-        gp_width: 48,
-        num_fixed: 4,
-        fixed_width: 48,
-        events_unavailable: 0,
         events_len: 8,
-        perf_capabilities: None,
+        ..intel_pmu(5, 8, 4, None)
     };
     assert_eq!(host_layout(&e), PmuConfig::Intel(expected.clone()));
     // With the MSR value: only FW_WRITES survives (LBR format / PEBS bits are not offered).
@@ -49,16 +54,7 @@ fn sapphire_rapids_layout_from_cpuid() {
             ..expected
         })
     );
-    assert_eq!(
-        host_layout_with(
-            &e,
-            &HostFacts {
-                pmu_enabled: false,
-                perf_capabilities: None
-            }
-        ),
-        PmuConfig::None
-    );
+    assert_eq!(layout_with_pmu_disabled(&e), PmuConfig::None);
 }
 
 #[test]
@@ -66,26 +62,9 @@ fn genoa_layout_from_cpuid() {
     let e = genoa();
     assert_eq!(vendor(&e), Some(Vendor::Amd));
     assert_eq!(brand_string(&e), "AMD EPYC 9124 16-Core Processor");
-    assert_eq!(
-        host_layout(&e),
-        PmuConfig::Amd(AmdPmu {
-            core_ext: true,
-            perfmon_v2: true,
-            num_counters: 6,
-            width: 48
-        })
-    );
+    assert_eq!(host_layout(&e), amd_cfg(true, true, 6));
     // kvm.enable_pmu=N: AMD's legacy counters cannot be hidden in CPUID, so facts decide.
-    assert_eq!(
-        host_layout_with(
-            &e,
-            &HostFacts {
-                pmu_enabled: false,
-                perf_capabilities: None
-            }
-        ),
-        PmuConfig::None
-    );
+    assert_eq!(layout_with_pmu_disabled(&e), PmuConfig::None);
 }
 
 #[test]
@@ -98,36 +77,13 @@ fn intel_with_zero_leaf_0a_has_no_pmu() {
 
 #[test]
 fn amd_without_extensions_is_legacy() {
-    let mut e = genoa();
-    e.iter_mut()
-        .find(|x| x.function == 0x8000_0001)
-        .unwrap()
-        .ecx &= !(1 << 23);
-    e.retain(|x| x.function != 0x8000_0022);
-    assert_eq!(
-        host_layout(&e),
-        PmuConfig::Amd(AmdPmu {
-            core_ext: false,
-            perfmon_v2: false,
-            num_counters: 4,
-            width: 48
-        })
-    );
+    assert_eq!(host_layout(&genoa_legacy()), amd_cfg(false, false, 4));
 }
 
 #[test]
 fn apply_writes_leaves_and_round_trips() {
     let mut e = spr();
-    let cfg = PmuConfig::Intel(IntelPmu {
-        version: 4,
-        num_gp: 4,
-        gp_width: 48,
-        num_fixed: 3,
-        fixed_width: 48,
-        events_unavailable: 0,
-        events_len: 7,
-        perf_capabilities: None,
-    });
+    let cfg = intel_cfg(4, 4, 3, None);
     apply(&cfg, &mut e);
     let a = leaf(&e, 0xa).unwrap();
     assert_eq!((a.eax, a.ebx, a.ecx, a.edx), (0x0730_0404, 0, 0, 0x0603));
@@ -172,12 +128,7 @@ fn apply_amd_adds_perfmon_leaf_and_raises_max() {
         .find(|x| x.function == 0x8000_0001)
         .unwrap()
         .ecx &= !(1 << 23);
-    let cfg = PmuConfig::Amd(AmdPmu {
-        core_ext: true,
-        perfmon_v2: true,
-        num_counters: 5,
-        width: 48,
-    });
+    let cfg = amd_cfg(true, true, 5);
     apply(&cfg, &mut e);
     assert_eq!(leaf(&e, 0x8000_0000).unwrap().eax, 0x8000_0022);
     let p = leaf(&e, 0x8000_0022).unwrap();
@@ -185,12 +136,7 @@ fn apply_amd_adds_perfmon_leaf_and_raises_max() {
     assert_ne!(leaf(&e, 0x8000_0001).unwrap().ecx & (1 << 23), 0);
     assert_eq!(host_layout(&e), cfg);
     // Back to legacy: bit 23 cleared, 0x80000022 zeroed (LBR and DF/UMC fields too).
-    let legacy = PmuConfig::Amd(AmdPmu {
-        core_ext: false,
-        perfmon_v2: false,
-        num_counters: 4,
-        width: 48,
-    });
+    let legacy = amd_cfg(false, false, 4);
     let mut g = genoa();
     apply(&legacy, &mut g);
     let p = leaf(&g, 0x8000_0022).unwrap();
@@ -224,34 +170,31 @@ fn grammar_examples() {
         "amd-legacy".parse::<LayoutRequest>(),
         Ok(LayoutRequest::Amd(_))
     ));
-    assert!(matches!(
-        "arm".parse::<LayoutRequest>(),
-        Err(LayoutError::UnknownLayout(_))
-    ));
-    assert!(matches!(
-        "intel:gp=x".parse::<LayoutRequest>(),
-        Err(LayoutError::BadNumber { .. })
-    ));
-    assert!(matches!(
-        "intel:gp=300".parse::<LayoutRequest>(),
-        Err(LayoutError::BadNumber { .. })
-    ));
-    assert!(matches!(
-        "intel:gp=1,gp=2".parse::<LayoutRequest>(),
-        Err(LayoutError::Duplicate(_))
-    ));
-    assert!(matches!(
-        "amd:fixed=1".parse::<LayoutRequest>(),
-        Err(LayoutError::UnknownOption { .. })
-    ));
-    assert!(matches!(
-        "amd:core-ext,no-core-ext".parse::<LayoutRequest>(),
-        Err(LayoutError::Duplicate(_))
-    ));
-    assert!(matches!(
-        "host:gp=1".parse::<LayoutRequest>(),
-        Err(LayoutError::UnknownOption { .. })
-    ));
+    /// Whether a parse error is the expected one.
+    type IsExpected = fn(&LayoutError) -> bool;
+    let bad: [(&str, IsExpected); 7] = [
+        ("arm", |e| matches!(e, LayoutError::UnknownLayout(_))),
+        ("intel:gp=x", |e| matches!(e, LayoutError::BadNumber { .. })),
+        ("intel:gp=300", |e| {
+            matches!(e, LayoutError::BadNumber { .. })
+        }),
+        ("intel:gp=1,gp=2", |e| {
+            matches!(e, LayoutError::Duplicate(_))
+        }),
+        ("amd:fixed=1", |e| {
+            matches!(e, LayoutError::UnknownOption { .. })
+        }),
+        ("amd:core-ext,no-core-ext", |e| {
+            matches!(e, LayoutError::Duplicate(_))
+        }),
+        ("host:gp=1", |e| {
+            matches!(e, LayoutError::UnknownOption { .. })
+        }),
+    ];
+    for (text, is_expected) in bad {
+        let r = text.parse::<LayoutRequest>();
+        assert!(r.as_ref().is_err_and(is_expected), "{text:?}: {r:?}");
+    }
     assert!("intel:events-unavailable=0x10"
         .parse::<LayoutRequest>()
         .is_ok());
@@ -314,21 +257,8 @@ fn resolve_fewer_ok_more_is_error_unless_userspace() {
         Err(LayoutError::Unsupported(ConfigError::AmdCount { .. }))
     ));
     let legacy: LayoutRequest = "amd-legacy".parse().unwrap();
-    assert_eq!(
-        resolve(&legacy, &g, false),
-        Ok(PmuConfig::Amd(AmdPmu {
-            core_ext: false,
-            perfmon_v2: false,
-            num_counters: 4,
-            width: 48
-        }))
-    );
-    let no_v2_host = PmuConfig::Amd(AmdPmu {
-        core_ext: true,
-        perfmon_v2: false,
-        num_counters: 6,
-        width: 48,
-    });
+    assert_eq!(resolve(&legacy, &g, false), Ok(amd_cfg(false, false, 4)));
+    let no_v2_host = amd_cfg(true, false, 6);
     let v2: LayoutRequest = "amd:perfmon-v2".parse().unwrap();
     assert!(matches!(
         resolve(&v2, &no_v2_host, false),
@@ -377,12 +307,7 @@ fn resolve_vendor_and_missing_host() {
     let fewer: LayoutRequest = "amd:gp=2".parse().unwrap();
     assert_eq!(
         resolve_with_vendor(&fewer, Some(Vendor::Amd), &PmuConfig::None, true),
-        Ok(PmuConfig::Amd(AmdPmu {
-            core_ext: true,
-            perfmon_v2: true,
-            num_counters: 2,
-            width: 48
-        }))
+        Ok(amd_cfg(true, true, 2))
     );
     assert_eq!(
         resolve_with_vendor(&LayoutRequest::Host, None, &PmuConfig::None, true),
@@ -471,7 +396,7 @@ proptest! {
                 if cfg == PmuConfig::None && host.vendor() == Some(Vendor::Amd) {
                     // AMD CPUID cannot hide the 4 legacy counters (APM §13.2.1): "none" on
                     // AMD must be enforced by KVM_PMU_CAP_DISABLE or the MSR filter.
-                    prop_assert_eq!(read_back, PmuConfig::Amd(AmdPmu { core_ext: false, perfmon_v2: false, num_counters: 4, width: 48 }));
+                    prop_assert_eq!(read_back, amd_cfg(false, false, 4));
                 } else {
                     prop_assert_eq!(read_back, cfg);
                 }
@@ -484,12 +409,7 @@ proptest! {
 fn apply_cross_vendor_layout_rewrites_the_vendor_string() {
     // AMD layout on an Intel CPUID (userspace vPMU, host without a PMU): the guest must
     // read AuthenticAMD, or it never looks for the AMD counters it is given.
-    let amd = PmuConfig::Amd(AmdPmu {
-        core_ext: true,
-        perfmon_v2: true,
-        num_counters: 6,
-        width: 48,
-    });
+    let amd = amd_cfg(true, true, 6);
     let mut e = spr();
     apply(&amd, &mut e);
     assert_eq!(vendor_string(&e), "AuthenticAMD");

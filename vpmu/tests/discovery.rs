@@ -1,12 +1,11 @@
 //! Availability rules on canned hosts: the table of hosts as KVM reports them
 //! (fixtures/kvm-hosts.toml) and a few hand-made variations.
 
-#[path = "fixtures/common.rs"]
 mod common;
 #[path = "fixtures/hosts.rs"]
 mod hosts;
 
-use common::genoa;
+use common::genoa_legacy;
 use hosts::{kvm_host, kvm_hosts};
 use kvm_bindings::{KVM_CAP_PMU_EVENT_FILTER, KVM_CAP_X86_MSR_FILTER, KVM_CAP_X86_USER_SPACE_MSR};
 use vpmu::discovery::{
@@ -218,12 +217,7 @@ fn enable_pmu_off_hides_even_amd_legacy_counters() {
 fn ci_like_host_without_pmu() {
     // Mirrors REFERENCE.md §1: AMD VM, kvm_pvm, enable_pmu=N, no perf core PMU, kernel says
     // "PMU not available", PMU_CAPABILITY 0, userspace MSR exits available.
-    let mut e = genoa();
-    e.iter_mut()
-        .find(|x| x.function == 0x8000_0001)
-        .unwrap()
-        .ecx &= !(1 << 23);
-    e.retain(|x| x.function != 0x8000_0022);
+    let e = genoa_legacy();
     let mut src = FixtureHost {
         cpuid: Some(e),
         modules: vec!["kvm".into(), "kvm_pvm".into()],

@@ -1,33 +1,16 @@
 //! The per-vCPU decision core without /dev/kvm: writes store and mark, reprogram decides.
 
-use std::sync::Arc;
+mod common;
 
-use vpmu::guest::{GuestPmu, Verdict, WriteFault};
-use vpmu::policy::{DenyReason, Policy};
+use common::{amd_cfg, guest_pmu as pmu, intel_cfg};
+use vpmu::guest::{Verdict, WriteFault};
+use vpmu::policy::DenyReason;
 use vpmu::state::CounterId;
-use vpmu::{AmdPmu, IntelPmu, PmuConfig, Vendor};
+use vpmu::{PmuConfig, Vendor};
 
+/// Intel `version` with 4 GP and 3 fixed counters.
 fn intel(version: u8) -> PmuConfig {
-    PmuConfig::Intel(IntelPmu {
-        version,
-        num_gp: 4,
-        gp_width: 48,
-        num_fixed: 3,
-        fixed_width: 48,
-        events_unavailable: 0,
-        events_len: 7,
-        perf_capabilities: None,
-    })
-}
-
-fn pmu(cfg: &PmuConfig, toml: &str) -> GuestPmu {
-    let vendor = cfg.vendor().unwrap();
-    let n = match cfg {
-        PmuConfig::Intel(p) => p.num_fixed,
-        _ => 0,
-    };
-    let policy = Policy::from_toml(toml).unwrap().compile(vendor, n).unwrap();
-    GuestPmu::new(cfg, Arc::new(policy))
+    intel_cfg(version, 4, 3, None)
 }
 
 const INSTR_AND_FIXED0: &str =
@@ -116,12 +99,7 @@ fn anythread_is_reserved_before_v3_and_denied_without_the_policy() {
 
 #[test]
 fn amd_selectors_read_back_without_host_guest_only() {
-    let cfg = PmuConfig::Amd(AmdPmu {
-        core_ext: true,
-        perfmon_v2: true,
-        num_counters: 6,
-        width: 48,
-    });
+    let cfg = amd_cfg(true, true, 6);
     let mut g = pmu(&cfg, "action = \"allow\"\n[[event]]\nname = \"cycles\"\n");
     let w = g.write(0xc001_0200, 0x43_0076 | 1 << 40).unwrap();
     assert_eq!(w.reprogrammed[0].verdict, Verdict::Allowed);

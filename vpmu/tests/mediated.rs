@@ -2,15 +2,14 @@
 //! raw host CPUID (the fixtures are raw CPU dumps, as the host kernel's perf driver sees
 //! them).
 
-#[path = "fixtures/common.rs"]
 mod common;
 
-use common::{genoa, spr};
+use common::{amd_cfg, genoa, spr};
 use kvm_bindings::kvm_cpuid_entry2;
 use vpmu::cpuid::lookup;
 use vpmu::discovery::{FixtureHost, HostPmu};
 use vpmu::mediated::{mediated_intercepts, HostPerfPmu, InterceptPlan, MediatedSupport, MsrGroup};
-use vpmu::{AmdPmu, IntelPmu, PmuConfig, Vendor};
+use vpmu::{IntelPmu, PmuConfig, Vendor};
 
 fn perf_pmu(entries: &[kvm_cpuid_entry2], perf_caps: Option<u64>) -> Option<HostPerfPmu> {
     HostPerfPmu::from_cpuid(&|l, s| lookup(entries, l, s), perf_caps)
@@ -296,12 +295,7 @@ fn amd_intercepts() {
         ]
     );
     // Legacy layout: 4 counters (not the host's 6), no PerfMonV2.
-    let legacy = PmuConfig::Amd(AmdPmu {
-        core_ext: false,
-        perfmon_v2: false,
-        num_counters: 4,
-        width: 48,
-    });
+    let legacy = amd_cfg(false, false, 4);
     let p = mediated_intercepts(&legacy, &host);
     assert_eq!(p.intercepted(MsrGroup::Global), Some(true));
     assert_eq!(p.intercepted(MsrGroup::Rdpmc), Some(true));

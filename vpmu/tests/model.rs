@@ -1,33 +1,14 @@
 //! MSR model tests against the Intel SDM vol. 3B (perfmon chapter numbered 18 in the
 //! edition cited by `vpmu::model`), the AMD APM vol. 2 §13.2 and Linux msr-index.h.
 
+mod common;
+
+use common::{amd_cfg, intel_cfg};
 use vpmu::model::{
     amd, classify, evtsel_reserved_mask, intel, pmu_msr_ranges, present_msrs, validate,
     ConfigError, MsrModel, PmuMsr,
 };
-use vpmu::{AmdPmu, IntelPmu, PmuConfig, Vendor};
-
-fn intel_cfg(version: u8, gp: u8, fixed: u8, caps: Option<u64>) -> PmuConfig {
-    PmuConfig::Intel(IntelPmu {
-        version,
-        num_gp: gp,
-        gp_width: 48,
-        num_fixed: fixed,
-        fixed_width: 48,
-        events_unavailable: 0,
-        events_len: 7,
-        perf_capabilities: caps,
-    })
-}
-
-fn amd_cfg(core_ext: bool, v2: bool, n: u8) -> PmuConfig {
-    PmuConfig::Amd(AmdPmu {
-        core_ext,
-        perfmon_v2: v2,
-        num_counters: n,
-        width: 48,
-    })
-}
+use vpmu::{PmuConfig, Vendor};
 
 #[test]
 fn intel_addresses_match_sdm_appendix_b() {

@@ -30,6 +30,26 @@ fn err(src: &str) -> PolicyError {
 }
 
 /// A guest selector: event + umask, enabled, counting in both rings.
+/// Where a TOML-level error (syntax, unknown key, bad value) of `src` is; panics when
+/// `src` fails otherwise.
+fn toml_error_at(src: &str) -> Loc {
+    match err(src) {
+        PolicyError::Toml { at, .. } => at,
+        other => panic!("expected a TOML error, got {other:?}"),
+    }
+}
+
+/// The (where, key, value given) of an out-of-range error of `src`; panics when `src`
+/// fails otherwise.
+fn out_of_range(src: &str) -> (Loc, &'static str, i64) {
+    match err(src) {
+        PolicyError::OutOfRange {
+            at, field, value, ..
+        } => (at, field, value),
+        other => panic!("expected OutOfRange, got {other:?}"),
+    }
+}
+
 fn sel(event: u16, umask: u8) -> u64 {
     vpmu::selector::encode(event, umask) | bits::EN | bits::OS | bits::USR
 }
@@ -90,18 +110,9 @@ fn unknown_event_name_names_its_line() {
 
 #[test]
 fn event_over_12_bits_is_rejected() {
-    let e = err("[[event]]\nevent = 0x1000\n");
-    assert!(
-        matches!(
-            e,
-            PolicyError::OutOfRange {
-                at: Loc(Some(2)),
-                field: "event",
-                value: 0x1000,
-                ..
-            }
-        ),
-        "{e:?}"
+    assert_eq!(
+        out_of_range("[[event]]\nevent = 0x1000\n"),
+        (Loc(Some(2)), "event", 0x1000)
     );
     // 0xfff is the largest accepted.
     parse("[[event]]\nevent = 0xfff\n");
@@ -109,63 +120,25 @@ fn event_over_12_bits_is_rejected() {
 
 #[test]
 fn negative_event_is_rejected() {
-    let e = err("[[event]]\nevent = -1\n");
-    assert!(
-        matches!(
-            e,
-            PolicyError::OutOfRange {
-                field: "event",
-                value: -1,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let (_, field, value) = out_of_range("[[event]]\nevent = -1\n");
+    assert_eq!((field, value), ("event", -1));
 }
 
 #[test]
 fn umask_over_8_bits_is_rejected() {
-    let e = err("[[event]]\nevent = 0xd1\n\numask = 0x100\n");
-    assert!(
-        matches!(
-            e,
-            PolicyError::OutOfRange {
-                at: Loc(Some(4)),
-                field: "umask",
-                value: 0x100,
-                ..
-            }
-        ),
-        "{e:?}"
+    assert_eq!(
+        out_of_range("[[event]]\nevent = 0xd1\n\numask = 0x100\n"),
+        (Loc(Some(4)), "umask", 0x100)
     );
-    let e = err("[[masked]]\nevent = 1\numask_match = 0\numask_mask = 256\n");
-    assert!(
-        matches!(
-            e,
-            PolicyError::OutOfRange {
-                at: Loc(Some(4)),
-                field: "umask_mask",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let (at, field, _) = out_of_range("[[masked]]\nevent = 1\numask_match = 0\numask_mask = 256\n");
+    assert_eq!((at, field), (Loc(Some(4)), "umask_mask"));
 }
 
 #[test]
 fn fixed_counter_index_over_31_is_rejected() {
-    let e = err("action = \"allow\"\nfixed_counters = [0, 32]\n");
-    assert!(
-        matches!(
-            e,
-            PolicyError::OutOfRange {
-                at: Loc(Some(2)),
-                field: "fixed_counters",
-                value: 32,
-                ..
-            }
-        ),
-        "{e:?}"
+    assert_eq!(
+        out_of_range("action = \"allow\"\nfixed_counters = [0, 32]\n"),
+        (Loc(Some(2)), "fixed_counters", 32)
     );
     parse("fixed_counters = [31]\n");
 }
@@ -207,46 +180,19 @@ fn unknown_key_is_rejected_with_its_line() {
         }
         other => panic!("{other:?}"),
     }
-    let e = err("actoin = \"allow\"\n");
-    assert!(
-        matches!(
-            e,
-            PolicyError::Toml {
-                at: Loc(Some(1)),
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_eq!(toml_error_at("actoin = \"allow\"\n"), Loc(Some(1)));
 }
 
 #[test]
 fn bad_action_is_rejected() {
-    let e = err("\naction = \"permit\"\n");
-    assert!(
-        matches!(
-            e,
-            PolicyError::Toml {
-                at: Loc(Some(2)),
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert_eq!(toml_error_at("\naction = \"permit\"\n"), Loc(Some(2)));
 }
 
 #[test]
 fn syntax_error_names_line() {
-    let e = err("action = \"allow\"\n\n[[event]\nname = \"x\"\n");
-    assert!(
-        matches!(
-            e,
-            PolicyError::Toml {
-                at: Loc(Some(3)),
-                ..
-            }
-        ),
-        "{e:?}"
+    assert_eq!(
+        toml_error_at("action = \"allow\"\n\n[[event]\nname = \"x\"\n"),
+        Loc(Some(3))
     );
 }
 

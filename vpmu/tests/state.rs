@@ -1,41 +1,22 @@
 //! PmuState semantics per SDM vol. 3B §18.2 / APM vol. 2 §13.2 rules, plus property tests.
 
+mod common;
+
+use common::{amd_cfg as amd, intel_cfg as intel};
 use proptest::prelude::*;
 use vpmu::model::{amd, intel};
 use vpmu::state::{
     ContextStep, CounterId, CounterMask, MsrFault, Overflow, PmuContext, PmuState, WriteEffect,
     RESTORE_ORDER, RESTORE_ORDER_NO_GLOBAL, SAVE_ORDER, SAVE_ORDER_NO_GLOBAL,
 };
-use vpmu::{AmdPmu, IntelPmu, PmuConfig};
+use vpmu::{IntelPmu, PmuConfig};
 
 const EN: u64 = 1 << 22;
 const INT: u64 = 1 << 20;
 const OS_USR: u64 = 3 << 16;
 
-fn intel(version: u8, gp: u8, fixed: u8, caps: Option<u64>) -> PmuConfig {
-    PmuConfig::Intel(IntelPmu {
-        version,
-        num_gp: gp,
-        gp_width: 48,
-        num_fixed: fixed,
-        fixed_width: 48,
-        events_unavailable: 0,
-        events_len: 7,
-        perf_capabilities: caps,
-    })
-}
-
 fn spr_like() -> PmuConfig {
     intel(5, 8, 4, Some(intel::PERF_CAP_FW_WRITES))
-}
-
-fn amd(core_ext: bool, v2: bool, n: u8) -> PmuConfig {
-    PmuConfig::Amd(AmdPmu {
-        core_ext,
-        perfmon_v2: v2,
-        num_counters: n,
-        width: 48,
-    })
 }
 
 const MASK48: u64 = (1 << 48) - 1;

@@ -388,18 +388,9 @@ pub fn plan(reps: u32, activities: usize) -> Vec<(u32, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        b: BenchArgs,
-    }
 
     fn args(v: &[&str]) -> BenchArgs {
-        let mut all = vec!["x"];
-        all.extend_from_slice(v);
-        Cli::try_parse_from(all).unwrap().b
+        crate::args::try_parse(v).unwrap()
     }
 
     #[test]

@@ -657,34 +657,20 @@ mod tests {
         assert_eq!(v["comparable_with_native"], false);
         assert_eq!(v["cells"][2]["activity"], "record:1000");
         let md = render(&r);
-        assert!(md.contains(TCG_LABEL), "{md}");
-        assert!(md.contains("- `vpmu-vmm probe` where the guest ran (inside L1): ?, KVM modules , hardware PMU: ?"), "{md}");
-        assert!(md.contains("| mode | events (stat / record) | none (ms/round) | perf stat | perf record -F 1000 |"), "{md}");
-        assert!(md.contains("| off | task-clock / cpu-clock | 1.00 [1.00..1.00] ms | +10.0% [+10.0..+10.0] | +20.0% [+10.0..+30.0] |"), "{md}");
-        assert!(
-            md.contains("| emulated | — | unavailable: no hardware PMU | — | — |"),
-            "{md}"
-        );
-        assert!(md.contains("| userspace | +100% [+100..+100] |"), "{md}");
-        assert!(
-            md.contains("| off | cpu-clock | 1000 Hz | 900 | 1000 | 90.0 [90.0..90.0] | 0/3 |"),
-            "{md}"
-        );
-        assert!(
-            md.contains("- userspace stat: pass 2: exit Some(1)"),
-            "{md}"
-        );
-        assert!(
-            md.contains("| off | task-clock | 1000 [1000..1000] | 1000 |"),
-            "{md}"
-        );
-        assert!(md.contains("indicative"), "{md}");
-        for table in md.split("\n\n").filter(|t| t.starts_with("| ")) {
-            let cols: Vec<usize> = table
-                .lines()
-                .map(|l| l.matches('|').count() - l.matches("\\|").count())
-                .collect();
-            assert!(cols.iter().all(|&c| c == cols[0]), "{table}");
+        for want in [
+            TCG_LABEL,
+            "- `vpmu-vmm probe` where the guest ran (inside L1): ?, KVM modules , hardware PMU: ?",
+            "| mode | events (stat / record) | none (ms/round) | perf stat | perf record -F 1000 |",
+            "| off | task-clock / cpu-clock | 1.00 [1.00..1.00] ms | +10.0% [+10.0..+10.0] | +20.0% [+10.0..+30.0] |",
+            "| emulated | — | unavailable: no hardware PMU | — | — |",
+            "| userspace | +100% [+100..+100] |",
+            "| off | cpu-clock | 1000 Hz | 900 | 1000 | 90.0 [90.0..90.0] | 0/3 |",
+            "- userspace stat: pass 2: exit Some(1)",
+            "| off | task-clock | 1000 [1000..1000] | 1000 |",
+            "indicative",
+        ] {
+            assert!(md.contains(want), "{want:?} missing from:\n{md}");
         }
+        crate::markdown::assert_tables_rectangular(&md);
     }
 }

@@ -55,19 +55,7 @@ struct St {
 }
 
 static mut ST: St = St {
-    lay: Layout {
-        kind: Kind::None,
-        amd_vendor: false,
-        version: 0,
-        gp: 0,
-        gp_width: 0,
-        fixed: 0,
-        fixed_width: 0,
-        fixed_mask: 0,
-        events_unavail: 0,
-        events_len: 0,
-        pdcm: false,
-    },
+    lay: Layout::none(false, false),
     mask: 0,
     period: 0,
     due: 0,
@@ -173,23 +161,7 @@ extern "C" fn wl_loop(n: u64) -> u64 {
 #[link_section = ".text.wl_lfsr"]
 #[inline(never)]
 extern "C" fn wl_lfsr(n: u64) -> u64 {
-    let mut s: u64 = 0xace1_2468_1357_9bdf;
-    let mut acc: u64 = 0;
-    let mut i = 0;
-    while i < n {
-        let lsb = s & 1;
-        s >>= 1;
-        if lsb != 0 {
-            s ^= lfsr::TAPS64;
-            acc = acc.wrapping_add(s);
-        } else if s & 2 != 0 {
-            acc ^= s.rotate_left(7);
-        } else {
-            acc = acc.wrapping_mul(3);
-        }
-        i += 1;
-    }
-    s ^ acc
+    lfsr::branchy(n)
 }
 
 static mut CHASE_BASE: u64 = 0;

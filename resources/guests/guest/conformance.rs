@@ -692,12 +692,7 @@ fn pmu_tests(t: &mut Tap, lay: &Layout, cmd: &Cmdline) {
     let c0 = lay.ctl_msr(0);
     let cyc = lay.cycles_event() | EVTSEL_USR | EVTSEL_OS;
     if lay.has_global() {
-        rt::wrmsr(k0, 0);
-        rt::wrmsr(c0, cyc | EVTSEL_EN);
-        global_ctrl(lay, 0);
-        run_loop(LOOP);
-        let v = rt::rdmsr(k0);
-        rt::wrmsr(c0, 0);
+        let (v, _) = count_loop(lay, c0, k0, cyc | EVTSEL_EN, 0);
         let mut det = Line::new();
         det.s("counter advanced to ").u(v);
         t.check(
@@ -707,12 +702,7 @@ fn pmu_tests(t: &mut Tap, lay: &Layout, cmd: &Cmdline) {
         );
     }
     {
-        rt::wrmsr(k0, 0);
-        rt::wrmsr(c0, cyc);
-        global_ctrl(lay, 1);
-        run_loop(LOOP);
-        let v = rt::rdmsr(k0);
-        global_ctrl(lay, 0);
+        let (v, _) = count_loop(lay, c0, k0, cyc, 1);
         let mut det = Line::new();
         det.s("counter advanced to ").u(v);
         t.check(
@@ -722,13 +712,7 @@ fn pmu_tests(t: &mut Tap, lay: &Layout, cmd: &Cmdline) {
         );
     }
     {
-        rt::wrmsr(k0, 0);
-        rt::wrmsr(c0, cyc | EVTSEL_EN);
-        global_ctrl(lay, 1);
-        let tsc = run_loop(LOOP);
-        global_ctrl(lay, 0);
-        rt::wrmsr(c0, 0);
-        let v = rt::rdmsr(k0);
+        let (v, tsc) = count_loop(lay, c0, k0, cyc | EVTSEL_EN, 1);
         let mut det = Line::new();
         det.s("cycles=").u(v).s(" tsc=").u(tsc);
         // Plausible: between 1/16 and 16x the TSC ticks the loop took.
@@ -787,13 +771,8 @@ fn pmu_tests(t: &mut Tap, lay: &Layout, cmd: &Cmdline) {
         } else if intel && lay.events_unavail & 2 != 0 && lay.events_len > 1 {
             t.skip(&desc, "marked unavailable in CPUID.0xA:EBX");
         } else {
-            rt::wrmsr(k0, 0);
-            rt::wrmsr(c0, lay.instructions_event() | EVTSEL_USR | EVTSEL_EN);
-            global_ctrl(lay, 1);
-            run_loop(LOOP);
-            global_ctrl(lay, 0);
-            rt::wrmsr(c0, 0);
-            let v = rt::rdmsr(k0);
+            let sel = lay.instructions_event() | EVTSEL_USR | EVTSEL_EN;
+            let (v, _) = count_loop(lay, c0, k0, sel, 1);
             let mut det = Line::new();
             det.s("instructions=").u(v);
             t.check(v >= LOOP, &desc, &det);
@@ -943,6 +922,19 @@ fn pmu_tests(t: &mut Tap, lay: &Layout, cmd: &Cmdline) {
             }
         }
     }
+}
+
+/// Counts with selector `sel` on GP counter 0 (`c0` its selector, `k0` its counter, zeroed
+/// first) over one CPL3 loop of [`LOOP`] iterations under the global enable bits `global`,
+/// then stops the counter: (the count, the TSC ticks the loop took).
+fn count_loop(lay: &Layout, c0: u32, k0: u32, sel: u64, global: u64) -> (u64, u64) {
+    rt::wrmsr(k0, 0);
+    rt::wrmsr(c0, sel);
+    global_ctrl(lay, global);
+    let tsc = run_loop(LOOP);
+    global_ctrl(lay, 0);
+    rt::wrmsr(c0, 0);
+    (rt::rdmsr(k0), tsc)
 }
 
 fn global_ctrl(lay: &Layout, bits: u64) {

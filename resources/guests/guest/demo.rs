@@ -257,23 +257,7 @@ extern "C" fn wl_sieve(scale: u64) -> u64 {
 #[link_section = ".text.wl_lfsr"]
 #[inline(never)]
 extern "C" fn wl_lfsr(scale: u64) -> u64 {
-    let mut s: u64 = 0xace1_2468_1357_9bdf;
-    let mut acc: u64 = 0;
-    let mut n = scale * 4_000_000;
-    while n > 0 {
-        let lsb = s & 1;
-        s >>= 1;
-        if lsb != 0 {
-            s ^= lfsr::TAPS64;
-            acc = acc.wrapping_add(s);
-        } else if s & 2 != 0 {
-            acc ^= s.rotate_left(7);
-        } else {
-            acc = acc.wrapping_mul(3);
-        }
-        n -= 1;
-    }
-    s ^ acc
+    lfsr::branchy(scale * 4_000_000)
 }
 
 /// Fletcher-style checksum over the sieve buffer, repeated.

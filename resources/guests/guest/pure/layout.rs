@@ -38,6 +38,25 @@ pub struct Layout {
     pub pdcm: bool,
 }
 
+impl Layout {
+    /// No PMU enumerated (yet): every count 0.
+    pub const fn none(amd_vendor: bool, pdcm: bool) -> Layout {
+        Layout {
+            kind: Kind::None,
+            amd_vendor,
+            version: 0,
+            gp: 0,
+            gp_width: 0,
+            fixed: 0,
+            fixed_width: 0,
+            fixed_mask: 0,
+            events_unavail: 0,
+            events_len: 0,
+            pdcm,
+        }
+    }
+}
+
 pub type Regs = [u32; 4]; // eax, ebx, ecx, edx
 
 /// Decodes the PMU layout. `cpuid(leaf, subleaf)` returns eax, ebx, ecx, edx.
@@ -50,19 +69,7 @@ pub fn detect(cpuid: &dyn Fn(u32, u32) -> Regs) -> Layout {
     let amd_vendor = (l0[1] == 0x6874_7541 && l0[3] == 0x6974_6e65 && l0[2] == 0x444d_4163)
         || (l0[1] == 0x6f67_7948 && l0[3] == 0x6e65_476e && l0[2] == 0x656e_6975);
     let pdcm = max_basic >= 1 && cpuid(1, 0)[2] & (1 << 15) != 0;
-    let mut l = Layout {
-        kind: Kind::None,
-        amd_vendor,
-        version: 0,
-        gp: 0,
-        gp_width: 0,
-        fixed: 0,
-        fixed_width: 0,
-        fixed_mask: 0,
-        events_unavail: 0,
-        events_len: 0,
-        pdcm,
-    };
+    let mut l = Layout::none(amd_vendor, pdcm);
     if max_basic >= 0xa {
         let a = cpuid(0xa, 0);
         let version = a[0] & 0xff;

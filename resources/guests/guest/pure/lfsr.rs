@@ -16,6 +16,30 @@ pub fn step(s: u64) -> u64 {
     }
 }
 
+/// The branchy workload: `n` LFSR steps from a fixed seed, each taking one of three
+/// data-dependent (unpredictable) branches; returns state ^ accumulator. Inlined into each
+/// guest's workload function, whose link section the profiles attribute samples to.
+#[inline(always)]
+pub fn branchy(n: u64) -> u64 {
+    let mut s: u64 = 0xace1_2468_1357_9bdf;
+    let mut acc: u64 = 0;
+    let mut i = 0;
+    while i < n {
+        let lsb = s & 1;
+        s >>= 1;
+        if lsb != 0 {
+            s ^= TAPS64;
+            acc = acc.wrapping_add(s);
+        } else if s & 2 != 0 {
+            acc ^= s.rotate_left(7);
+        } else {
+            acc = acc.wrapping_mul(3);
+        }
+        i += 1;
+    }
+    s ^ acc
+}
+
 /// A small generator for index shuffling (xorshift64*; never returns the
 /// same stream for different non-zero seeds).
 pub struct Rng(u64);
