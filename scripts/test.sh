@@ -49,3 +49,17 @@ echo "== cargo test"
 cargo test --workspace --release -- --test-threads=2
 echo "== vpmu-vmm validate (what this host's vPMU can do; the summary names the vendor models that ran)"
 target/release/vpmu-vmm validate --out target/validate
+if [ "${QUICK:-0}" != 1 ] && [ -z "${VPMU_SKIP_ARM64:-}" ]; then
+  echo "== vpmu-vmm bench --linux --linux-arch arm64 --quick (off vs emulated in the arm64 rig, TCG-labelled)"
+  target/release/vpmu-vmm bench --linux --linux-arch arm64 --quick --modes emulated --no-progress \
+    --out target/bench-arm64
+  python3 - target/bench-arm64/linux.json <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = [(m["mode"], m["status"], m.get("reason")) for m in r["modes"] if m["status"] != "ok"]
+cells = [c for c in r["cells"] if c["status"] != "ok"]
+if bad or cells or len(r["modes"]) != 2:
+    sys.exit(f"arm64 bench: modes {bad}, {len(cells)} failed cells")
+print("arm64 bench: off and emulated ran every activity (target/bench-arm64/linux.md)")
+PY
+fi
