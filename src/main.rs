@@ -186,6 +186,12 @@ struct RunArgs {
     /// Run without the seccomp filters (for debugging a "forbidden system call" error).
     #[arg(long)]
     no_seccomp: bool,
+    /// After this many seconds without console output from a guest that has not ended,
+    /// say so on stderr, once, with each vCPU's exit count and instruction pointer (x86);
+    /// 0 turns it off. With stdin a terminal only the time before the guest's first
+    /// output counts.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    watchdog: u64,
     /// A virtio-blk disk (virtio-mmio) backed by the raw image file PATH; `,ro` makes it
     /// read-only. Repeatable: /dev/vda, /dev/vdb, ... (at most 8). Linux guests find them
     /// in the ACPI DSDT (_HID LNRO0005); only with `acpi=off` in --cmdline is
@@ -458,6 +464,7 @@ fn run_cmd(a: RunArgs) -> Result<ExitCode, CliError> {
         console: Console::Stdio,
         disks,
         seccomp: !a.no_seccomp,
+        watchdog: (a.watchdog > 0).then(|| std::time::Duration::from_secs(a.watchdog)),
     };
     if let Some(path) = &a.report {
         check_report_path(path)?;

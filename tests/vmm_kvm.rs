@@ -393,3 +393,42 @@ fn one_supported_cpuid_query_per_run() {
         assert_eq!(n, 1, "{args:?}: {n} KVM_GET_SUPPORTED_CPUID calls");
     }
 }
+
+/// A guest that spins without a word: after `--watchdog 1` the VMM says so once, with the
+/// vCPU's instruction pointer (the spin loop's address); `--watchdog 0` stays silent.
+#[test]
+fn watchdog_names_a_silent_spinning_guest() {
+    need_kvm!("watchdog_names_a_silent_spinning_guest");
+    // jmp $ at 0x200000
+    let k = write_scratch("spin.elf", &elf64(&[0xeb, 0xfe], 0x20_0000));
+    for (secs, expect) in [("1", true), ("0", false)] {
+        let o = Command::new("timeout")
+            .args([
+                "--preserve-status",
+                "-s",
+                "TERM",
+                "3",
+                bin(),
+                "run",
+                "--kernel",
+                &k,
+            ])
+            .args(["--memory", "64M", "--watchdog", secs])
+            .output()
+            .expect("spawn");
+        let e = err(&o);
+        assert_eq!(status(&o), 12, "SIGTERM ends it: {e}");
+        let lines: Vec<&str> = e.lines().filter(|l| l.contains("watchdog:")).collect();
+        if expect {
+            assert_eq!(lines.len(), 1, "said once: {e}");
+            assert!(
+                lines[0].contains("no console output in 1 s and the guest has not ended")
+                    && lines[0].contains("vCPU 0: ")
+                    && lines[0].contains("RIP 0x200000"),
+                "{e}"
+            );
+        } else {
+            assert!(lines.is_empty(), "--watchdog 0: {e}");
+        }
+    }
+}

@@ -176,6 +176,10 @@ pub struct VmConfig {
     /// thread once the vCPUs run. Off by default for library use (a filtered main thread
     /// cannot build another VM); the CLI turns it on unless `--no-seccomp`.
     pub seccomp: bool,
+    /// Say so (once, with each vCPU's exit count and instruction pointer) when the guest
+    /// has written nothing to the console for this long and has not ended
+    /// (`crate::watchdog`); `None`: never. Stdio consoles only.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 impl VmConfig {
@@ -191,6 +195,7 @@ impl VmConfig {
             console: Console::Stdio,
             disks: Vec::new(),
             seccomp: false,
+            watchdog: None,
         }
     }
 

@@ -154,8 +154,13 @@ impl MutEventSubscriber for StdinForwarder {
     }
 }
 
-/// Blocks until the VM stops, forwarding stdin to `serial` if given.
-pub fn wait_for_stop(shared: &Arc<Shared>, serial: Option<Arc<Mutex<devices::Serial>>>) {
+/// Blocks until the VM stops, forwarding stdin to `serial` if given and running the silence
+/// watchdog (`crate::watchdog`) if given.
+pub fn wait_for_stop(
+    shared: &Arc<Shared>,
+    serial: Option<Arc<Mutex<devices::Serial>>>,
+    mut watchdog: Option<(crate::watchdog::Watchdog, &[crate::watchdog::VcpuProgress])>,
+) {
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut em = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
         Ok(em) => em,
@@ -202,6 +207,11 @@ pub fn wait_for_stop(shared: &Arc<Shared>, serial: Option<Arc<Mutex<devices::Ser
         if em.run_with_timeout(100).is_err() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        if let Some((w, progress)) = watchdog.as_mut() {
+            if let Some(line) = w.tick(progress, &shared.tids) {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -220,6 +230,8 @@ struct OutState {
     broken: bool,
     /// No more output: the writer thread ends once `pending` is empty.
     closed: bool,
+    /// Bytes the guest wrote, kept or dropped (the watchdog's sign of life).
+    offered: u64,
 }
 
 struct OutInner {
@@ -264,6 +276,15 @@ impl ConsoleOut {
         Ok(out)
     }
 
+    /// Bytes the guest has written so far (kept or dropped).
+    pub fn offered(&self) -> u64 {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .offered
+    }
+
     /// Stops taking output; the writer thread ends once it wrote what is buffered.
     pub fn close(&self) {
         let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -306,6 +327,7 @@ impl std::io::Write for ConsoleOut {
                 .saturating_sub(st.pending.len() + st.in_flight)
         };
         let n = room.min(buf.len());
+        st.offered += buf.len() as u64;
         st.pending.extend_from_slice(&buf[..n]);
         st.dropped += (buf.len() - n) as u64;
         if n > 0 {

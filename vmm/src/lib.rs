@@ -31,6 +31,7 @@ pub mod terminal;
 pub mod vcpu;
 #[cfg(target_arch = "x86_64")]
 pub mod vm;
+pub mod watchdog;
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;

@@ -38,6 +38,8 @@ pub struct Shared {
     pub started: Instant,
     /// Nanoseconds from VMM start to the first KVM_RUN of vCPU 0 (0 = not yet).
     pub first_entry_ns: std::sync::atomic::AtomicU64,
+    /// Per vCPU: what the silence watchdog reads (`crate::watchdog`).
+    pub progress: Vec<crate::watchdog::VcpuProgress>,
 }
 
 impl Shared {
@@ -296,6 +298,9 @@ impl Vcpu {
             let t1 = rdtsc();
             let ran = t1.wrapping_sub(t0);
             self.stats.exits += 1;
+            if let Some(p) = self.shared.progress.get(usize::from(self.index)) {
+                p.exits.store(self.stats.exits, Ordering::Relaxed);
+            }
             self.stats.tsc_in_guest = self.stats.tsc_in_guest.wrapping_add(ran);
             let kicked = matches!(&res, Err(e) if e.errno() == libc::EINTR);
             let pmi = match self.pmu.as_mut() {
@@ -324,6 +329,9 @@ impl Vcpu {
                 Err(e) if e.errno() == libc::EINTR => {
                     self.stats.interrupted += 1;
                     self.fd.set_kvm_immediate_exit(0);
+                    if let Some(p) = self.shared.progress.get(usize::from(self.index)) {
+                        p.answer(|| self.fd.get_regs().ok().map(|r| r.rip));
+                    }
                 }
                 Err(e) if e.errno() == libc::EAGAIN => {}
                 Err(e) => {
@@ -816,6 +824,7 @@ mod tests {
                 .expect("eventfd"),
             started: Instant::now(),
             first_entry_ns: std::sync::atomic::AtomicU64::new(0),
+            progress: Vec::new(),
         });
         let s = shared.clone();
         let r = std::thread::spawn(move || {

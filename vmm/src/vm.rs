@@ -379,6 +379,7 @@ impl Vm {
             stop_evt: eventfd()?,
             started: self.started,
             first_entry_ns: AtomicU64::new(0),
+            progress: (0..self.config.cpus).map(|_| Default::default()).collect(),
         });
         let gate = Arc::new(StartGate::default());
         let (done_tx, done_rx) = mpsc::channel();
@@ -482,9 +483,21 @@ impl RunningVm {
                 });
             }
         }
+        let watchdog = self
+            .vm
+            .config
+            .watchdog
+            .zip(self.vm.console_out.clone())
+            .map(|(after, out)| {
+                (
+                    crate::watchdog::Watchdog::new(after, out, stdin_is_tty),
+                    &self.shared.progress[..],
+                )
+            });
         crate::console::wait_for_stop(
             &self.shared,
             self.vm.serial.clone().filter(|_| stdin_is_tty),
+            watchdog,
         );
         drop(raw);
         self.stop_vcpus();

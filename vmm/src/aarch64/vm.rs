@@ -256,7 +256,8 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         // SAFETY: isatty on fd 0 has no preconditions.
         && unsafe { libc::isatty(0) } == 1;
     let raw = stdin_is_tty.then(crate::terminal::RawMode::enter).flatten();
-    crate::console::wait_for_stop(&shared, stdin_is_tty.then(|| serial.clone()));
+    // No silence watchdog on arm64 yet (its vCPU loop does not publish progress).
+    crate::console::wait_for_stop(&shared, stdin_is_tty.then(|| serial.clone()), None);
     drop(raw);
     let mut vcpus = Vec::new();
     let mut audits = Vec::new();
