@@ -12,8 +12,8 @@ pub fn finish(report: RunReport, stats: bool, status: i32) -> ExitCode {
     if stats {
         eprintln!("{}", report.stats_text());
     } else {
-        for line in &report.pmu_lines {
-            eprintln!("vpmu-vmm: {line}");
+        for a in &report.pmu {
+            eprintln!("vpmu-vmm: {a}");
         }
     }
     if !report.outcome.is_clean() && !matches!(report.outcome, vmm::Outcome::DebugExit { .. }) {

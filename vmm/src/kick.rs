@@ -113,3 +113,32 @@ pub fn end_vm(
         }
     }
 }
+
+/// What a vCPU thread can end: the VM's shared state on either architecture.
+pub trait EndVm {
+    /// Records how the VM ended (the first call wins) and kicks every vCPU.
+    fn end_vm(&self, outcome: crate::Outcome);
+}
+
+/// Ends the VM if the vCPU thread unwinds from a panic (a VMM bug): without it the main
+/// thread would wait for a stop that never comes and the VMM would hang. Also forgets
+/// this thread's `kvm_run` pointer first, so a kick arriving after the vCPU fd is gone
+/// cannot write through it.
+pub struct EndOnPanic<'a, S: EndVm> {
+    /// The VM.
+    pub shared: &'a S,
+    /// This thread's vCPU.
+    pub vcpu: u8,
+}
+
+impl<S: EndVm> Drop for EndOnPanic<'_, S> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            unregister_current();
+            self.shared.end_vm(crate::Outcome::VmmError {
+                vcpu: self.vcpu,
+                detail: "vCPU thread panicked (VMM bug)".into(),
+            });
+        }
+    }
+}

@@ -18,11 +18,13 @@ pub mod kick;
 pub mod lapic;
 #[cfg(target_arch = "x86_64")]
 pub mod loader;
+pub mod memory;
 #[cfg(target_arch = "x86_64")]
 mod msrs;
 pub mod outcome;
 #[cfg(target_arch = "x86_64")]
 pub mod pmu;
+pub mod report;
 #[cfg(target_arch = "x86_64")]
 pub mod seccomp;
 pub mod signals;

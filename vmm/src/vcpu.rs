@@ -42,6 +42,12 @@ pub struct Shared {
     pub progress: Vec<crate::watchdog::VcpuProgress>,
 }
 
+impl kick::EndVm for Shared {
+    fn end_vm(&self, outcome: Outcome) {
+        self.end(outcome);
+    }
+}
+
 impl Shared {
     /// Records how the VM ended (the first call wins) and kicks every vCPU out of KVM_RUN.
     pub fn end(&self, outcome: Outcome) {
@@ -253,34 +259,13 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Ends the VM if the vCPU thread unwinds from a panic (a VMM bug): without it the main
-/// thread would wait for a stop that never comes and the VMM would hang. Also forgets
-/// this thread's `kvm_run` pointer first, so a kick arriving after the vCPU fd is gone
-/// cannot write through it.
-struct EndOnPanic<'a> {
-    shared: &'a Shared,
-    vcpu: u8,
-}
-
-impl Drop for EndOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            kick::unregister_current();
-            self.shared.end(Outcome::VmmError {
-                vcpu: self.vcpu,
-                detail: "vCPU thread panicked (VMM bug)".into(),
-            });
-        }
-    }
-}
-
 impl Vcpu {
     /// Runs the vCPU until the VM stops. Call on the vCPU's own thread.
     pub fn run(mut self) -> (VcpuStats, Option<Box<dyn VcpuPmu>>) {
         // Locals drop before `self`: on a panic the guard runs while the fd still exists.
         let shared = self.shared.clone();
-        let _guard = EndOnPanic {
-            shared: &shared,
+        let _guard = kick::EndOnPanic {
+            shared: &*shared,
             vcpu: self.index,
         };
         self.attach_thread();
@@ -828,8 +813,8 @@ mod tests {
         });
         let s = shared.clone();
         let r = std::thread::spawn(move || {
-            let _guard = EndOnPanic {
-                shared: &s,
+            let _guard = kick::EndOnPanic {
+                shared: &*s,
                 vcpu: 3,
             };
             panic!("injected");

@@ -18,9 +18,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{Console, DiskConfig, VmConfig};
@@ -75,28 +75,7 @@ pub struct RunReport {
     pub linux_guest: bool,
 }
 
-/// One virtio-blk disk at the end of the run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DiskReport {
-    /// Capacity in 512-byte sectors.
-    pub sectors: u64,
-    /// Exposed read-only.
-    pub read_only: bool,
-    /// Completed read requests.
-    pub reads: u64,
-    /// Bytes read from the image.
-    pub bytes_read: u64,
-    /// Completed write requests.
-    pub writes: u64,
-    /// Bytes written to the image.
-    pub bytes_written: u64,
-    /// Completed flushes.
-    pub flushes: u64,
-    /// Requests completed with IOERR or UNSUPP.
-    pub errors: u64,
-    /// Chains returned without a status.
-    pub dropped: u64,
-}
+pub use crate::report::DiskReport;
 
 /// Where the time from VMM start to the first guest instruction went, in nanoseconds.
 /// Steps run in this order on the main thread, except `memory_register_ns` and
@@ -611,19 +590,7 @@ impl RunningVm {
 }
 
 fn disk_report(d: &DiskDevice) -> DiskReport {
-    let t = d.lock().unwrap_or_else(|e| e.into_inner());
-    let s = t.device().stats();
-    DiskReport {
-        sectors: t.device().capacity(),
-        read_only: t.device().read_only(),
-        reads: s.reads,
-        bytes_read: s.bytes_read,
-        writes: s.writes,
-        bytes_written: s.bytes_written,
-        flushes: s.flushes,
-        errors: s.errors,
-        dropped: s.dropped,
-    }
+    DiskReport::of(d.lock().unwrap_or_else(|e| e.into_inner()).device())
 }
 
 /// Loads the kernel (and initrd) and writes the boot structures; returns how the vCPUs
@@ -690,7 +657,7 @@ fn spawn_helpers(
 ) -> Result<Vec<(Helper, JoinHandle<Result<u64>>)>> {
     let (vm1, mem) = (vm.clone(), mem.clone());
     let mut helpers = vec![spawn_helper(Helper::RegisterMemory, move || {
-        register_memory(&vm1, &mem)
+        crate::memory::register_memory(&vm1, &mem)
     })?];
     if let Some(filter) = filter {
         let vm = vm.clone();
@@ -835,29 +802,6 @@ fn create_memory(size: u64) -> Result<GuestMemoryMmap> {
     Ok(GuestMemoryMmap::<()>::from_ranges(
         &arch::x86_64::layout::ram_regions(size),
     )?)
-}
-
-/// KVM_SET_USER_MEMORY_REGION for every region of `mem`. It can wait for an SRCU grace
-/// period (milliseconds), so the builder runs it on a helper thread.
-fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
-    for (slot, region) in mem.iter().enumerate() {
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(Error::MemoryRegion)?;
-        let r = kvm_userspace_memory_region {
-            slot: u32::try_from(slot).unwrap_or(u32::MAX),
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM fd's use
-        // of it (the helper thread holds a clone of `mem`; `Vm` and `RunningVm` drop the
-        // VM fd before the memory).
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
-    }
-    Ok(())
 }
 
 /// What the ACPI tables describe: the vCPUs and, as `LNRO0005` devices in the DSDT, the

@@ -310,36 +310,76 @@ pub fn audit(fd: &VcpuFd, plan: &Plan) -> std::result::Result<Vec<Programmed>, S
     Ok(v)
 }
 
+/// One vCPU's PMU programming in the run report, sampled at exit (KVM handles the PMU
+/// registers in the kernel; nothing is seen as it happens).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SampledAudit {
+    /// The vCPU.
+    pub vcpu: usize,
+    /// Always true: read at exit with KVM_GET_ONE_REG.
+    pub sampled: bool,
+    /// What the guest had programmed (empty when `unreadable`).
+    pub programmed: Vec<Programmed>,
+    /// Why the registers could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+}
+
+impl SampledAudit {
+    /// The report entry of vCPU `vcpu` from [`audit`]'s result.
+    pub fn new(vcpu: usize, found: std::result::Result<Vec<Programmed>, String>) -> Self {
+        let (programmed, unreadable) = match found {
+            Ok(v) => (v, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        SampledAudit {
+            vcpu,
+            sampled: true,
+            programmed,
+            unreadable,
+        }
+    }
+}
+
 /// The one-line summary of a vCPU's audit.
-pub fn audit_line(index: usize, found: &std::result::Result<Vec<Programmed>, String>) -> String {
-    match found {
-        Err(e) => format!("vcpu{index}: pmu audit (sampled at exit): unreadable: {e}"),
-        Ok(v) if v.is_empty() => {
-            format!("vcpu{index}: pmu audit (sampled at exit): no counter programmed")
+impl std::fmt::Display for SampledAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let index = self.vcpu;
+        if let Some(e) = &self.unreadable {
+            return write!(
+                f,
+                "vcpu{index}: pmu audit (sampled at exit): unreadable: {e}"
+            );
         }
-        Ok(v) => {
-            let parts: Vec<String> = v
-                .iter()
-                .map(|p| {
-                    let c = if p.counter == regs::PMU_CYCLE_IDX {
-                        "ccnt".to_string()
-                    } else {
-                        format!("c{}", p.counter)
-                    };
-                    format!(
-                        "{c} {} {}{} value {}",
-                        p.name,
-                        if p.allowed { "allowed" } else { "DENIED" },
-                        if p.enabled { "" } else { " (disabled)" },
-                        p.value
-                    )
-                })
-                .collect();
-            format!(
-                "vcpu{index}: pmu audit (sampled at exit): {}",
-                parts.join("; ")
-            )
+        if self.programmed.is_empty() {
+            return write!(
+                f,
+                "vcpu{index}: pmu audit (sampled at exit): no counter programmed"
+            );
         }
+        let parts: Vec<String> = self
+            .programmed
+            .iter()
+            .map(|p| {
+                let c = if p.counter == regs::PMU_CYCLE_IDX {
+                    "ccnt".to_string()
+                } else {
+                    format!("c{}", p.counter)
+                };
+                format!(
+                    "{c} {} {}{} value {}",
+                    p.name,
+                    if p.allowed { "allowed" } else { "DENIED" },
+                    if p.enabled { "" } else { " (disabled)" },
+                    p.value
+                )
+            })
+            .collect();
+        write!(
+            f,
+            "vcpu{index}: pmu audit (sampled at exit): {}",
+            parts.join("; ")
+        )
     }
 }
 

@@ -73,6 +73,12 @@ pub struct Shared {
     pub first_entry_ns: AtomicU64,
 }
 
+impl kick::EndVm for Shared {
+    fn end_vm(&self, outcome: Outcome) {
+        self.end(outcome);
+    }
+}
+
 impl Shared {
     /// Records how the VM ended (the first call wins) and kicks every vCPU out of KVM_RUN.
     pub fn end(&self, outcome: Outcome) {
@@ -137,29 +143,11 @@ pub struct VcpuStats {
     pub interrupted: u64,
 }
 
-/// Ends the VM if the vCPU thread unwinds from a panic (a VMM bug).
-struct EndOnPanic<'a> {
-    shared: &'a Shared,
-    vcpu: u8,
-}
-
-impl Drop for EndOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            kick::unregister_current();
-            self.shared.end(Outcome::VmmError {
-                vcpu: self.vcpu,
-                detail: "vCPU thread panicked (VMM bug)".into(),
-            });
-        }
-    }
-}
-
 /// Runs vCPU `index` until the VM stops. Call on the vCPU's own thread. Gives the fd back
 /// (for the exit-time PMU audit).
 pub fn run(index: u8, mut fd: VcpuFd, shared: Arc<Shared>) -> (VcpuStats, VcpuFd) {
-    let _guard = EndOnPanic {
-        shared: &shared,
+    let _guard = kick::EndOnPanic {
+        shared: &*shared,
         vcpu: index,
     };
     let mut stats = VcpuStats::default();

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_userspace_memory_region, kvm_vcpu_init};
+use kvm_bindings::kvm_vcpu_init;
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use arch::aarch64::layout;
@@ -28,10 +28,7 @@ pub struct RunReport {
     /// Per-vCPU exit statistics.
     pub vcpus: Vec<VcpuStats>,
     /// Per-vCPU vPMU audit (`--pmu emulated`: the programming read at exit, "sampled").
-    pub pmu: Vec<serde_json::Value>,
-    /// One line per vCPU for humans (`--pmu emulated`: the sampled audit).
-    #[serde(skip)]
-    pub pmu_lines: Vec<String>,
+    pub pmu: Vec<pmu::SampledAudit>,
     /// The vPMU mode.
     pub pmu_mode: String,
     /// Nanoseconds from VMM start to vCPU 0's first KVM_RUN.
@@ -40,13 +37,12 @@ pub struct RunReport {
     pub wall_ns: u64,
     /// Stray MMIO accesses (no device there).
     pub unhandled_mmio: u64,
-    /// One line per virtio-blk disk for humans.
-    #[serde(skip)]
-    pub disk_lines: Vec<String>,
-    /// Bytes of guest console output lost (always 0 here: the arm64 console still writes
-    /// stdout directly).
+    /// The virtio-blk disks.
+    pub disks: Vec<crate::report::DiskReport>,
+    /// Bytes of guest console output lost (the bounded console buffer was full, or
+    /// stdout failed).
     pub console_lost_bytes: u64,
-    /// End-of-run outputs that could not be written (none are collected here yet).
+    /// End-of-run outputs that could not be written (disk syncs, the audit file).
     pub output_errors: Vec<String>,
 }
 
@@ -67,9 +63,16 @@ impl RunReport {
                 v.exits, v.mmio, v.interrupted
             ));
         }
-        for line in self.pmu_lines.iter().chain(&self.disk_lines) {
-            s.push_str(line);
-            s.push('\n');
+        for a in &self.pmu {
+            s.push_str(&format!("{a}\n"));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            s.push_str(&format!(
+                "disk{i}: {} sectors{} | reads {} ({} bytes), writes {} ({} bytes), flushes {}, errors {}\n",
+                d.sectors,
+                if d.read_only { " ro" } else { "" },
+                d.reads, d.bytes_read, d.writes, d.bytes_written, d.flushes, d.errors
+            ));
         }
         s.trim_end().to_string()
     }
@@ -107,22 +110,7 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(layout::DRAM_START), size as usize)])
             .map_err(Error::Memory)?;
-    for (slot, region) in mem.iter().enumerate() {
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(Error::MemoryRegion)?;
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the region is a live mmap owned by `mem`, which outlives the VM's use of
-        // it (the vCPU threads are joined before `mem` is dropped in `run`).
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
-    }
+    crate::memory::register_memory(vm, &mem)?;
     Ok(mem)
 }
 
@@ -308,10 +296,9 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     let console_lost_bytes = console_out
         .as_ref()
         .map_or(0, |c| c.finish(Duration::from_secs(1)));
-    let pmu_lines: Vec<String> = audits.iter().map(|(i, a)| pmu::audit_line(*i, a)).collect();
     let sampled: Vec<(usize, Vec<pmu::Programmed>)> = audits
-        .into_iter()
-        .filter_map(|(i, a)| a.ok().map(|v| (i, v)))
+        .iter()
+        .filter_map(|(i, a)| a.as_ref().ok().map(|v| (*i, v.clone())))
         .collect();
     if let Some(path) = &config.pmu.audit {
         if pmu_plan.is_some() {
@@ -323,11 +310,10 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
     Ok(RunReport {
         outcome,
         vcpus,
-        pmu: sampled
-            .iter()
-            .map(|(i, v)| serde_json::json!({"vcpu": i, "sampled": true, "programmed": v}))
+        pmu: audits
+            .into_iter()
+            .map(|(i, a)| pmu::SampledAudit::new(i, a))
             .collect(),
-        pmu_lines,
         pmu_mode: pmu_plan.as_ref().map_or_else(
             || "pmu off (arm64: no PMUv3 for the guest)".to_string(),
             pmu::Plan::describe,
@@ -338,18 +324,10 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
             let st = shared.mmio.stats();
             st.unknown_reads + st.unknown_writes
         },
-        disk_lines: disk_devs
+        disks: disk_devs
             .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let t = d.lock().unwrap_or_else(|e| e.into_inner());
-                let s = t.device().stats();
-                format!(
-                    "disk{i}: {} sectors{} | reads {} ({} bytes), writes {} ({} bytes), flushes {}, errors {}",
-                    t.device().capacity(),
-                    if t.device().read_only() { " ro" } else { "" },
-                    s.reads, s.bytes_read, s.writes, s.bytes_written, s.flushes, s.errors
-                )
+            .map(|d| {
+                crate::report::DiskReport::of(d.lock().unwrap_or_else(|e| e.into_inner()).device())
             })
             .collect(),
         console_lost_bytes,
