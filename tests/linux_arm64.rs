@@ -186,6 +186,8 @@ fn run_rig() -> Rig {
         .arg("--file")
         .arg(guests.join("fuzz.img"))
         .arg("--file")
+        .arg(guests.join("spin.img"))
+        .arg("--file")
         .arg(guests.join("pmu.img"))
         .args(["--l1-cmd", "sh /files/cases.sh"])
         .arg("--disk-out")
@@ -408,6 +410,42 @@ fn arm64_freestanding_guest_exits_with_its_code() {
         return;
     };
     c.check(c.status == Some(0), "PSCI SYSTEM_OFF gives 0");
+}
+
+/// A guest that prints its two lines and then spins: after `--watchdog 2` the VMM says
+/// once that the console has been silent, with vCPU 0's PC (the spin loop, in the
+/// guest's first page); SIGTERM then ends the run with 12.
+#[test]
+fn arm64_watchdog_names_a_silent_spinning_guest() {
+    let Some(c) = case(
+        "arm64_watchdog_names_a_silent_spinning_guest",
+        "watchdog-spin",
+    ) else {
+        return;
+    };
+    c.check(
+        c.status == Some(12),
+        "SIGTERM ends the spinning guest with 12",
+    );
+    c.check(
+        c.has("VPMU-ARM64-GUEST: x0 points at a device tree"),
+        "the guest printed before it went silent",
+    );
+    let line = c
+        .text
+        .lines()
+        .find(|l| l.contains("watchdog:"))
+        .unwrap_or("");
+    c.check(
+        line.contains("no console output for 2 s and the guest has not ended")
+            && line.contains("vCPU 0: ")
+            && line.contains("PC 0x800000"),
+        &format!("one watchdog line with vCPU 0's PC in the guest's first page, got {line:?}"),
+    );
+    c.check(
+        c.text.matches("watchdog:").count() == 1,
+        "the watchdog speaks once",
+    );
 }
 
 #[test]

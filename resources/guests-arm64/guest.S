@@ -4,6 +4,8 @@
 //   POWEROFF=0: stores EXIT_CODE to the debug-exit device at 0x40000000 (status
 //               (EXIT_CODE << 1) | 1), or 0x11 (status 35) when X0 is not a device tree;
 //   POWEROFF=1: calls PSCI SYSTEM_OFF (hvc #0, x0 = 0x84000008): status 0.
+// With SPIN=1 it spins after the first two lines instead (silent, never ends: for the
+// VMM's silence watchdog).
 // With FUZZ=N (> 0) it first makes N loads/stores of 1, 2, 4 or 8 bytes (xorshift64-chosen,
 // 8-byte aligned) at 0x40001000..0x40005000 (an empty window, the UART, where virtio-mmio
 // devices go, another empty window; the debug-exit page is left alone), then exits as above
@@ -37,6 +39,9 @@ entry:
 	b.ne	bad_fdt
 	adr	x1, fdt_ok
 	bl	puts
+.if SPIN
+spin:	b	spin			// SPIN=1: silent from here on, never ends (the watchdog test)
+.endif
 .if FUZZ
 	adr	x1, fuzz_msg
 	bl	puts

@@ -39,6 +39,14 @@ case_ exit-guest run --kernel /files/exit.img --memory 64M
 case_ exit-guest-2cpus run --kernel /files/exit.img --memory 64M --cpus 2
 case_ poweroff-guest run --kernel /files/poweroff.img --memory 64M
 case_ fuzz-guest run --kernel /files/fuzz.img --memory 64M --stats
+# The silence watchdog: a guest that spins after two lines; SIGTERM after 8 s (L1 time).
+echo "ARM64-CASE watchdog-spin begin"
+/bin/vpmu-vmm run --kernel /files/spin.img --memory 64M --watchdog 2 &
+spin_pid=$!
+sleep 8
+kill -TERM "$spin_pid"
+wait "$spin_pid"
+echo "ARM64-CASE watchdog-spin status $? time 0 0"
 head -c 100000 /l2/Image >/tmp/truncated.img
 head -c 4096 /dev/urandom >/tmp/garbage.img
 case_ bad-missing run --kernel /nonexistent/Image --memory 64M

@@ -10,6 +10,12 @@
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The instruction pointer's name in the line.
+#[cfg(target_arch = "x86_64")]
+const IP: &str = "RIP";
+#[cfg(target_arch = "aarch64")]
+const IP: &str = "PC";
+
 /// What a vCPU publishes for the watchdog: its exit count (one relaxed store per exit)
 /// and, when asked, its instruction pointer.
 #[derive(Debug, Default)]
@@ -125,9 +131,9 @@ impl Watchdog {
                 let at_ask = self.exits_at_ask.get(i).copied().unwrap_or(0);
                 let n = at_ask.saturating_sub(before);
                 let ip = if p.ip_valid.load(Ordering::SeqCst) {
-                    format!("RIP {:#x}", p.ip.load(Ordering::SeqCst))
+                    format!("{IP} {:#x}", p.ip.load(Ordering::SeqCst))
                 } else {
-                    "RIP unknown (the vCPU did not answer)".to_string()
+                    format!("{IP} unknown (the vCPU did not answer)")
                 };
                 format!("vCPU {i}: {n} exits, {ip}")
             })

@@ -71,6 +71,8 @@ pub struct Shared {
     pub started: Instant,
     /// Nanoseconds from VMM start to vCPU 0's first KVM_RUN.
     pub first_entry_ns: AtomicU64,
+    /// Per vCPU: what the silence watchdog reads (`crate::watchdog`).
+    pub progress: Vec<crate::watchdog::VcpuProgress>,
 }
 
 impl kick::EndVm for Shared {
@@ -162,10 +164,22 @@ pub fn run(index: u8, mut fd: VcpuFd, shared: Arc<Shared>) -> (VcpuStats, VcpuFd
     while !shared.stopping.load(Ordering::Relaxed) {
         let res = fd.run();
         stats.exits += 1;
+        let progress = shared.progress.get(usize::from(index));
+        if let Some(p) = progress {
+            p.exits.store(stats.exits, Ordering::Relaxed);
+        }
         let end = match res {
             Ok(exit) => handle_exit(index, exit, &shared, &mut stats),
             Err(e) if e.errno() == libc::EINTR => {
                 stats.interrupted += 1;
+                if let Some(p) = progress {
+                    p.answer(|| {
+                        let mut pc = [0u8; 8];
+                        fd.get_one_reg(regs::PC, &mut pc)
+                            .ok()
+                            .map(|_| u64::from_le_bytes(pc))
+                    });
+                }
                 None
             }
             Err(e) if e.errno() == libc::EAGAIN => None,

@@ -217,6 +217,7 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         stop_evt: eventfd(libc::EFD_NONBLOCK)?,
         started,
         first_entry_ns: AtomicU64::new(0),
+        progress: (0..config.cpus).map(|_| Default::default()).collect(),
     });
     let mut handles = Vec::with_capacity(fds.len());
     for (i, fd) in fds.into_iter().enumerate() {
@@ -244,8 +245,16 @@ pub fn run(config: VmConfig) -> Result<RunReport> {
         // SAFETY: isatty on fd 0 has no preconditions.
         && unsafe { libc::isatty(0) } == 1;
     let raw = stdin_is_tty.then(crate::terminal::RawMode::enter).flatten();
-    // No silence watchdog on arm64 yet (its vCPU loop does not publish progress).
-    crate::console::wait_for_stop(&shared, stdin_is_tty.then(|| serial.clone()), None);
+    let watchdog = config
+        .watchdog
+        .zip(console_out.clone())
+        .map(|(after, out)| {
+            (
+                crate::watchdog::Watchdog::new(after, out, stdin_is_tty),
+                &shared.progress[..],
+            )
+        });
+    crate::console::wait_for_stop(&shared, stdin_is_tty.then(|| serial.clone()), watchdog);
     drop(raw);
     let mut vcpus = Vec::new();
     let mut audits = Vec::new();
